@@ -1,0 +1,3 @@
+"""Repository-level test wiring: pytester for the end-to-end runs of the plugin."""
+
+pytest_plugins = ["pytester"]

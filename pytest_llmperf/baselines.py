@@ -1,0 +1,240 @@
+"""Baselines: where they live, how a run compares with them, how they are updated.
+
+One JSON file per engine configuration:
+``<baseline_dir>/<gpus>/<model slug>/<engine>/<config>.json``::
+
+    {
+      "schema": 1,
+      "engine": "sim", "config": "vllm-tp8", "gpus": "h200x8",
+      "model": "deepseek-ai/DeepSeek-V3.2",
+      "tolerances_pct": {"total_token_throughput": 10},      # optional, file-wide
+      "cases": {
+        "sharegpt": {
+          "workload": {...}, "command": [...], "metrics": {...},
+          "provenance": {...},
+          "tolerances_pct": {"mean_tpot_ms": 8}               # optional, per case
+        }
+      }
+    }
+
+Comparison (``compare``) is pure. Updates are atomic (write to a temporary
+file, then rename) and serialised with a lock file, and never drop cases
+that the run did not measure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+SCHEMA_VERSION = 1
+DEFAULT_GATES: dict[str, float] = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0, "failed": 0.0}
+
+HIGHER, LOWER = "higher", "lower"
+# Statuses of one verdict.
+OK, REGRESSED, IMPROVED, MISSING, UPDATED = "ok", "regressed", "improved", "missing", "updated"
+
+
+def metric_direction(metric: str) -> str:
+    """Which way is better for a metric; ValueError if it cannot be gated."""
+    if metric.endswith("_ms") or metric in ("duration", "failed"):
+        return LOWER
+    if "throughput" in metric or metric.startswith("max_output_tokens_per_s") or metric in ("completed", "request_goodput"):
+        return HIGHER
+    raise ValueError(
+        f"metric {metric!r} cannot be gated: gate a throughput (e.g. total_token_throughput), "
+        "a latency in ms (e.g. mean_tpot_ms, p99_ttft_ms), completed or failed"
+    )
+
+
+def model_slug(model: str) -> str:
+    """A model name as one path component: ``org/name`` -> ``org__name``."""
+    return model.strip("/").replace("/", "__")
+
+
+def baseline_path(baseline_dir: Path, gpus: str, model: str, engine: str, config: str) -> Path:
+    return Path(baseline_dir) / gpus / model_slug(model) / engine / f"{config}.json"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    metric: str
+    baseline: float | None
+    current: float | None
+    change_pct: float | None
+    tolerance_pct: float
+    status: str
+    direction: str
+
+    def line(self) -> str:
+        """One human line: name, baseline, current, change, tolerance."""
+        change = "n/a" if self.change_pct is None else f"{self.change_pct:+.1f}%"
+        base = "none" if self.baseline is None else _fmt(self.baseline)
+        cur = "none" if self.current is None else _fmt(self.current)
+        if self.status == UPDATED:
+            return f"{self.metric}: {base} -> {cur} ({change}) updated"
+        return (
+            f"{self.metric}: baseline {base}, current {cur}, change {change} "
+            f"(tolerance {self.tolerance_pct:g}%, {self.direction} is better) {self.status.upper()}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["direction"]
+        return data
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.2f}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"
+
+
+def change_pct(baseline: float, current: float) -> float | None:
+    if baseline == 0:
+        return 0.0 if current == 0 else None
+    return (current - baseline) / abs(baseline) * 100.0
+
+
+def judge(metric: str, baseline: float, current: float, tolerance_pct: float) -> Verdict:
+    """One metric against its baseline."""
+    direction = metric_direction(metric)
+    change = change_pct(baseline, current)
+    better = current > baseline if direction == HIGHER else current < baseline
+    if change is None:  # baseline zero, current not: no percentage exists
+        status = IMPROVED if better else REGRESSED
+    elif abs(change) <= tolerance_pct + 1e-9:
+        status = OK
+    else:
+        status = IMPROVED if better else REGRESSED
+    return Verdict(metric, baseline, current, change, tolerance_pct, status, direction)
+
+
+def effective_tolerances(gates: Mapping[str, float], file_data: Mapping[str, Any] | None, case_key: str) -> dict[str, float]:
+    """Gated metrics with tolerances: settings, then the file, then the case."""
+    tolerances = dict(gates)
+    if file_data:
+        tolerances.update(file_data.get("tolerances_pct", {}))
+        tolerances.update(file_data.get("cases", {}).get(case_key, {}).get("tolerances_pct", {}))
+    return tolerances
+
+
+def compare(
+    metrics: Mapping[str, float],
+    entry: Mapping[str, Any] | None,
+    tolerances: Mapping[str, float],
+) -> list[Verdict]:
+    """Every gated metric of a run against a baseline case entry (or none)."""
+    verdicts = []
+    base_metrics = entry.get("metrics", {}) if entry else {}
+    for metric, tol in sorted(tolerances.items()):
+        current = metrics.get(metric)
+        base = base_metrics.get(metric)
+        if base is None or current is None:
+            verdicts.append(Verdict(metric, base, current, None, tol, MISSING, metric_direction(metric)))
+        else:
+            verdicts.append(judge(metric, float(base), float(current), tol))
+    return verdicts
+
+
+def workload_mismatch(entry: Mapping[str, Any] | None, params: Mapping[str, Any]) -> list[str]:
+    """Parameters whose baseline value differs from this run's (comparison would be meaningless)."""
+    if not entry or "workload" not in entry:
+        return []
+    stored = entry["workload"]
+    return [f"{k}: baseline {stored.get(k)!r}, this run {v!r}" for k, v in sorted(params.items()) if stored.get(k) != v]
+
+
+def updated_verdicts(metrics: Mapping[str, float], entry: Mapping[str, Any] | None, tolerances: Mapping[str, float]) -> list[Verdict]:
+    """What an update changes, gated metrics first shown as old -> new."""
+    base_metrics = entry.get("metrics", {}) if entry else {}
+    out = []
+    for metric, tol in sorted(tolerances.items()):
+        base, cur = base_metrics.get(metric), metrics.get(metric)
+        change = change_pct(float(base), float(cur)) if base is not None and cur is not None else None
+        out.append(Verdict(metric, base, cur, change, tol, UPDATED, metric_direction(metric)))
+    return out
+
+
+# ---------------------------------------------------------------- files (IO)
+
+
+def read_baseline(path: Path) -> dict[str, Any] | None:
+    """The file's content, None if it does not exist; ValueError if unreadable."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"baseline file {path} is not valid JSON ({exc}); fix or delete it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cases", {}), dict):
+        raise ValueError(f"baseline file {path}: expected an object with a 'cases' object")
+    if data.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
+        raise ValueError(f"baseline file {path} has schema {data['schema']}; this version reads up to {SCHEMA_VERSION}")
+    return data
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """Deterministic formatting so diffs review well."""
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def update_case(path: Path, header: Mapping[str, Any], case_key: str, entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Write one case's entry; returns the entry it replaced (None if new).
+
+    Other cases and any tolerance overrides in the file are kept.
+    """
+    path = Path(path)
+    with _locked(path):
+        data = read_baseline(path) or {}
+        old = data.get("cases", {}).get(case_key)
+        new_entry = dict(entry)
+        new_entry["metrics"] = _finite(entry["metrics"])
+        if old and "tolerances_pct" in old:
+            new_entry["tolerances_pct"] = old["tolerances_pct"]
+        data.update(header)
+        data["schema"] = SCHEMA_VERSION
+        data.setdefault("cases", {})[case_key] = new_entry
+        _atomic_write(path, dumps(data))
+    return old

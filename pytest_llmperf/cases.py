@@ -1,0 +1,16 @@
+"""The performance cases, collected by the plugin when --engine is given.
+
+One test function, parametrized by the plugin with every (configuration,
+workload) pair of the suite; its ids read like ``sim/vllm-tp8/sharegpt``.
+"""
+
+import pytest
+
+from pytest_llmperf.runner import CaseFailure
+
+
+def test_llmperf(llmperf_engine, llmperf_workload, llmperf_run):
+    try:
+        llmperf_run.run_case(llmperf_engine, llmperf_workload)
+    except CaseFailure as failure:
+        pytest.fail(str(failure), pytrace=False)

@@ -1,0 +1,38 @@
+"""Engine adapters, one module per engine; ``base`` owns the process.
+
+Names are reserved here so that adding an engine only adds its module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import EngineAdapter
+
+ENGINE_NAMES: tuple[str, ...] = ("sim", "vllm", "sglang", "trtllm")
+
+
+class EngineUnavailable(LookupError):
+    """The engine name is valid but has no adapter in this version."""
+
+
+def get_adapter(name: str) -> "EngineAdapter":
+    """The adapter for ``name``; EngineUnavailable for reserved names without one."""
+    if name not in ENGINE_NAMES:
+        raise EngineUnavailable(f"unknown engine {name!r}; valid choices: {', '.join(ENGINE_NAMES)}")
+    try:
+        module = importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+        from .. import __version__
+
+        available = [n for n in ENGINE_NAMES if importlib.util.find_spec(f"{__name__}.{n}") is not None]
+        raise EngineUnavailable(
+            f"engine {name!r} is reserved but has no adapter in pytest-llmperf {__version__}; "
+            f"available now: {', '.join(available)}"
+        ) from None
+    return module.ADAPTER

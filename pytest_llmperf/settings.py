@@ -1,0 +1,194 @@
+"""Settings: every option resolved once, validated, with its source named.
+
+Precedence: command line > environment > ini (``[tool.pytest.ini_options]``)
+> default. A bad value is rejected with the place it came from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .baselines import DEFAULT_GATES, metric_direction
+from .engines import ENGINE_NAMES
+from .gpus import GpuSpec, parse_gpu_spec
+
+
+class SettingsError(ValueError):
+    """A bad option value; the message names the option and its source."""
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One setting: its flag, environment variable and ini key (if any)."""
+
+    dest: str
+    flag: str
+    help: str
+    env: str | None = None
+    ini: str | None = None
+    metavar: str | None = None
+    is_flag: bool = False
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("engine", "--engine", "engines whose configurations to run (comma list): "
+               + ", ".join(ENGINE_NAMES) + ". Without it no performance case runs.", metavar="NAME[,NAME]"),
+    OptionSpec("gpus", "--gpus", "the node the suite is meant for, e.g. h200x8 or any; selects the baseline "
+               "tree and is checked before any engine boots (default: the suite's)", env="LLMPERF_GPUS",
+               ini="llmperf_gpus", metavar="SPEC"),
+    OptionSpec("update_baselines", "--update-baselines", "run, then write the measured figures as the new "
+               "baselines (other cases are kept)", is_flag=True),
+    OptionSpec("baseline_dir", "--baseline-dir", "baseline tree (default: baselines/ under the rootdir)",
+               env="LLMPERF_BASELINE_DIR", ini="llmperf_baseline_dir", metavar="DIR"),
+    OptionSpec("report_json", "--report-json", "write a machine-readable report here",
+               env="LLMPERF_REPORT_JSON", ini="llmperf_report_json", metavar="PATH"),
+    OptionSpec("num_prompts", "--num-prompts", "override the prompt count of every selected workload (quick runs)",
+               env="LLMPERF_NUM_PROMPTS", metavar="N"),
+    OptionSpec("sim_slowdown", "--sim-slowdown", "make every step of the simulated engine FACTOR times slower "
+               "(fault injection for the gate itself; default 1)", env="LLMPERF_SIM_SLOWDOWN", metavar="FACTOR"),
+    OptionSpec("suite", "--suite", "a suite file (TOML) replacing the built-in presets",
+               env="LLMPERF_SUITE", ini="llmperf_suite", metavar="FILE"),
+    OptionSpec("gate", "--gate", "gated metrics with tolerance in percent, added to or overriding the defaults "
+               "(total_token_throughput:5,mean_tpot_ms:5,failed:0); METRIC:off removes one",
+               env="LLMPERF_GATE", ini="llmperf_gate", metavar="METRIC:PCT[,...]"),
+    OptionSpec("startup_timeout", "--startup-timeout", "seconds an engine may take to become ready (default 600)",
+               env="LLMPERF_STARTUP_TIMEOUT", ini="llmperf_startup_timeout", metavar="SECONDS"),
+    OptionSpec("log_dir", "--log-dir", "directory for engine logs (default: a directory under pytest's basetemp)",
+               env="LLMPERF_LOG_DIR", ini="llmperf_log_dir", metavar="DIR"),
+)
+
+DEFAULT_STARTUP_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    engines: tuple[str, ...] = ()
+    gpus: GpuSpec | None = None  # None: the suite's own spec
+    update_baselines: bool = False
+    baseline_dir: Path = Path("baselines")
+    report_json: Path | None = None
+    num_prompts: int | None = None
+    sim_slowdown: float = 1.0
+    suite_file: Path | None = None
+    gates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATES))
+    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    log_dir: Path | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether performance cases run at all."""
+        return bool(self.engines)
+
+
+def _engines(text: str) -> tuple[str, ...]:
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"expected one or more of {', '.join(ENGINE_NAMES)}")
+    bad = [n for n in names if n not in ENGINE_NAMES]
+    if bad:
+        raise ValueError(f"unknown engine {bad[0]!r}; valid choices: {', '.join(ENGINE_NAMES)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def parse_gates(text: str, base: Mapping[str, float] = DEFAULT_GATES) -> dict[str, float]:
+    """``metric:pct,...`` on top of ``base``; ``metric:off`` drops one."""
+    gates = dict(base)
+    for item in text.replace(" ", ",").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        metric, sep, tol = item.partition(":")
+        if not sep:
+            raise ValueError(f"expected METRIC:PERCENT (e.g. p99_ttft_ms:20), got {item!r}")
+        metric_direction(metric)  # raises for metrics that cannot be gated
+        if tol.strip().lower() == "off":
+            gates.pop(metric, None)
+            continue
+        try:
+            pct = float(tol)
+        except ValueError:
+            raise ValueError(f"tolerance of {metric} must be a percentage, got {tol!r}") from None
+        if not math.isfinite(pct) or pct < 0:
+            raise ValueError(f"tolerance of {metric} must be >= 0, got {tol!r}")
+        gates[metric] = pct
+    if not gates:
+        raise ValueError("every gate was turned off: nothing would be compared")
+    return gates
+
+
+def resolve(
+    cli: Mapping[str, Any],
+    env: Mapping[str, str],
+    ini: Mapping[str, Any],
+    rootdir: Path,
+    invocation_dir: Path,
+) -> Settings:
+    """Resolve every option; SettingsError names the option and the source."""
+
+    def pick(spec: OptionSpec) -> tuple[Any, str, Path] | None:
+        value = cli.get(spec.dest)
+        if value not in (None, False, ""):
+            return value, f"command line {spec.flag}", invocation_dir
+        if spec.env and env.get(spec.env, "").strip():
+            return env[spec.env], f"environment {spec.env}", invocation_dir
+        if spec.ini and ini.get(spec.ini) not in (None, ""):
+            return ini[spec.ini], f"ini option {spec.ini}", rootdir
+        return None
+
+    def convert(dest: str, fn: Callable[[Any], Any], path_base: bool = False) -> Any:
+        spec = next(s for s in OPTIONS if s.dest == dest)
+        picked = pick(spec)
+        if picked is None:
+            return None
+        value, source, base = picked
+        try:
+            if path_base:
+                p = Path(os.path.expanduser(str(value)))
+                return p if p.is_absolute() else base / p
+            return fn(value)
+        except ValueError as exc:
+            raise SettingsError(f"{spec.flag}: {exc} (from {source})") from None
+
+    engines = convert("engine", _engines) or ()
+    gpus = convert("gpus", parse_gpu_spec)
+    num_prompts = convert("num_prompts", _positive_int)
+    slowdown = convert("sim_slowdown", _positive_float)
+    gates = convert("gate", parse_gates)
+    timeout = convert("startup_timeout", _positive_float)
+    return Settings(
+        engines=engines,
+        gpus=gpus,
+        update_baselines=bool(cli.get("update_baselines")),
+        baseline_dir=convert("baseline_dir", str, path_base=True) or rootdir / "baselines",
+        report_json=convert("report_json", str, path_base=True),
+        num_prompts=num_prompts,
+        sim_slowdown=slowdown if slowdown is not None else 1.0,
+        suite_file=convert("suite", str, path_base=True),
+        gates=gates if gates is not None else dict(DEFAULT_GATES),
+        startup_timeout_s=timeout if timeout is not None else DEFAULT_STARTUP_TIMEOUT_S,
+        log_dir=convert("log_dir", str, path_base=True),
+    )

@@ -1,0 +1,290 @@
+"""The suite as data: engine configurations x workloads.
+
+A suite file is TOML::
+
+    model = "deepseek-ai/DeepSeek-V3.2"   # served model (configs may override)
+    gpus = "h200x8"                        # the node it was written for
+
+    [workloads.sharegpt]
+    dataset = "sharegpt"                   # or "random"
+    num_prompts = 200
+
+    [[configs]]
+    engine = "sim"
+    name = "vllm-tp8"
+    profile = "vllm-tp8"                   # engine-specific keys go to options
+
+The built-in presets live in ``presets/``; ``--suite FILE`` replaces them.
+Pure: parsing and validation only; nothing here starts or reads a server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+DATASETS = ("random", "sharegpt")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class SuiteError(ValueError):
+    """A suite file says something invalid; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One load pattern, run as one test item per engine configuration."""
+
+    name: str
+    dataset: str
+    num_prompts: int
+    input_len: int | None = None
+    output_len: int | None = None
+    range_ratio: float = 0.0
+    seed: int = 42
+    dataset_path: str | None = None
+    endpoint: str = "chat"
+    max_concurrency: int | None = None
+    ignore_eos: bool = False
+
+    @property
+    def endpoint_path(self) -> str:
+        return ENDPOINTS[self.endpoint]
+
+    def params(self) -> dict[str, Any]:
+        """The parameters that define the measurement (stored with baselines)."""
+        out: dict[str, Any] = {
+            "dataset": self.dataset,
+            "num_prompts": self.num_prompts,
+            "seed": self.seed,
+            "endpoint": self.endpoint_path,
+            "ignore_eos": self.ignore_eos,
+            "request_rate": "inf",
+            "max_concurrency": self.max_concurrency,
+        }
+        if self.dataset == "random":
+            out.update(input_len=self.input_len, output_len=self.output_len, range_ratio=self.range_ratio)
+        else:
+            out.update(output_len=self.output_len, dataset_path=Path(self.dataset_path).name if self.dataset_path else "sharegpt_sample.json")
+        return out
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One way to launch one engine: booted once, runs every workload."""
+
+    engine: str
+    name: str
+    model: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+    workloads: tuple[str, ...] | None = None  # None: all of the suite's
+    description: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.engine}/{self.name}"
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+
+@dataclass(frozen=True)
+class Case:
+    config: EngineConfig
+    workload: Workload
+
+    @property
+    def id(self) -> str:
+        return f"{self.config.id}/{self.workload.name}"
+
+
+@dataclass(frozen=True)
+class Suite:
+    source: str
+    model: str
+    gpus: str | None
+    workloads: tuple[Workload, ...]
+    configs: tuple[EngineConfig, ...]
+
+    def engines(self) -> list[str]:
+        return sorted({c.engine for c in self.configs})
+
+    def cases(self, engines: Iterable[str]) -> list[Case]:
+        """Every case of the selected engines, grouped by configuration."""
+        wanted = set(engines)
+        by_name = {w.name: w for w in self.workloads}
+        out = []
+        for config in self.configs:
+            if config.engine not in wanted:
+                continue
+            names = config.workloads if config.workloads is not None else tuple(by_name)
+            out.extend(Case(config, by_name[n]) for n in names)
+        return out
+
+    def with_num_prompts(self, num_prompts: int) -> "Suite":
+        return replace(self, workloads=tuple(replace(w, num_prompts=num_prompts) for w in self.workloads))
+
+
+_WORKLOAD_KEYS = {f for f in Workload.__dataclass_fields__ if f != "name"}
+_CONFIG_KEYS = {"engine", "name", "model", "args", "env", "workloads", "description"}
+
+
+def _where(source: str, key: str) -> str:
+    return f"{source}: {key}"
+
+
+def _int(source: str, key: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SuiteError(f"{_where(source, key)}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _parse_workload(source: str, name: str, table: Mapping[str, Any], base_dir: Path) -> Workload:
+    key = f"workloads.{name}"
+    if not _NAME_RE.match(name):
+        raise SuiteError(f"{_where(source, key)}: invalid name (letters, digits, '.', '_', '-')")
+    unknown = set(table) - _WORKLOAD_KEYS
+    if unknown:
+        raise SuiteError(f"{_where(source, key)}: unknown keys {sorted(unknown)}; valid: {sorted(_WORKLOAD_KEYS)}")
+    dataset = table.get("dataset")
+    if dataset not in DATASETS:
+        raise SuiteError(f"{_where(source, key + '.dataset')}: expected one of {list(DATASETS)}, got {dataset!r}")
+    endpoint = table.get("endpoint", "chat")
+    if endpoint not in ENDPOINTS:
+        raise SuiteError(f"{_where(source, key + '.endpoint')}: expected one of {list(ENDPOINTS)}, got {endpoint!r}")
+    num_prompts = _int(source, key + ".num_prompts", table.get("num_prompts"))
+    input_len = table.get("input_len")
+    output_len = table.get("output_len")
+    if dataset == "random":
+        input_len = _int(source, key + ".input_len", input_len)
+        output_len = _int(source, key + ".output_len", output_len)
+    elif output_len is not None:
+        output_len = _int(source, key + ".output_len", output_len)
+    range_ratio = table.get("range_ratio", 0.0)
+    if not isinstance(range_ratio, (int, float)) or isinstance(range_ratio, bool) or not 0 <= range_ratio < 1:
+        raise SuiteError(f"{_where(source, key + '.range_ratio')}: expected a number in [0, 1), got {range_ratio!r}")
+    seed = _int(source, key + ".seed", table.get("seed", 42), minimum=0)
+    max_concurrency = table.get("max_concurrency")
+    if max_concurrency is not None:
+        max_concurrency = _int(source, key + ".max_concurrency", max_concurrency)
+    dataset_path = table.get("dataset_path")
+    if dataset_path is not None:
+        if dataset != "sharegpt":
+            raise SuiteError(f"{_where(source, key + '.dataset_path')}: only the sharegpt dataset reads a file")
+        path = Path(dataset_path)
+        dataset_path = str(path if path.is_absolute() else base_dir / path)
+    ignore_eos = table.get("ignore_eos", dataset == "random")
+    if not isinstance(ignore_eos, bool):
+        raise SuiteError(f"{_where(source, key + '.ignore_eos')}: expected true or false, got {ignore_eos!r}")
+    return Workload(
+        name=name,
+        dataset=dataset,
+        num_prompts=num_prompts,
+        input_len=input_len,
+        output_len=output_len,
+        range_ratio=float(range_ratio),
+        seed=seed,
+        dataset_path=dataset_path,
+        endpoint=endpoint,
+        max_concurrency=max_concurrency,
+        ignore_eos=ignore_eos,
+    )
+
+
+def _parse_config(source: str, index: int, table: Mapping[str, Any], model: str, workload_names: set[str]) -> EngineConfig:
+    key = f"configs[{index}]"
+    engine, name = table.get("engine"), table.get("name")
+    if not isinstance(engine, str) or not engine:
+        raise SuiteError(f"{_where(source, key + '.engine')}: expected an engine name, got {engine!r}")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SuiteError(f"{_where(source, key + '.name')}: expected a name of letters, digits, '.', '_', '-', got {name!r}")
+    args = table.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise SuiteError(f"{_where(source, key + '.args')}: expected a list of strings (one argv word each)")
+    env = table.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise SuiteError(f"{_where(source, key + '.env')}: expected a table of string values")
+    workloads = table.get("workloads")
+    if workloads is not None:
+        if not isinstance(workloads, list) or not all(isinstance(w, str) for w in workloads):
+            raise SuiteError(f"{_where(source, key + '.workloads')}: expected a list of workload names")
+        unknown = [w for w in workloads if w not in workload_names]
+        if unknown:
+            raise SuiteError(f"{_where(source, key + '.workloads')}: unknown workloads {unknown}; defined: {sorted(workload_names)}")
+        workloads = tuple(workloads)
+    options = tuple(sorted((k, v) for k, v in table.items() if k not in _CONFIG_KEYS))
+    return EngineConfig(
+        engine=engine,
+        name=name,
+        model=str(table.get("model", model)),
+        args=tuple(args),
+        env=tuple(sorted(env.items())),
+        options=options,
+        workloads=workloads,
+        description=str(table.get("description", "")),
+    )
+
+
+def parse_suite(data: Mapping[str, Any], source: str, base_dir: Path) -> Suite:
+    unknown = set(data) - {"model", "gpus", "workloads", "configs", "description"}
+    if unknown:
+        raise SuiteError(f"{source}: unknown top-level keys {sorted(unknown)}; valid: configs, description, gpus, model, workloads")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise SuiteError(f"{_where(source, 'model')}: expected the served model name")
+    gpus = data.get("gpus")
+    if gpus is not None and not isinstance(gpus, str):
+        raise SuiteError(f"{_where(source, 'gpus')}: expected a GPU spec string such as 'h200x8'")
+    raw_workloads = data.get("workloads", {})
+    if not isinstance(raw_workloads, dict) or not raw_workloads:
+        raise SuiteError(f"{source}: expected at least one [workloads.NAME] table")
+    workloads = tuple(_parse_workload(source, n, t, base_dir) for n, t in raw_workloads.items())
+    raw_configs = data.get("configs", [])
+    if not isinstance(raw_configs, list) or not raw_configs:
+        raise SuiteError(f"{source}: expected at least one [[configs]] entry")
+    names = {w.name for w in workloads}
+    configs = tuple(_parse_config(source, i, t, model, names) for i, t in enumerate(raw_configs))
+    seen: set[str] = set()
+    for c in configs:
+        if c.id in seen:
+            raise SuiteError(f"{source}: configuration {c.id} is defined twice")
+        seen.add(c.id)
+    return Suite(source=source, model=model, gpus=gpus, workloads=workloads, configs=configs)
+
+
+def load_suite_file(path: Path) -> Suite:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SuiteError(f"suite file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"suite file {path} is not valid TOML: {exc}") from None
+    return parse_suite(data, str(path), path.parent)
+
+
+def preset_paths() -> list[Path]:
+    return sorted(PRESETS_DIR.glob("*.toml"))
+
+
+def load_builtin_suite(engines: Iterable[str]) -> Suite:
+    """The built-in preset that holds configurations of the given engines."""
+    wanted = set(engines)
+    found = [s for s in (load_suite_file(p) for p in preset_paths()) if wanted & set(s.engines())]
+    if not found:
+        raise SuiteError(f"no built-in preset has configurations for {sorted(wanted)}")
+    if len(found) > 1:
+        sources = ", ".join(s.source for s in found)
+        raise SuiteError(f"engines {sorted(wanted)} span several presets ({sources}); run them separately or give --suite")
+    return found[0]

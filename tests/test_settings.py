@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from pytest_llmperf.baselines import DEFAULT_GATES
+from pytest_llmperf.settings import SettingsError, parse_gates, resolve
+
+ROOT = Path("/repo")
+CWD = Path("/cwd")
+
+
+def make(cli=None, env=None, ini=None):
+    return resolve(cli or {}, env or {}, ini or {}, ROOT, CWD)
+
+
+def test_defaults():
+    s = make()
+    assert not s.active
+    assert s.engines == () and s.gpus is None and s.num_prompts is None
+    assert s.baseline_dir == ROOT / "baselines"
+    assert s.sim_slowdown == 1.0 and dict(s.gates) == DEFAULT_GATES
+    assert s.report_json is None and s.update_baselines is False
+
+
+def test_engines_comma_list_dedup_and_case():
+    assert make({"engine": "SIM, sim,vllm"}).engines == ("sim", "vllm")
+
+
+def test_unknown_engine_lists_choices():
+    with pytest.raises(SettingsError) as info:
+        make({"engine": "tgi"})
+    assert str(info.value) == "--engine: unknown engine 'tgi'; valid choices: sim, vllm, sglang, trtllm (from command line --engine)"
+
+
+def test_precedence_cli_env_ini():
+    ini = {"llmperf_gpus": "h100x8", "llmperf_baseline_dir": "bl"}
+    assert str(make(ini=ini).gpus) == "h100x8"
+    assert str(make(env={"LLMPERF_GPUS": "a100x8"}, ini=ini).gpus) == "a100x8"
+    assert str(make({"gpus": "h200x1"}, {"LLMPERF_GPUS": "a100x8"}, ini).gpus) == "h200x1"
+    # ini paths are relative to the rootdir, command-line paths to the invocation dir
+    assert make(ini=ini).baseline_dir == ROOT / "bl"
+    assert make({"baseline_dir": "x"}, ini=ini).baseline_dir == CWD / "x"
+
+
+@pytest.mark.parametrize(
+    "cli, env, message",
+    [
+        ({"num_prompts": "0"}, {}, "--num-prompts: expected a positive integer, got '0' (from command line --num-prompts)"),
+        ({}, {"LLMPERF_NUM_PROMPTS": "many"}, "expected a positive integer, got 'many' (from environment LLMPERF_NUM_PROMPTS)"),
+        ({"sim_slowdown": "-1"}, {}, "--sim-slowdown: expected a positive number, got '-1'"),
+        ({"sim_slowdown": "nan"}, {}, "expected a positive number"),
+        ({"gpus": "h200"}, {}, "--gpus: malformed GPU spec 'h200'"),
+        ({"gate": "p99_ttft_ms"}, {}, "expected METRIC:PERCENT"),
+        ({"gate": "total_input_tokens:5"}, {}, "cannot be gated"),
+        ({"gate": "mean_tpot_ms:-2"}, {}, "must be >= 0"),
+        ({"startup_timeout": "0"}, {}, "--startup-timeout: expected a positive number"),
+    ],
+)
+def test_bad_values_name_option_and_source(cli, env, message):
+    with pytest.raises(SettingsError) as info:
+        make(cli, env)
+    assert message in str(info.value)
+
+
+def test_ini_source_named():
+    with pytest.raises(SettingsError, match=r"\(from ini option llmperf_gate\)"):
+        make(ini={"llmperf_gate": "nonsense"})
+
+
+def test_gates_add_override_and_remove():
+    gates = parse_gates("p99_ttft_ms:20, mean_tpot_ms:3,total_token_throughput:off")
+    assert gates == {"mean_tpot_ms": 3.0, "p99_ttft_ms": 20.0, "failed": 0.0}
+    with pytest.raises(ValueError, match="nothing would be compared"):
+        parse_gates("total_token_throughput:off,mean_tpot_ms:off,failed:off")
