@@ -1,0 +1,197 @@
+"""RequestRecords -> serving metrics (pure; no IO).
+
+The primary figures follow the reference serving benchmark's definitions
+(see the project's metrics reference): same keys, same formulas, including the
+reference's chunk-counted peak throughput and over-counted peak concurrency.
+Where those two are known to mislead, a correctly named extra sits beside
+them: ``max_output_tokens_per_s_token_weighted`` and
+``max_concurrent_requests_exact``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+MS_PER_S = 1000.0
+
+
+@dataclass
+class RequestRecord:
+    """One request as the client saw it (times in seconds, monotonic clock)."""
+
+    prompt_len: int  # the dataset's prompt token count
+    expected_output_len: int
+    start_s: float = 0.0  # just before the HTTP request is sent
+    success: bool = False
+    ttft_s: float = 0.0  # first output-carrying chunk - start
+    itl_s: list[float] = field(default_factory=list)  # gaps between consecutive output-carrying chunks
+    latency_s: float = 0.0  # e2e: last output-carrying chunk - start
+    output_tokens: int = 0  # usage.completion_tokens, else a tokenizer count of the text
+    input_tokens: int | None = None  # usage.prompt_tokens when the server sent it
+    error: str = ""
+
+    @property
+    def counted_input_tokens(self) -> int:
+        """Input tokens: the server's usage figure when sent, else the dataset's."""
+        return self.input_tokens if self.input_tokens is not None else self.prompt_len
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first; None for one-token outputs."""
+        if self.output_tokens <= 1:
+            return None
+        return (self.latency_s - self.ttft_s) / (self.output_tokens - 1)
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The ``pct`` percentile with linear interpolation (numpy's default method).
+
+    Position ``(n - 1) * pct / 100`` in the sorted values, interpolated between
+    its neighbours. Empty input gives 0.0.
+    """
+    if not 0.0 <= pct <= 100.0:
+        raise ValueError(f"percentile must be within [0, 100], got {pct}")
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    pos = (len(ordered) - 1) * pct / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    frac = pos - lo
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * frac
+
+
+def percentile_key(pct: float) -> str:
+    """The reference's label: 99 -> ``p99``, 99.9 -> ``p99.9``."""
+    return f"p{int(pct)}" if float(pct).is_integer() else f"p{pct}"
+
+
+def _stats_ms(prefix: str, values_s: Sequence[float], percentiles: Sequence[float]) -> dict[str, float]:
+    values_ms = [v * MS_PER_S for v in values_s]
+    out = {
+        f"mean_{prefix}_ms": statistics.fmean(values_ms) if values_ms else 0.0,
+        f"median_{prefix}_ms": statistics.median(values_ms) if values_ms else 0.0,
+        f"std_{prefix}_ms": statistics.pstdev(values_ms) if values_ms else 0.0,
+    }
+    for pct in percentiles:
+        out[f"{percentile_key(pct)}_{prefix}_ms"] = percentile(values_ms, pct)
+    return out
+
+
+def _chunk_times_s(rec: RequestRecord) -> list[float]:
+    """Absolute times of a request's output-carrying chunks."""
+    t = rec.start_s + rec.ttft_s
+    times = [t]
+    for gap in rec.itl_s:
+        t += gap
+        times.append(t)
+    return times
+
+
+def _peak_output_per_s(ok: Sequence[RequestRecord], origin_s: float, token_weighted: bool) -> float:
+    """Largest one-second bucket (from ``origin_s``) of output chunks or tokens.
+
+    Chunk-counted (the reference): every chunk counts 1. Token-weighted: a
+    request's output tokens are spread evenly over its chunks, since the
+    stream tells the total but not each chunk's share.
+    """
+    buckets: Counter[int] = Counter()
+    for rec in ok:
+        times = _chunk_times_s(rec)
+        weight = rec.output_tokens / len(times) if token_weighted else 1.0
+        for t in times:
+            buckets[int(t - origin_s)] += weight
+    return float(max(buckets.values())) if buckets else 0.0
+
+
+def _peak_concurrency_reference(ok: Sequence[RequestRecord], origin_s: float) -> int:
+    """The reference's count: a request is in every whole second from int(start) to int(end)."""
+    seconds: Counter[int] = Counter()
+    for rec in ok:
+        first = int(rec.start_s - origin_s)
+        last = int(rec.start_s + rec.latency_s - origin_s)
+        for sec in range(first, last + 1):
+            seconds[sec] += 1
+    return max(seconds.values()) if seconds else 0
+
+
+def _peak_concurrency_exact(ok: Sequence[RequestRecord]) -> int:
+    """Most requests in flight at once: a sweep over [start, end) intervals."""
+    events = []
+    for rec in ok:
+        events.append((rec.start_s + rec.latency_s, -1))  # ends sort before starts at the same instant
+        events.append((rec.start_s, +1))
+    in_flight = peak = 0
+    for _, delta in sorted(events):
+        in_flight += delta
+        peak = max(peak, in_flight)
+    return peak
+
+
+def compute_metrics(
+    records: Sequence[RequestRecord],
+    duration_s: float,
+    percentiles: Sequence[float] = (99,),
+    goodput_slos_ms: Mapping[str, float] | None = None,
+) -> dict[str, float | int]:
+    """A run's metrics, keyed like the reference benchmark's saved result.
+
+    Failed requests only count in ``failed``. ``goodput_slos_ms`` (keys among
+    ``ttft``, ``tpot``, ``e2el``; inclusive limits in ms) adds
+    ``request_goodput``: requests per second meeting every limit.
+    """
+    ok = [r for r in records if r.success]
+    failed = len(records) - len(ok)
+    total_input = sum(r.counted_input_tokens for r in ok)
+    total_output = sum(r.output_tokens for r in ok)
+
+    def per_s(amount: float) -> float:
+        return amount / duration_s if duration_s > 0 else 0.0
+
+    out: dict[str, float | int] = {
+        "completed": len(ok),
+        "failed": failed,
+        "duration": float(duration_s),
+        "total_input_tokens": total_input,
+        "total_output_tokens": total_output,
+        "request_throughput": per_s(len(ok)),
+        "output_throughput": per_s(total_output),
+        "total_token_throughput": per_s(total_input + total_output),
+    }
+    if goodput_slos_ms:
+        unknown = set(goodput_slos_ms) - set(_SLO_NAMES)
+        if unknown:
+            raise ValueError(f"goodput SLOs must be among {', '.join(_SLO_NAMES)}; got {', '.join(sorted(unknown))}")
+        out["request_goodput"] = per_s(sum(1 for r in ok if _meets_slos(r, goodput_slos_ms)))
+
+    origin_s = min((r.start_s for r in ok), default=0.0)
+    out["max_output_tokens_per_s"] = _peak_output_per_s(ok, origin_s, token_weighted=False)
+    out["max_output_tokens_per_s_token_weighted"] = _peak_output_per_s(ok, origin_s, token_weighted=True)
+    out["max_concurrent_requests"] = _peak_concurrency_reference(ok, origin_s)
+    out["max_concurrent_requests_exact"] = _peak_concurrency_exact(ok)
+
+    tpots = [t for t in (r.tpot_s for r in ok) if t is not None]
+    out.update(_stats_ms("ttft", [r.ttft_s for r in ok], percentiles))
+    out.update(_stats_ms("tpot", tpots, percentiles))
+    out.update(_stats_ms("itl", [gap for r in ok for gap in r.itl_s], percentiles))
+    out.update(_stats_ms("e2el", [r.latency_s for r in ok], percentiles))
+    return out
+
+
+_SLO_NAMES = ("ttft", "tpot", "e2el")
+
+
+def _meets_slos(rec: RequestRecord, slos_ms: Mapping[str, float]) -> bool:
+    values_s = {"ttft": rec.ttft_s, "tpot": rec.tpot_s or 0.0, "e2el": rec.latency_s}
+    return all(values_s[name] * MS_PER_S <= limit_ms for name, limit_ms in slos_ms.items())
+
+
+def failure_reasons(records: Sequence[RequestRecord], limit: int = 5) -> list[str]:
+    """Distinct errors of failed requests with counts, most frequent first (ties in order seen), at most ``limit``."""
+    counts: Counter[str] = Counter(r.error or "unknown error" for r in records if not r.success)
+    # Counter keeps first-seen order; most_common is stable for ties.
+    return [f"{reason} (x{count})" for reason, count in counts.most_common()[:limit]]

@@ -1,0 +1,213 @@
+"""The streaming client against a scripted SSE server, and its pure parts without one."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from pytest_llmperf.loadgen.client import SSEDecoder, StreamAccumulator, build_body, chunk_carries_output
+from pytest_llmperf.loadgen.datasets import SampleRequest
+from pytest_llmperf.loadgen.run import LoadSpec, run_load
+from streamserver import CLOSE, DONE, Reply, Sleep, StreamServer, chat_chunk, completion_chunk, sse, usage_chunk
+
+REQ = SampleRequest("alpha beta gamma", 3, 5)
+
+
+def spec(server, requests=(REQ,), **kw):
+    return LoadSpec(base_url=server.base_url, model="m", requests=list(requests), **kw)
+
+
+def one(script, **kw):
+    with StreamServer(lambda body: script) as server:
+        result = run_load(spec(server, **kw))
+    assert len(result.records) == 1
+    return result.records[0], server.bodies[0], result
+
+
+# ---------------------------------------------------------------- pure parts
+def test_sse_decoder_handles_any_split_and_line_endings():
+    stream = (b": keep-alive comment\n\ndata: {\"a\": 1}\r\n\r\n"
+              b"event: error\ndata: {\"b\":\ndata: 2}\n\ndata:[DONE]\n\n")
+    expected = [("", '{"a": 1}'), ("error", '{"b":\n2}'), ("", "[DONE]")]
+    for size in (1, 2, 7, len(stream)):
+        dec = SSEDecoder()
+        got = [ev for i in range(0, len(stream), size) for ev in dec.feed(stream[i:i + size])]
+        assert got + list(dec.finish()) == expected, size
+
+
+def test_sse_decoder_flushes_an_unterminated_last_event():
+    dec = SSEDecoder()
+    assert list(dec.feed(b"data: x\n\ndata: y")) == [("", "x")]
+    assert list(dec.finish()) == [("", "y")]
+
+
+@pytest.mark.parametrize(
+    "delta, carries",
+    [
+        ({"role": "assistant", "content": ""}, False),  # the opening role chunk
+        ({"role": "assistant"}, False),
+        ({}, False),
+        ({"content": None}, False),
+        ({"content": "hi"}, True),
+        ({"role": "assistant", "content": "hi"}, True),
+        ({"content": ""}, True),  # empty content without a role still counts
+        ({"reasoning_content": "hmm"}, True),
+        ({"reasoning": "hmm"}, True),
+        ({"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}, True),
+        ({"tool_calls": []}, False),
+        ({"function_call": {"name": "f"}}, True),
+    ],
+)
+def test_chat_output_chunk_rules(delta, carries):
+    assert chunk_carries_output({"choices": [{"delta": delta}]}, chat=True) is carries
+
+
+def test_completions_output_chunk_rules():
+    assert chunk_carries_output({"choices": [{"text": ""}]}, chat=False)
+    assert not chunk_carries_output({"choices": [], "usage": {"completion_tokens": 3}}, chat=False)
+    assert not chunk_carries_output({"usage": {}}, chat=False)
+
+
+def test_accumulator_times_each_event_separately():
+    acc = StreamAccumulator(REQ, start_s=10.0, chat=True)
+    for t, data in [(10.5, '{"choices":[{"delta":{"role":"assistant","content":""}}]}'),
+                    (11.0, '{"choices":[{"delta":{"content":"a"}}]}'),
+                    (11.25, '{"choices":[{"delta":{"content":" b c"}}]}'),
+                    (11.75, '{"choices":[{"delta":{"content":" d"}}]}'),
+                    (12.0, '{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":6}}'),
+                    (12.5, "[DONE]")]:
+        acc.on_event("", data, t)
+    rec = acc.record()
+    assert rec.success and rec.ttft_s == 1.0 and rec.itl_s == [0.25, 0.5] and rec.latency_s == 1.75
+    assert rec.output_tokens == 6 and rec.input_tokens == 4 and rec.prompt_len == 3
+
+
+def test_body_fields():
+    chat = build_body("/v1/chat/completions", "m", REQ, ignore_eos=True, extra_body={"temperature": 0})
+    assert chat == {"model": "m", "messages": [{"role": "user", "content": "alpha beta gamma"}],
+                    "max_completion_tokens": 5, "stream": True, "stream_options": {"include_usage": True},
+                    "ignore_eos": True, "temperature": 0}
+    comp = build_body("/v1/completions", "m", REQ)
+    assert comp == {"model": "m", "prompt": "alpha beta gamma", "max_tokens": 5, "stream": True,
+                    "stream_options": {"include_usage": True}}
+
+
+def test_load_spec_validation():
+    with pytest.raises(ValueError, match="at least one request"):
+        LoadSpec(base_url="http://x", model="m", requests=[])
+    with pytest.raises(ValueError, match="max_concurrency must be an integer >= 1 or None, got 0"):
+        LoadSpec(base_url="http://x", model="m", requests=[REQ], max_concurrency=0)
+    with pytest.raises(ValueError, match="base_url must start with http"):
+        LoadSpec(base_url="localhost:8000", model="m", requests=[REQ])
+
+
+def test_importing_the_loadgen_pulls_no_aiohttp():
+    code = ("import sys, pytest_llmperf.loadgen.run, pytest_llmperf.metrics, pytest_llmperf.loadgen.datasets;"
+            "print('aiohttp' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+# ---------------------------------------------------------------- against the server
+def test_chat_stream_with_reasoning_usage_and_split_events():
+    content = chat_chunk(content=" world")
+    script = [
+        chat_chunk(role="assistant", content=""),
+        chat_chunk(reasoning_content="think"),
+        chat_chunk(content="Hello") + content[:11],  # two events in one write, the second cut mid-way
+        Sleep(0.05),
+        content[11:] + chat_chunk(content="!") + chat_chunk(),  # an empty final delta carries nothing
+        usage_chunk(prompt_tokens=4, completion_tokens=7),
+        DONE,
+    ]
+    rec, body, result = one(script, ignore_eos=True)
+    assert rec.success, rec.error
+    assert rec.output_tokens == 7 and rec.input_tokens == 4  # usage wins over counting
+    assert len(rec.itl_s) == 4 - 1  # reasoning, Hello, world, !
+    assert rec.itl_s[1] >= 0.045  # the scheduled 50 ms gap
+    assert rec.latency_s == pytest.approx(rec.ttft_s + sum(rec.itl_s))
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["max_completion_tokens"] == 5 and body["ignore_eos"] is True
+    assert result.duration_s >= rec.latency_s
+
+
+def test_without_usage_output_tokens_are_counted():
+    rec, _, _ = one([chat_chunk(role="assistant"), chat_chunk(content="one two"), chat_chunk(content=" three"), DONE])
+    assert rec.success and rec.output_tokens == 3 and rec.input_tokens is None
+
+
+def test_completions_endpoint():
+    script = [completion_chunk("a"), completion_chunk(""), completion_chunk(" b"),
+              sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}), DONE]
+    rec, body, _ = one(script, endpoint="/v1/completions")
+    assert rec.success and rec.output_tokens == 2 and len(rec.itl_s) == 2  # the empty-text chunk counts too
+    assert body["prompt"] == "alpha beta gamma" and body["max_tokens"] == 5 and "messages" not in body
+
+
+def test_ttft_includes_the_server_delay():
+    rec, _, _ = one([chat_chunk(role="assistant"), Sleep(0.05), chat_chunk(content="x"), DONE])
+    assert rec.success and rec.ttft_s >= 0.045 and rec.itl_s == []
+
+
+@pytest.mark.parametrize(
+    "script, reason",
+    [
+        ([Reply(503, "engine overloaded, retry later")], "HTTP 503 Service Unavailable: engine overloaded, retry later"),
+        ([Reply(400, "")], "HTTP 400 Bad Request: (empty body)"),
+        ([chat_chunk(content="a"), sse({"error": {"message": "out of memory", "code": 500}})],
+         "server error in stream: out of memory (after 1 output chunks)"),
+        ([b'event: error\ndata: {"message": "bad"}\n\n'], "server error in stream: bad"),
+        ([sse({"object": "error", "message": "too long"})], "server error in stream: too long"),
+        ([chat_chunk(role="assistant", content=""), usage_chunk(3, 0), DONE],
+         "stream ended without an output-carrying chunk (got [DONE])"),
+        ([], "stream ended without an output-carrying chunk"),
+        ([chat_chunk(content="a"), CLOSE], "transport error: "),
+        ([b"data: {not json\n\n"], "unparseable stream event"),
+    ],
+)
+def test_failures_carry_a_reason(script, reason):
+    rec, _, _ = one(script)
+    assert not rec.success
+    assert rec.error.startswith(reason), rec.error
+
+
+def test_timeout_is_a_recorded_failure():
+    rec, _, _ = one([chat_chunk(content="a"), Sleep(5), DONE], request_timeout_s=0.3)
+    assert not rec.success and rec.error.startswith("timed out after 0.3 s")
+
+
+def test_connection_refused_is_a_recorded_failure():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_load(LoadSpec(base_url=f"http://127.0.0.1:{port}", model="m", requests=[REQ, REQ]))
+    assert [r.success for r in result.records] == [False, False]
+    assert all(r.error.startswith("transport error: ") for r in result.records)
+
+
+def test_every_request_recorded_in_order_with_mixed_outcomes():
+    def script(body):
+        prompt = body["messages"][0]["content"]
+        if prompt.startswith("fail"):
+            return [Reply(500, "boom")]
+        return [chat_chunk(content=prompt), Sleep(0.01), chat_chunk(content=" z"), usage_chunk(1, 2), DONE]
+
+    requests = [SampleRequest(f"{'fail' if i % 3 == 0 else 'ok'}{i}", 1, 2) for i in range(12)]
+    with StreamServer(script) as server:
+        result = run_load(spec(server, requests=requests))
+    assert [r.success for r in result.records] == [i % 3 != 0 for i in range(12)]
+    assert all(r.error.startswith("HTTP 500") for r in result.records if not r.success)
+    assert all(r.output_tokens == 2 and len(r.itl_s) == 1 for r in result.records if r.success)
+
+
+@pytest.mark.parametrize("limit, expected_max", [(2, 2), (None, 6)])
+def test_max_concurrency_limits_requests_in_flight(limit, expected_max):
+    script = [chat_chunk(content="a"), Sleep(0.1), chat_chunk(content=" b"), DONE]
+    with StreamServer(lambda body: script) as server:
+        result = run_load(spec(server, requests=[REQ] * 6, max_concurrency=limit))
+    assert all(r.success for r in result.records)
+    assert server.max_in_flight == expected_max
+    if limit == 2:  # three waves of two: starts are taken after the limiter lets a request through
+        starts = sorted(r.start_s for r in result.records)
+        assert starts[2] - starts[0] >= 0.09 and starts[4] - starts[2] >= 0.09

@@ -1,0 +1,167 @@
+"""Random and ShareGPT datasets: lengths, determinism, the reference's filters, errors."""
+
+import json
+import statistics
+
+import pytest
+
+from pytest_llmperf.loadgen.datasets import (
+    SHAREGPT_SAMPLE_PATH,
+    SampleRequest,
+    length_range,
+    random_requests,
+    sharegpt_requests,
+)
+from pytest_llmperf.tokenizer import DEFAULT_TOKENIZER
+
+
+def words(n, tag="w"):
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+def convo(*turn_lens, tag="w"):
+    return {"id": tag, "conversations": [{"from": "human" if i % 2 == 0 else "gpt", "value": words(n, f"{tag}_{i}_")}
+                                         for i, n in enumerate(turn_lens)]}
+
+
+def write(tmp_path, data, name="sg.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+# ---------------------------------------------------------------- random
+def test_random_exact_lengths():
+    reqs = random_requests(20, input_len=37, output_len=5, seed=42)
+    assert len(reqs) == 20
+    for r in reqs:
+        assert r.prompt_len == 37 and r.expected_output_len == 5
+        assert DEFAULT_TOKENIZER.count(r.prompt) == 37
+    assert len({r.prompt for r in reqs}) == 20
+
+
+def test_random_is_seeded():
+    assert random_requests(5, 50, 10, seed=1) == random_requests(5, 50, 10, seed=1)
+    assert random_requests(5, 50, 10, seed=1) != random_requests(5, 50, 10, seed=2)
+
+
+def test_random_range_ratio_bounds():
+    reqs = random_requests(400, input_len=100, output_len=20, seed=7, range_ratio=0.5)
+    ins = [r.prompt_len for r in reqs]
+    outs = [r.expected_output_len for r in reqs]
+    assert 50 <= min(ins) and max(ins) <= 150 and 10 <= min(outs) and max(outs) <= 30
+    assert len(set(ins)) > 30  # really drawn, not fixed
+    assert min(ins) < 60 and max(ins) > 140  # spans the range
+    assert all(DEFAULT_TOKENIZER.count(r.prompt) == r.prompt_len for r in reqs)
+
+
+def test_length_range_never_below_one():
+    assert length_range(1, 0.9) == (1, 2)
+    assert length_range(100, 0.0) == (100, 100)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_prompts=0), "num_prompts must be an integer >= 1, got 0"),
+        (dict(input_len=0), "input_len"),
+        (dict(output_len=-1), "output_len"),
+        (dict(range_ratio=1.0), r"range_ratio must be within \[0, 1\), got 1.0"),
+        (dict(range_ratio=-0.1), "range_ratio"),
+    ],
+)
+def test_random_rejects_bad_values(kwargs, match):
+    args = dict(num_prompts=2, input_len=8, output_len=4, seed=0) | kwargs
+    with pytest.raises(ValueError, match=match):
+        random_requests(**args)
+
+
+# ---------------------------------------------------------------- ShareGPT
+def test_sharegpt_filters_like_the_reference(tmp_path):
+    data = [
+        convo(10, 20, tag="keep1"),
+        convo(10, tag="one_turn"),
+        {"id": "no_turns", "conversations": []},
+        "not a dict",
+        convo(3, 20, tag="short_prompt"),
+        convo(10, 3, tag="short_output"),
+        convo(1025, 10, tag="long_prompt"),
+        convo(1024, 1025, tag="long_pair"),
+        convo(1024, 1024, 7, 7, tag="keep2"),  # exactly at both limits; later turns ignored
+        convo(4, 4, tag="keep3"),  # exactly at the minimums
+    ]
+    reqs = sharegpt_requests(write(tmp_path, data), num_prompts=3, seed=0)
+    assert sorted((r.prompt_len, r.expected_output_len) for r in reqs) == [(4, 4), (10, 20), (1024, 1024)]
+    for r in reqs:
+        assert r.prompt.split()[0].split("_")[1] == "0"  # the prompt is turn 0
+        assert r.prompt.split()[0].startswith("keep")
+
+
+def test_sharegpt_fixed_output_len(tmp_path):
+    data = [convo(10, 2, tag="a"), convo(10, 20, tag="b"), convo(1000, 20, tag="c")]
+    reqs = sharegpt_requests(write(tmp_path, data), num_prompts=3, seed=0, output_len=1100)
+    # turn 1's length no longer matters; the pair limit uses the fixed length: 1000 + 1100 > 2048
+    assert sorted((r.prompt_len, r.expected_output_len) for r in reqs[:2]) == [(10, 1100), (10, 1100)]
+    assert {r.prompt_len for r in reqs} == {10}
+
+
+def test_sharegpt_seeded_shuffle_takes_first_n(tmp_path):
+    path = write(tmp_path, [convo(5 + i, 10, tag=f"c{i}") for i in range(30)])
+    a = sharegpt_requests(path, num_prompts=10, seed=42)
+    assert a == sharegpt_requests(path, num_prompts=10, seed=42)
+    assert a != sharegpt_requests(path, num_prompts=10, seed=43)
+    assert len({r.prompt for r in a}) == 10
+    assert [r.prompt_len for r in a] != sorted(r.prompt_len for r in a)  # shuffled, not file order
+    assert sharegpt_requests(path, num_prompts=30, seed=42)[:10] == a
+
+
+def test_sharegpt_oversamples_when_short(tmp_path):
+    path = write(tmp_path, [convo(5 + i, 10, tag=f"c{i}") for i in range(4)] + [convo(2, 2, tag="drop")])
+    reqs = sharegpt_requests(path, num_prompts=11, seed=3)
+    assert len(reqs) == 11
+    assert len({r.prompt for r in reqs}) == 4
+    assert len({r.prompt for r in reqs[:4]}) == 4  # every survivor first, then repeats
+    assert reqs == sharegpt_requests(path, num_prompts=11, seed=3)
+    assert isinstance(reqs[0], SampleRequest)
+
+
+def test_sharegpt_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected a JSON file at .*missing.json"):
+        sharegpt_requests(tmp_path / "missing.json", 1, 0)
+    with pytest.raises(ValueError, match="must be a JSON list of conversations, found a dict"):
+        sharegpt_requests(write(tmp_path, {"conversations": []}), 1, 0)
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        sharegpt_requests(bad, 1, 0)
+    with pytest.raises(ValueError, match="no usable conversation.*2 entries, 1 with two text turns"):
+        sharegpt_requests(write(tmp_path, [convo(2, 10), convo(10)]), 1, 0)
+    with pytest.raises(ValueError, match="num_prompts must be an integer >= 1"):
+        sharegpt_requests(write(tmp_path, [convo(10, 10)]), 0, 0)
+    with pytest.raises(ValueError, match="output_len must be an integer >= 1"):
+        sharegpt_requests(write(tmp_path, [convo(10, 10)]), 1, 0, output_len=0)
+
+
+def test_shipped_sample_matches_the_seed_shape():
+    data = json.loads(SHAREGPT_SAMPLE_PATH.read_text())
+    assert 250 <= len(data) <= 400
+    assert SHAREGPT_SAMPLE_PATH.stat().st_size < 700 * 1024
+    survivors = sharegpt_requests(SHAREGPT_SAMPLE_PATH, num_prompts=len(data), seed=0)
+    unique = list({r.prompt: r for r in survivors}.values())
+    assert len(data) - 40 <= len(unique) < len(data)  # the filters drop some, not many
+    assert 205 <= statistics.fmean(r.prompt_len for r in unique) <= 235
+    assert 185 <= statistics.fmean(r.expected_output_len for r in unique) <= 210
+    reqs = sharegpt_requests(SHAREGPT_SAMPLE_PATH, num_prompts=1000, seed=42)  # the seed's case, oversampled
+    assert 190_000 <= sum(r.prompt_len for r in reqs) <= 250_000
+    assert 170_000 <= sum(r.expected_output_len for r in reqs) <= 225_000
+
+
+def test_sample_generator_is_deterministic(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "make_sharegpt_sample.py"
+    out = tmp_path / "sample.json"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, capture_output=True)
+    assert out.read_bytes() == SHAREGPT_SAMPLE_PATH.read_bytes()
