@@ -10,7 +10,10 @@ from pytest_llmperf.runner import CaseFailure
 
 
 def test_llmperf(llmperf_engine, llmperf_workload, llmperf_run):
+    failure = None
     try:
         llmperf_run.run_case(llmperf_engine, llmperf_workload)
-    except CaseFailure as failure:
-        pytest.fail(str(failure), pytrace=False)
+    except CaseFailure as exc:
+        failure = str(exc)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)

@@ -104,10 +104,16 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]):
-    if _run(config) is not None:
-        module = pytest.Module.from_parent(session, path=CASES_MODULE, nodeid="llmperf")
-        items.extend(session.genitems(module))
-    return (yield)
+    run = _run(config)
+    if run is None:
+        return (yield)
+    module = pytest.Module.from_parent(session, path=CASES_MODULE, nodeid="llmperf")
+    items.extend(session.genitems(module))
+    result = yield
+    # Keep the suite's order (configurations grouped, workloads as written).
+    order = {case.id: n for n, case in enumerate(run.cases)}
+    items.sort(key=lambda item: order.get(_case_id(item.nodeid), -1))
+    return result
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

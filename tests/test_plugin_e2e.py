@@ -1,0 +1,202 @@
+"""End-to-end runs of the plugin on the simulated engine (pytester, subprocess).
+
+Each run boots real sim servers on 127.0.0.1. Assertions are about behaviour
+(verdicts, files, processes); the only figures compared against each other
+differ by a factor (slowdown 2x) far beyond any noise tolerance used here.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+TOL = "total_token_throughput:25,mean_tpot_ms:25"
+
+
+def suite_text(model: str, prompts: int = 24) -> str:
+    return f'''
+model = "{model}"
+gpus = "h200x8"
+
+[workloads.tiny-random]
+dataset = "random"
+input_len = 64
+output_len = 12
+num_prompts = {prompts}
+
+[workloads.tiny-sharegpt]
+dataset = "sharegpt"
+num_prompts = {prompts}
+output_len = 12
+
+[[configs]]
+engine = "sim"
+name = "vllm-tp8"
+profile = "vllm-tp8"
+
+[[configs]]
+engine = "sim"
+name = "sglang-dpattn"
+profile = "sglang-tp8-dp8-dpattn"
+'''
+
+
+def sim_processes(model: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "pytest_llmperf.sim" in cmd and model in cmd:
+            out.append(p)
+    return out
+
+
+@pytest.fixture
+def model():
+    return f"test/model-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def project(pytester, model):
+    pytester.makefile(".toml", suite=suite_text(model))
+    pytester.makepyfile(test_own="def test_own():\n    assert True\n")
+    yield pytester
+    assert sim_processes(model) == [], "a sim engine outlived the run"
+
+
+def run(pytester, *args):
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--suite=suite.toml", *args, timeout=300)
+
+
+def test_record_then_pass_then_detect_slowdown(project, model):
+    bdir = project.path / "bl"
+    rec = run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines", "--report-json=rec.json", "-v")
+    rec.assert_outcomes(passed=4)
+    rec.stdout.fnmatch_lines(["*llmperf::test_llmperf?sim/vllm-tp8/tiny-random? PASSED*", "*llmperf::test_llmperf?sim/sglang-dpattn/tiny-random? PASSED*", "*llmperf summary*",
+                              "*baseline updated: sim/vllm-tp8/tiny-random*", "*total_token_throughput: none -> *updated*"])
+    files = sorted(p.relative_to(bdir).as_posix() for p in bdir.rglob("*.json"))
+    slug = model.replace("/", "__")
+    assert files == [f"h200x8/{slug}/sim/sglang-dpattn.json", f"h200x8/{slug}/sim/vllm-tp8.json"]
+    data = json.loads((bdir / files[1]).read_text())
+    case = data["cases"]["tiny-random"]
+    assert case["workload"]["input_len"] == 64 and case["workload"]["num_prompts"] == 24
+    assert case["metrics"]["completed"] == 24 and case["metrics"]["total_input_tokens"] == 24 * 64
+    assert case["metrics"]["total_output_tokens"] == 24 * 12
+    assert case["command"][:4] == ["python", "-m", "pytest_llmperf.sim", "serve"] and "{port}" in case["command"]
+    assert case["provenance"]["gpus"] == "h200x8" and case["provenance"]["engine_version"].endswith("+sim")
+
+    ok = run(project, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "--report-json=ok.json")
+    ok.assert_outcomes(passed=4)
+    ok.stdout.fnmatch_lines(["*sim/vllm-tp8*", "*workload*total tok/s*change*mean TPOT ms*status*", "*tiny-random*ok*"])
+    report = json.loads((project.path / "ok.json").read_text())
+    assert {c["outcome"] for c in report["cases"]} == {"passed"}
+    first = report["cases"][0]
+    assert first["id"] == "sim/vllm-tp8/tiny-random"
+    assert {"total_token_throughput", "mean_tpot_ms", "p99_ttft_ms", "median_itl_ms", "mean_e2el_ms", "duration"} <= set(first["metrics"])
+    assert {v["metric"]: v["status"] for v in first["verdicts"]}["mean_tpot_ms"] == "ok"
+    assert report["environment"]["gpus"] == "h200x8" and len(report["environment"]["engines_booted"]) == 2
+
+    slow = run(project, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "--sim-slowdown=2")
+    slow.assert_outcomes(failed=4)
+    slow.stdout.fnmatch_lines([
+        "*sim/vllm-tp8/tiny-random regressed against*",
+        "*mean_tpot_ms: baseline *, current *, change +*% (tolerance 25%, lower is better) REGRESSED",
+        "*total_token_throughput: baseline *, current *, change -*% (tolerance 25%, higher is better) REGRESSED",
+    ])
+
+
+def test_missing_entry_fails_exactly_that_item(project):
+    bdir = project.path / "bl"
+    run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines").assert_outcomes(passed=4)
+    path = next(bdir.rglob("vllm-tp8.json"))
+    data = json.loads(path.read_text())
+    del data["cases"]["tiny-sharegpt"]
+    path.write_text(json.dumps(data))
+    result = run(project, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*no baseline for sim/vllm-tp8/tiny-sharegpt in *vllm-tp8.json; record one with --update-baselines*",
+                                 "*FAILED llmperf::test_llmperf[[]sim/vllm-tp8/tiny-sharegpt[]]*"])
+    assert "During handling" not in result.stdout.str()
+
+
+def test_changed_workload_is_not_compared(project):
+    bdir = project.path / "bl"
+    run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines").assert_outcomes(passed=4)
+    result = run(project, "--engine=sim", f"--baseline-dir={bdir}", "--num-prompts=8", "-k", "vllm and random")
+    result.assert_outcomes(failed=1, deselected=3)
+    result.stdout.fnmatch_lines(["*was measured with another workload*", "*num_prompts: baseline 24, this run 8*"])
+
+
+def test_without_engine_only_own_tests_run(project):
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert "llmperf summary" not in result.stdout.str()
+
+
+def test_with_engine_only_perf_cases_run(project):
+    result = run(project, "--engine=sim", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["llmperf::test_llmperf[[]sim/vllm-tp8/tiny-random[]]",
+                                 "llmperf::test_llmperf[[]sim/sglang-dpattn/tiny-sharegpt[]]", "4 tests collected*"])
+    assert "test_own" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine=tgi"], "--engine: unknown engine 'tgi'; valid choices: sim, vllm, sglang, trtllm"),
+    (["--engine=vllm"], "engine 'vllm' is reserved but has no adapter"),
+    (["--engine=sim", "--gpus=h200"], "--gpus: malformed GPU spec 'h200'"),
+    (["--engine=sim", "--num-prompts=-3"], "--num-prompts: expected a positive integer, got '-3'"),
+    (["--engine=sim", "-n", "2"], "cannot run under pytest-xdist"),
+])
+def test_usage_errors(project, args, message):
+    result = run(project, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+def test_wrong_node_errors_every_item_and_boots_nothing(project):
+    result = run(project, "--engine=sim", "--gpus=h100x8", "--report-json=r.json")
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines(["*node does not fit h100x8 (simulated node hgx-h200x8.json)*",
+                                 "*GPU 0 is 'NVIDIA H200', expected 'NVIDIA H100 80GB HBM3'*"])
+    report = json.loads((project.path / "r.json").read_text())
+    assert report["environment"]["engines_booted"] == []
+    assert {c["outcome"] for c in report["cases"]} == {"error"}
+
+
+def test_engine_that_dies_fails_its_items_with_log_tail(project, model):
+    project.makefile(".toml", broken=suite_text(model).replace('profile = "vllm-tp8"', 'profile = "no-such-profile"'))
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--suite=broken.toml", "--engine=sim",
+                                          f"--baseline-dir={project.path / 'bl'}", "--update-baselines", timeout=300)
+    result.assert_outcomes(errors=2, passed=2)
+    result.stdout.fnmatch_lines(["*engine exited with code * before it was ready; last lines of *sim-vllm-tp8.log*",
+                                 "*no-such-profile*"])
+
+
+def test_sigterm_mid_run_tears_the_engine_down(project, model):
+    project.makefile(".toml", long=suite_text(model, prompts=4000))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--suite=long.toml", "--engine=sim",
+         f"--baseline-dir={project.path / 'bl'}", "--update-baselines", "-k", "vllm and random"],
+        cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not sim_processes(model) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sim_processes(model), "the engine never started"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert b"KeyboardInterrupt" in out or b"Interrupted" in out
+    assert sim_processes(model) == []
