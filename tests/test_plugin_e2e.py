@@ -2,7 +2,7 @@
 
 Each run boots real sim servers on 127.0.0.1. Assertions are about behaviour
 (verdicts, files, processes); the only figures compared against each other
-differ by a factor (slowdown 2x) far beyond any noise tolerance used here.
+differ by a factor (slowdown 4x) far beyond any noise tolerance used here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import uuid
 import psutil
 import pytest
 
-TOL = "total_token_throughput:25,mean_tpot_ms:25"
+# Wide enough that a loaded CI machine cannot fail the pass run, while a
+# 4x slowdown (-75% throughput, +300% TPOT) is far beyond it.
+TOL = "total_token_throughput:60,mean_tpot_ms:60"
 
 
 def suite_text(model: str, prompts: int = 24) -> str:
@@ -102,12 +104,12 @@ def test_record_then_pass_then_detect_slowdown(project, model):
     assert {v["metric"]: v["status"] for v in first["verdicts"]}["mean_tpot_ms"] == "ok"
     assert report["environment"]["gpus"] == "h200x8" and len(report["environment"]["engines_booted"]) == 2
 
-    slow = run(project, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "--sim-slowdown=2")
+    slow = run(project, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "--sim-slowdown=4")
     slow.assert_outcomes(failed=4)
     slow.stdout.fnmatch_lines([
         "*sim/vllm-tp8/tiny-random regressed against*",
-        "*mean_tpot_ms: baseline *, current *, change +*% (tolerance 25%, lower is better) REGRESSED",
-        "*total_token_throughput: baseline *, current *, change -*% (tolerance 25%, higher is better) REGRESSED",
+        "*mean_tpot_ms: baseline *, current *, change +*% (tolerance 60%, lower is better) REGRESSED",
+        "*total_token_throughput: baseline *, current *, change -*% (tolerance 60%, higher is better) REGRESSED",
     ])
 
 
