@@ -1,0 +1,96 @@
+"""``python -m pytest_llmperf.sim``: serve a simulated engine, or list its profiles.
+
+    python -m pytest_llmperf.sim serve --port 8000 --profile vllm-tp8 [--host 127.0.0.1]
+        [--slowdown FACTOR] [--served-model-name NAME] [--log-level info]
+    python -m pytest_llmperf.sim profiles
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pytest_llmperf.sim", description="The simulated LLM engine.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve an OpenAI-compatible streaming API with modelled timing")
+    serve.add_argument("--port", type=_port, required=True, help="TCP port (0: any free port)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--profile", required=True, help="a built-in profile name or a path to a profile .toml")
+    serve.add_argument("--slowdown", type=_positive_float, default=1.0, help="multiply every step's duration")
+    serve.add_argument("--served-model-name", default=None, help="model name the API answers to (default: the profile's)")
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    sub.add_parser("profiles", help="list the built-in profiles")
+    return ap
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .profiles import load_profile
+    from .server import SimServer
+
+    try:
+        profile = load_profile(args.profile)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    server = SimServer(profile, args.served_model_name, args.slowdown)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        port = await server.start(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    shown_host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"sim engine ready on http://{shown_host}:{port} (profile {profile.name}, model {server.model_name}, "
+          f"slowdown {args.slowdown:g})", flush=True)
+    await stop.wait()
+    logging.getLogger("pytest_llmperf.sim").info("stopping")
+    await server.stop()
+    print("sim engine stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "profiles":
+        from .profiles import list_profiles, load_profile
+
+        for name in list_profiles():
+            p = load_profile(name)
+            print(f"{name}: {p.stands_in_for or p.description}")
+        return 0
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(_serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""A continuous-batching engine model: pure, deterministic, no clock or IO.
+
+The caller adds requests, then loops ``plan_step`` -> ``step_duration_s`` ->
+(wait that long, or advance virtual time) -> ``commit_step``, which returns
+the tokens each request produced in that step.
+
+What is modelled, per attention rank (``dp_size`` ranks, each with its own
+waiting queue, running batch and KV cache; TP-only configs have one rank):
+admission limited by a running-request cap and KV tokens (a request holds
+prompt + generated tokens until it ends; when decode growth does not fit, the
+most recently admitted request is preempted and recomputed later), chunked
+prefill under a per-step token budget, batched decode, and step time growing
+with sequences, tokens and attended context. Ranks step together: a step
+lasts as long as the slowest rank plus a shared cost (MoE, communication)
+proportional to all tokens in the step.
+
+Schedulers: ``mixed`` (vLLM style: decodes first, then prefill chunks fill
+the token budget, all in one step) and ``prefill_first`` (SGLang style: a
+rank with admissible prefill work runs a prefill-only step, otherwise it
+decodes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULERS = ("mixed", "prefill_first")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """All parameters of one simulated engine configuration.
+
+    Per-rank figures (``*_per_rank`` or documented so) apply to each of the
+    ``dp_size`` attention ranks; ``moe_ms_per_token`` and ``step_base_ms`` are
+    shared by the whole node.
+    """
+
+    name: str
+    step_base_ms: float
+    decode_ms_per_seq: float
+    prefill_ms_per_token: float
+    max_running_requests: int
+    kv_capacity_tokens: int
+    chunked_prefill_tokens: int
+    description: str = ""
+    engine: str = "sim"
+    stands_in_for: str = ""
+    seed_engine_version: str = ""
+    model: str = "deepseek-ai/DeepSeek-V3.2"
+    max_context_tokens: int = 163840
+    dp_size: int = 1
+    scheduler: str = "mixed"
+    decode_attn_ms_per_ktoken: float = 0.0
+    prefill_attn_ms_per_token_per_ktoken: float = 0.0
+    prefill_ms_per_seq: float = 0.0
+    moe_ms_per_token: float = 0.0
+    tokens_per_decode_step: float = 1.0
+    spec_draft_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"invalid sim profile {self.name!r}: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+
+        def need_int(name: str, low: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                out.append(f"{name} must be an integer >= {low}, got {v!r}")
+
+        def need_float(name: str, low: float, strict: bool = False) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < low or (strict and v == low):
+                out.append(f"{name} must be a number {'>' if strict else '>='} {low}, got {v!r}")
+
+        if not isinstance(self.name, str) or not self.name:
+            out.append(f"name must be a non-empty string, got {self.name!r}")
+        for name in ("max_running_requests", "kv_capacity_tokens", "chunked_prefill_tokens", "max_context_tokens", "dp_size"):
+            need_int(name, 1)
+        need_int("spec_draft_tokens", 0)
+        for name in ("step_base_ms", "decode_ms_per_seq", "prefill_ms_per_token", "decode_attn_ms_per_ktoken",
+                     "prefill_attn_ms_per_token_per_ktoken", "prefill_ms_per_seq", "moe_ms_per_token"):
+            need_float(name, 0.0)
+        need_float("tokens_per_decode_step", 1.0)
+        if self.scheduler not in SCHEDULERS:
+            out.append(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if not out and self.kv_capacity_tokens < self.max_context_tokens:
+            out.append(f"kv_capacity_tokens ({self.kv_capacity_tokens}) must be >= max_context_tokens "
+                       f"({self.max_context_tokens}) so that any accepted request fits alone")
+        if not out and isinstance(self.tokens_per_decode_step, (int, float)) and self.tokens_per_decode_step > 1 + self.spec_draft_tokens:
+            out.append(f"tokens_per_decode_step ({self.tokens_per_decode_step}) cannot exceed 1 + spec_draft_tokens "
+                       f"({1 + self.spec_draft_tokens})")
+        return out
+
+    def replace(self, **changes: Any) -> "Profile":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """What one request got from one step."""
+
+    request_id: str
+    new_tokens: int
+    first: bool
+    finished: bool
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """One rank's share of a step: decoding requests and prefill chunks (request, tokens)."""
+
+    decodes: tuple = ()
+    prefills: tuple = ()
+    preempted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """A planned step: one ``RankPlan`` per rank and its modelled cost (before slowdown)."""
+
+    ranks: tuple[RankPlan, ...]
+    cost_ms: float
+    num_decode_seqs: int
+    num_prefill_tokens: int
+
+    @property
+    def empty(self) -> bool:
+        return self.num_decode_seqs == 0 and self.num_prefill_tokens == 0
+
+
+@dataclass(eq=False)
+class _Request:
+    request_id: str
+    prompt_tokens: int
+    max_output_tokens: int
+    rank: int
+    generated: int = 0
+    prefill_target: int = 0  # tokens to prefill before decoding (prompt, or prompt + generated after preemption)
+    prefilled: int = 0
+    kv_held: int = 0
+    spec_credit: float = 0.0
+    state: str = "waiting"  # waiting | prefill | decode | done
+
+
+@dataclass(eq=False)
+class _Rank:
+    index: int
+    waiting: deque = field(default_factory=deque)
+    running: dict = field(default_factory=dict)  # admission order: request_id -> _Request
+    decoding: dict = field(default_factory=dict)
+    kv_used: int = 0
+    decode_ctx_tokens: int = 0  # sum of kv_held over decoding requests
+    queued_tokens: int = 0
+
+    @property
+    def load(self) -> tuple[int, int, int]:
+        return (len(self.running) + len(self.waiting), self.queued_tokens, self.index)
+
+
+class EngineModel:
+    """The engine: add requests, then plan -> duration -> commit, step after step."""
+
+    def __init__(self, profile: Profile, slowdown: float = 1.0):
+        if isinstance(slowdown, bool) or not isinstance(slowdown, (int, float)) or not slowdown > 0:
+            raise ValueError(f"slowdown must be a number > 0, got {slowdown!r}")
+        self.profile = profile
+        self.slowdown = float(slowdown)
+        self._ranks = [_Rank(i) for i in range(profile.dp_size)]
+        self._requests: dict[str, _Request] = {}
+        self._inflight: StepPlan | None = None
+        self.num_preemptions = 0
+        self.num_steps = 0
+
+    # -- requests ---------------------------------------------------------
+
+    def check_request(self, prompt_tokens: int, max_output_tokens: int) -> None:
+        """Raise ValueError when the profile cannot serve this request."""
+        for name, v, low in (("prompt_tokens", prompt_tokens, 1), ("max_output_tokens", max_output_tokens, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        limit = self.profile.max_context_tokens
+        if prompt_tokens + max_output_tokens > limit:
+            raise ValueError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + max_output_tokens} tokens ({prompt_tokens} in the messages, "
+                f"{max_output_tokens} in the completion). Please reduce the length of the messages or completion.")
+
+    def add_request(self, request_id: str, prompt_tokens: int, max_output_tokens: int) -> None:
+        """Queue a request on the least-loaded rank; it will produce exactly ``max_output_tokens`` tokens."""
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in the engine")
+        self.check_request(prompt_tokens, max_output_tokens)
+        rank = min(self._ranks, key=lambda r: r.load)
+        req = _Request(request_id, prompt_tokens, max_output_tokens, rank.index, prefill_target=prompt_tokens)
+        self._requests[request_id] = req
+        rank.waiting.append(req)
+        rank.queued_tokens += prompt_tokens
+
+    def abort_request(self, request_id: str) -> None:
+        """Drop a request (client went away); unknown or finished ids are ignored."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return
+        rank = self._ranks[req.rank]
+        if req.state == "waiting":
+            rank.waiting.remove(req)
+            rank.queued_tokens -= req.prefill_target
+        else:
+            self._release(rank, req)
+        req.state = "done"
+
+    def has_work(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._requests)
+
+    def stats(self) -> dict[str, int]:
+        """Counts for logs and tests: running, waiting, kv tokens used (all ranks)."""
+        return {
+            "running": sum(len(r.running) for r in self._ranks),
+            "waiting": sum(len(r.waiting) for r in self._ranks),
+            "kv_used_tokens": sum(r.kv_used for r in self._ranks),
+            "preemptions": self.num_preemptions,
+        }
+
+    def rank_of(self, request_id: str) -> int:
+        return self._requests[request_id].rank
+
+    # -- internals --------------------------------------------------------
+
+    def _release(self, rank: _Rank, req: _Request) -> None:
+        rank.running.pop(req.request_id, None)
+        if rank.decoding.pop(req.request_id, None) is not None:
+            rank.decode_ctx_tokens -= req.kv_held
+        rank.kv_used -= req.kv_held
+        req.kv_held = 0
+
+    def _preempt_last(self, rank: _Rank) -> str:
+        _, req = rank.running.popitem()
+        rank.running[req.request_id] = req  # _release pops it again
+        self._release(rank, req)
+        req.state = "waiting"
+        req.prefill_target = req.prompt_tokens + req.generated
+        req.prefilled = 0
+        rank.waiting.appendleft(req)
+        rank.queued_tokens += req.prefill_target
+        self.num_preemptions += 1
+        return req.request_id
+
+    def _plan_rank(self, rank: _Rank) -> tuple[RankPlan, float, int, int]:
+        p = self.profile
+        budget = p.chunked_prefill_tokens
+        per_seq = 1 + p.spec_draft_tokens
+        growth = int(-(-p.tokens_per_decode_step // 1))  # ceil: KV slots a decode may need this step
+        preempted: list[str] = []
+
+        def can_admit() -> bool:
+            if not rank.waiting or len(rank.running) >= p.max_running_requests:
+                return False
+            return rank.kv_used + rank.waiting[0].prefill_target <= p.kv_capacity_tokens
+
+        in_progress = [r for r in rank.running.values() if r.state == "prefill"] if len(rank.decoding) != len(rank.running) else []
+        do_decode = True
+        if p.scheduler == "prefill_first" and (in_progress or can_admit()):
+            do_decode = False
+
+        decodes: tuple = ()
+        if do_decode and rank.decoding:
+            while rank.kv_used + growth * len(rank.decoding) > p.kv_capacity_tokens and len(rank.running) > 1:
+                preempted.append(self._preempt_last(rank))
+            in_progress = [r for r in in_progress if r.state == "prefill"]
+            max_decodes = budget // per_seq
+            decodes = tuple(rank.decoding.values())
+            if len(decodes) > max_decodes:
+                decodes = decodes[:max_decodes]
+                ctx = sum(r.kv_held for r in decodes)
+            else:
+                ctx = rank.decode_ctx_tokens
+            budget -= len(decodes) * per_seq
+        else:
+            ctx = 0
+
+        prefills: list[tuple[_Request, int]] = []
+        attn_pairs = 0.0
+        for req in in_progress:
+            if budget <= 0:
+                break
+            n = min(req.prefill_target - req.prefilled, budget)
+            prefills.append((req, n))
+            attn_pairs += n * (req.prefilled + n / 2)
+            budget -= n
+        while budget > 0 and can_admit():
+            req = rank.waiting.popleft()
+            rank.queued_tokens -= req.prefill_target
+            req.state = "prefill"
+            req.kv_held = req.prefill_target
+            rank.kv_used += req.kv_held
+            rank.running[req.request_id] = req
+            n = min(req.prefill_target, budget)
+            prefills.append((req, n))
+            attn_pairs += n * (n / 2)
+            budget -= n
+
+        n_prefill = sum(n for _, n in prefills)
+        cost = 0.0
+        if decodes or prefills:
+            cost = (p.decode_ms_per_seq * len(decodes) + p.decode_attn_ms_per_ktoken * ctx / 1000.0
+                    + p.prefill_ms_per_token * n_prefill + p.prefill_attn_ms_per_token_per_ktoken * attn_pairs / 1000.0
+                    + p.prefill_ms_per_seq * len(prefills))
+        plan = RankPlan(decodes, tuple(prefills), tuple(preempted))
+        return plan, cost, len(decodes), n_prefill
+
+    # -- stepping -----------------------------------------------------------
+
+    def plan_step(self) -> StepPlan:
+        """Decide the next step (admissions and preemptions happen here); commit it before planning again."""
+        if self._inflight is not None:
+            raise RuntimeError("plan_step called twice: commit_step the previous plan first")
+        p = self.profile
+        plans, slowest_ms, n_dec, n_pref = [], 0.0, 0, 0
+        for rank in self._ranks:
+            plan, cost, d, n = self._plan_rank(rank)
+            plans.append(plan)
+            slowest_ms = max(slowest_ms, cost)
+            n_dec += d
+            n_pref += n
+        total_ms = 0.0
+        if n_dec or n_pref:
+            total_ms = slowest_ms + p.step_base_ms + p.moe_ms_per_token * (n_dec * (1 + p.spec_draft_tokens) + n_pref)
+        step = StepPlan(tuple(plans), total_ms, n_dec, n_pref)
+        self._inflight = step
+        return step
+
+    def step_duration_s(self, plan: StepPlan) -> float:
+        """How long the step takes, slowdown included."""
+        return plan.cost_ms * self.slowdown / 1000.0
+
+    def commit_step(self, plan: StepPlan) -> list[TokenEvent]:
+        """Apply the step: tokens produced, prefills advanced, finished requests released."""
+        if plan is not self._inflight:
+            raise RuntimeError("commit_step expects the plan returned by the last plan_step")
+        self._inflight = None
+        self.num_steps += 1
+        p = self.profile
+        rate = p.tokens_per_decode_step
+        events: list[TokenEvent] = []
+        for rank_plan, rank in zip(plan.ranks, self._ranks):
+            for req in rank_plan.decodes:
+                if req.state != "decode":
+                    continue  # aborted (or preempted) meanwhile
+                if rate == 1.0:
+                    n = 1
+                else:
+                    req.spec_credit += rate
+                    n = int(req.spec_credit + 1e-9)
+                    req.spec_credit -= n
+                n = max(1, min(n, req.max_output_tokens - req.generated))
+                req.generated += n
+                req.kv_held += n
+                rank.kv_used += n
+                rank.decode_ctx_tokens += n
+                done = req.generated >= req.max_output_tokens
+                events.append(TokenEvent(req.request_id, n, False, done))
+                if done:
+                    self._finish(rank, req)
+            for req, n in rank_plan.prefills:
+                if req.state != "prefill":
+                    continue
+                req.prefilled += n
+                if req.prefilled < req.prefill_target:
+                    continue
+                first = req.generated == 0
+                req.generated += 1
+                req.kv_held += 1
+                rank.kv_used += 1
+                done = req.generated >= req.max_output_tokens
+                events.append(TokenEvent(req.request_id, 1, first, done))
+                if done:
+                    self._finish(rank, req)
+                else:
+                    req.state = "decode"
+                    rank.decoding[req.request_id] = req
+                    rank.decode_ctx_tokens += req.kv_held
+        return events
+
+    def _finish(self, rank: _Rank, req: _Request) -> None:
+        self._release(rank, req)
+        req.state = "done"
+        self._requests.pop(req.request_id, None)

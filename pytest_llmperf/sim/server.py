@@ -1,0 +1,404 @@
+"""The sim engine's OpenAI-compatible HTTP server (aiohttp).
+
+One scheduler task drives ``EngineModel``: plan a step, sleep until the
+step's scheduled end on an absolute timeline (each step starts where the
+previous one was scheduled to end; when idle, the timeline re-anchors to
+now), commit, and hand each request its tokens. Handlers only parse, wait
+and write pre-encoded SSE chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..tokenizer import DEFAULT_TOKENIZER
+from .model import EngineModel, Profile
+
+log = logging.getLogger("pytest_llmperf.sim")
+
+NATURAL_STOP_FRACTION = 0.04
+"""Share of prompts whose natural answer is short (4..511 tokens); the rest run to 2048..4095 tokens."""
+
+DONE_EVENT = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+def natural_output_tokens(prompt_text: str) -> int:
+    """The length the simulated model would answer ``prompt_text`` with when free to stop (deterministic)."""
+    h = zlib.crc32(prompt_text.encode("utf-8", "surrogatepass"))
+    if (h & 0xFFFF) / 65536.0 < NATURAL_STOP_FRACTION:
+        return 4 + (h >> 16) % 508
+    return 2048 + (h >> 16) % 2048
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, err_type: str = "BadRequestError", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.err_type, self.param = status, message, err_type, param
+
+    def response(self) -> web.Response:
+        body = {"error": {"message": self.message, "type": self.err_type, "param": self.param, "code": self.status}}
+        return web.json_response(body, status=self.status)
+
+
+@dataclass(eq=False)
+class _Stream:
+    """Tokens handed from the scheduler to one request's handler."""
+
+    pending: list = field(default_factory=list)  # (new_tokens, finished)
+    waiter: asyncio.Future | None = None
+    closed_reason: str | None = None
+
+    def push(self, item: tuple[int, bool]) -> None:
+        self.pending.append(item)
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def close(self, reason: str) -> None:
+        self.closed_reason = reason
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    chat: bool
+    prompt_text: str
+    prompt_tokens: int
+    max_tokens: int
+    stream: bool
+    include_usage: bool
+    finish_reason: str
+    output_tokens: int
+
+
+def _int_field(body: dict, name: str) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ApiError(400, f"{name} must be an integer >= 1, got {v!r}", param=name)
+    return v
+
+
+def _message_text(messages: Any) -> str:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list of {\"role\": ..., \"content\": ...} objects", param="messages")
+    parts: list[str] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"messages[{i}] must be an object with a string 'role', got {m!r:.80}", param="messages")
+        content = m.get("content")
+        if content is None or isinstance(content, str):
+            parts.append(content or "")
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                    parts.append(part["text"])
+                else:
+                    raise ApiError(400, f"messages[{i}].content parts must be {{\"type\": \"text\", \"text\": ...}}", param="messages")
+        else:
+            raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param="messages")
+    return "\n".join(parts)
+
+
+class SimServer:
+    """The HTTP front of one simulated engine."""
+
+    def __init__(self, profile: Profile, served_model_name: str | None = None, slowdown: float = 1.0):
+        self.profile = profile
+        self.model_name = served_model_name or profile.model
+        self.engine = EngineModel(profile, slowdown)
+        self.created = int(time.time())
+        self._streams: dict[str, _Stream] = {}
+        self._wakeup: asyncio.Event | None = None
+        self._scheduler: asyncio.Task | None = None
+        self._runner: web.AppRunner | None = None
+        self._next_id = 0
+        self.port: int | None = None
+        self.chunks_sent = 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.handle_chat)
+        app.router.add_post("/v1/completions", self.handle_completions)
+        app.router.add_get("/v1/models", self.handle_models)
+        app.router.add_get("/health", self.handle_health)
+        app.router.add_get("/version", self.handle_version)
+        app.router.add_get("/metrics", self.handle_metrics)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Start serving; returns the bound port."""
+        self._wakeup = asyncio.Event()
+        self._scheduler = asyncio.create_task(self._schedule(), name="sim-scheduler")
+        self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, backlog=4096)
+        await site.start()
+        sockets = self._runner.addresses
+        self.port = sockets[0][1] if sockets else port
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop the scheduler, end open streams, close the listener."""
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            try:
+                await self._scheduler
+            except asyncio.CancelledError:
+                pass
+            self._scheduler = None
+        for stream in list(self._streams.values()):
+            stream.close("server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- the scheduler ------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        engine, streams, wakeup = self.engine, self._streams, self._wakeup
+        assert wakeup is not None
+        step_start = loop.time()
+        while True:
+            if not engine.has_work():
+                wakeup.clear()
+                await wakeup.wait()
+                step_start = loop.time()  # idle: re-anchor the timeline to now
+                continue
+            plan = engine.plan_step()
+            if plan.empty:  # nothing runnable (e.g. everything just aborted): do not spin
+                engine.commit_step(plan)
+                wakeup.clear()
+                try:
+                    await asyncio.wait_for(wakeup.wait(), 0.01)
+                except asyncio.TimeoutError:
+                    pass
+                step_start = loop.time()
+                continue
+            step_end = step_start + engine.step_duration_s(plan)
+            delay = step_end - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)  # let handlers run even when behind schedule
+            events = engine.commit_step(plan)
+            step_start = step_end
+            for ev in events:
+                stream = streams.get(ev.request_id)
+                if stream is not None:
+                    stream.push((ev.new_tokens, ev.finished))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("step %d: %d decodes, %d prefill tokens, %.1f ms, %s", engine.num_steps,
+                          plan.num_decode_seqs, plan.num_prefill_tokens, plan.cost_ms, engine.stats())
+
+    # -- request handling ---------------------------------------------------
+
+    async def _read_json(self, request: web.Request) -> dict:
+        try:
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"request body must be a JSON object: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+        return body
+
+    def _parse(self, body: dict, chat: bool) -> _Parsed:
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        if chat:
+            text = _message_text(body.get("messages"))
+            max_tokens = _int_field(body, "max_completion_tokens") or _int_field(body, "max_tokens")
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise ApiError(400, "prompt must be a string (or a list of one string)", param="prompt")
+            text = prompt
+            max_tokens = _int_field(body, "max_tokens")
+        n = body.get("n", 1)
+        if n != 1:
+            raise ApiError(400, f"the sim engine supports n=1 only, got n={n!r}", param="n")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, f"stream must be a boolean, got {stream!r}", param="stream")
+        ignore_eos = body.get("ignore_eos", False)
+        if not isinstance(ignore_eos, bool):
+            raise ApiError(400, f"ignore_eos must be a boolean, got {ignore_eos!r}", param="ignore_eos")
+        opts = body.get("stream_options") or {}
+        if not isinstance(opts, dict):
+            raise ApiError(400, "stream_options must be an object", param="stream_options")
+        include_usage = bool(opts.get("include_usage", False))
+
+        prompt_tokens = DEFAULT_TOKENIZER.count(text)
+        limit = self.profile.max_context_tokens
+        if prompt_tokens >= limit:
+            raise ApiError(400, f"This model's maximum context length is {limit} tokens. However, your request has "
+                                f"{prompt_tokens} input tokens. Please reduce the length of the input messages.",
+                           param="messages" if chat else "prompt")
+        if max_tokens is None:
+            max_tokens = limit - max(1, prompt_tokens)
+        try:
+            self.engine.check_request(max(1, prompt_tokens), max_tokens)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="max_tokens") from None
+        output_tokens, finish = max_tokens, "length"
+        if not ignore_eos:
+            natural = natural_output_tokens(text)
+            if natural < max_tokens:
+                output_tokens, finish = natural, "stop"
+        return _Parsed(chat, text, prompt_tokens, max_tokens, stream, include_usage, finish, output_tokens)
+
+    async def handle_chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, chat=True)
+
+    async def handle_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, chat=False)
+
+    async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            parsed = self._parse(await self._read_json(request), chat)
+        except ApiError as err:
+            return err.response()
+        self._next_id += 1
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{self._next_id:08x}"
+        stream = _Stream()
+        self._streams[rid] = stream
+        self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            if parsed.stream:
+                return await self._stream(request, rid, parsed, stream)
+            try:
+                return await self._whole(rid, parsed, stream)
+            except ConnectionResetError as exc:
+                return ApiError(503, f"request ended before completion: {exc}", "ServiceUnavailableError").response()
+        finally:
+            # Still in the engine when the client went away or the server stopped: abort it (no-op when finished).
+            self._streams.pop(rid, None)
+            self.engine.abort_request(rid)
+
+    async def _next_events(self, stream: _Stream) -> list:
+        while not stream.pending:
+            if stream.closed_reason:
+                raise ConnectionResetError(stream.closed_reason)
+            stream.waiter = asyncio.get_running_loop().create_future()
+            await stream.waiter
+            stream.waiter = None
+        items, stream.pending = stream.pending, []
+        return items
+
+    def _token_text(self, seed: int, start: int, n: int) -> str:
+        tt = DEFAULT_TOKENIZER.token_text
+        return "".join(tt(seed, i) for i in range(start, start + n))
+
+    async def _stream(self, request: web.Request, rid: str, p: _Parsed, stream: _Stream) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await resp.prepare(request)
+        created = int(time.time())
+        model_json = json.dumps(self.model_name)
+        if p.chat:
+            head = (f'data: {{"id":"{rid}","object":"chat.completion.chunk","created":{created},"model":{model_json},'
+                    f'"choices":[{{"index":0,"delta":').encode()
+            opening = head + b'{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
+            try:
+                await resp.write(opening)
+            except ConnectionResetError:
+                return resp
+        else:
+            head = (f'data: {{"id":"{rid}","object":"text_completion","created":{created},"model":{model_json},'
+                    f'"choices":[{{"index":0,"text":').encode()
+        try:
+            await self._write_tokens(resp, rid, p, stream, head, created, model_json)
+        except ConnectionResetError as exc:
+            log.debug("%s: stream ended early (%s)", rid, exc)
+        return resp
+
+    async def _write_tokens(self, resp: web.StreamResponse, rid: str, p: _Parsed, stream: _Stream, head: bytes,
+                            created: int, model_json: str) -> None:
+        tail_open = b',"logprobs":null,"finish_reason":null}]}\n\n'
+        seed = zlib.crc32(p.prompt_text.encode("utf-8", "surrogatepass"))
+        sent = 0
+        done = False
+        while not done:
+            out = bytearray()
+            for n, finished in await self._next_events(stream):
+                text = json.dumps(self._token_text(seed, sent, n))
+                sent += n
+                if p.chat:
+                    out += head + b'{"content":' + text.encode()
+                    out += b"}" + (f',"logprobs":null,"finish_reason":"{p.finish_reason}"}}]}}\n\n'.encode() if finished else tail_open)
+                else:
+                    out += head + text.encode()
+                    out += (f',"logprobs":null,"finish_reason":"{p.finish_reason}"}}]}}\n\n'.encode() if finished else tail_open)
+                self.chunks_sent += 1
+                if finished:
+                    done = True
+                    break
+            if done:
+                if p.include_usage:
+                    usage = {"prompt_tokens": p.prompt_tokens, "completion_tokens": sent,
+                             "total_tokens": p.prompt_tokens + sent}
+                    obj = "chat.completion.chunk" if p.chat else "text_completion"
+                    out += (f'data: {{"id":"{rid}","object":"{obj}","created":{created},"model":{model_json},'
+                            f'"choices":[],"usage":{json.dumps(usage)}}}\n\n').encode()
+                out += DONE_EVENT
+            await resp.write(bytes(out))
+        await resp.write_eof()
+
+    async def _whole(self, rid: str, p: _Parsed, stream: _Stream) -> web.Response:
+        sent = 0
+        done = False
+        while not done:
+            for n, finished in await self._next_events(stream):
+                sent += n
+                done = done or finished
+        seed = zlib.crc32(p.prompt_text.encode("utf-8", "surrogatepass"))
+        text = self._token_text(seed, 0, sent)
+        usage = {"prompt_tokens": p.prompt_tokens, "completion_tokens": sent, "total_tokens": p.prompt_tokens + sent}
+        if p.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": p.finish_reason}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": p.finish_reason}
+            obj = "text_completion"
+        body = {"id": rid, "object": obj, "created": int(time.time()), "model": self.model_name,
+                "choices": [choice], "usage": usage}
+        return web.json_response(body)
+
+    async def handle_models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{
+            "id": self.model_name, "object": "model", "created": self.created, "owned_by": "pytest-llmperf-sim",
+            "root": self.profile.model, "max_model_len": self.profile.max_context_tokens}]})
+
+    async def handle_health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def handle_version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": f"{__version__}+sim", "profile": self.profile.name})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        s = self.engine.stats()
+        lines = [f"sim:num_requests_running {s['running']}", f"sim:num_requests_waiting {s['waiting']}",
+                 f"sim:kv_used_tokens {s['kv_used_tokens']}", f"sim:num_preemptions {s['preemptions']}",
+                 f"sim:num_steps {self.engine.num_steps}", f"sim:chunks_sent {self.chunks_sent}"]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

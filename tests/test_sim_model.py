@@ -1,0 +1,292 @@
+"""The pure engine model: admission, KV, chunked prefill, decode, DP routing, timing."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llmperf.sim.model import EngineModel, Profile
+
+
+def profile(**over) -> Profile:
+    base = dict(name="t", step_base_ms=1.0, decode_ms_per_seq=0.5, prefill_ms_per_token=0.01,
+                max_running_requests=8, kv_capacity_tokens=1000, chunked_prefill_tokens=100,
+                max_context_tokens=500)
+    base.update(over)
+    return Profile(**base)
+
+
+def run_to_end(model: EngineModel, max_steps: int = 10_000) -> dict[str, list]:
+    """Step until idle; per request the list of (step index, tokens, first, finished)."""
+    out: dict[str, list] = {}
+    for i in range(max_steps):
+        if not model.has_work():
+            return out
+        plan = model.plan_step()
+        for ev in model.commit_step(plan):
+            out.setdefault(ev.request_id, []).append((i, ev.new_tokens, ev.first, ev.finished))
+    raise AssertionError("model did not finish")
+
+
+def step(model: EngineModel):
+    plan = model.plan_step()
+    return plan, model.commit_step(plan)
+
+
+def test_exact_token_counts_and_first_token_flags():
+    m = EngineModel(profile())
+    for i, (p, n) in enumerate([(10, 1), (50, 7), (230, 33)]):
+        m.add_request(f"r{i}", p, n)
+    events = run_to_end(m)
+    for rid, n in (("r0", 1), ("r1", 7), ("r2", 33)):
+        evs = events[rid]
+        assert sum(e[1] for e in evs) == n
+        assert [e[2] for e in evs] == [True] + [False] * (len(evs) - 1)
+        assert [e[3] for e in evs] == [False] * (len(evs) - 1) + [True]
+    assert m.stats() == {"running": 0, "waiting": 0, "kv_used_tokens": 0, "preemptions": 0}
+
+
+def test_chunked_prefill_first_token_from_the_completing_step():
+    m = EngineModel(profile(chunked_prefill_tokens=100))
+    m.add_request("a", 250, 3)
+    plans = []
+    for _ in range(3):
+        plan, events = step(m)
+        plans.append(plan)
+        if len(plans) < 3:
+            assert events == []  # prompt not yet fully prefilled
+    assert [p.num_prefill_tokens for p in plans] == [100, 100, 50]
+    assert events[0].first and events[0].new_tokens == 1
+    plan, events = step(m)
+    assert plan.num_decode_seqs == 1 and plan.num_prefill_tokens == 0 and not events[0].first
+
+
+def test_running_request_cap():
+    m = EngineModel(profile(max_running_requests=2, chunked_prefill_tokens=1000))
+    for i in range(5):
+        m.add_request(f"r{i}", 10, 50)
+    step(m)
+    assert m.stats()["running"] == 2 and m.stats()["waiting"] == 3
+
+
+def test_kv_capacity_limits_admission_until_requests_finish():
+    m = EngineModel(profile(kv_capacity_tokens=500, chunked_prefill_tokens=1000, max_context_tokens=500))
+    for i in range(3):
+        m.add_request(f"r{i}", 200, 5)
+    step(m)
+    assert m.stats()["running"] == 2  # 2 x 200 fit, a third would need 600 > 500
+    events = run_to_end(m)
+    assert set(events) == {"r0", "r1", "r2"}
+    assert min(e[0] for e in events["r2"]) > max(e[0] for e in events["r0"])  # r2 starts only after r0 is gone
+
+
+def test_kv_full_during_decode_preempts_the_newest_and_still_completes():
+    m = EngineModel(profile(kv_capacity_tokens=500, chunked_prefill_tokens=1000, max_context_tokens=500))
+    m.add_request("a", 240, 200)
+    m.add_request("b", 240, 200)
+    events = run_to_end(m)
+    assert m.num_preemptions >= 1
+    assert sum(e[1] for e in events["a"]) == 200 and sum(e[1] for e in events["b"]) == 200
+    assert sum(e[2] for e in events["b"]) == 1  # recompute after preemption is not a second first token
+
+
+def test_decode_step_time_grows_with_batch_and_context():
+    def decode_cost(n_seqs: int, prompt: int) -> float:
+        m = EngineModel(profile(max_running_requests=64, kv_capacity_tokens=100_000, chunked_prefill_tokens=100_000,
+                                decode_attn_ms_per_ktoken=0.2))
+        for i in range(n_seqs):
+            m.add_request(str(i), prompt, 10)
+        step(m)  # prefill all
+        plan = m.plan_step()
+        assert plan.num_decode_seqs == n_seqs and plan.num_prefill_tokens == 0
+        return m.step_duration_s(plan)
+
+    assert decode_cost(1, 10) < decode_cost(8, 10) < decode_cost(32, 10)
+    assert decode_cost(8, 10) < decode_cost(8, 400)
+
+
+def test_step_cost_formula():
+    p = profile(decode_attn_ms_per_ktoken=2.0, prefill_attn_ms_per_token_per_ktoken=0.1, moe_ms_per_token=0.05,
+                chunked_prefill_tokens=1000)
+    m = EngineModel(p)
+    m.add_request("a", 100, 5)
+    plan = m.plan_step()
+    # prefill of 100 tokens from position 0: 1 + 0.01*100 + 0.1*100*50/1000 + 0.05*100
+    assert plan.cost_ms == pytest.approx(1 + 1.0 + 0.5 + 5.0)
+    m.commit_step(plan)
+    plan = m.plan_step()
+    # one decode with 101 tokens of context: 1 + 0.5 + 2*0.101 + 0.05*1
+    assert plan.cost_ms == pytest.approx(1 + 0.5 + 0.202 + 0.05)
+
+
+def test_slowdown_scales_durations_exactly():
+    durations = {}
+    for slowdown in (1.0, 2.5):
+        m = EngineModel(profile(), slowdown=slowdown)
+        for i in range(4):
+            m.add_request(str(i), 120, 6)
+        durs = []
+        while m.has_work():
+            plan = m.plan_step()
+            durs.append(m.step_duration_s(plan))
+            m.commit_step(plan)
+        durations[slowdown] = durs
+    assert len(durations[1.0]) == len(durations[2.5])
+    assert all(b == pytest.approx(a * 2.5) for a, b in zip(durations[1.0], durations[2.5]))
+
+
+def test_dp_routing_spreads_requests_and_ranks_step_together():
+    p = profile(dp_size=4, max_running_requests=4, moe_ms_per_token=0.1)
+    m = EngineModel(p)
+    for i in range(8):
+        m.add_request(f"r{i}", 20, 4)
+    ranks = [m.rank_of(f"r{i}") for i in range(8)]
+    assert sorted(ranks) == [0, 0, 1, 1, 2, 2, 3, 3]
+    plan = m.plan_step()
+    assert all(len(r.prefills) == 2 for r in plan.ranks)
+    # slowest rank (40 prefill tokens) + shared cost over all 160 tokens
+    assert plan.cost_ms == pytest.approx(1.0 + 0.01 * 40 + 0.1 * 160)
+
+
+def test_dp_attention_divides_kv_capacity_per_rank():
+    tp = EngineModel(profile(kv_capacity_tokens=600, chunked_prefill_tokens=10_000))
+    dp = EngineModel(profile(kv_capacity_tokens=600, chunked_prefill_tokens=10_000, dp_size=4))
+    for m in (tp, dp):
+        for i in range(8):
+            m.add_request(str(i), 250, 10)
+        m.commit_step(m.plan_step())
+    assert tp.stats()["running"] == 2 and dp.stats()["running"] == 8
+
+
+def test_prefill_first_runs_prefill_steps_without_decodes():
+    m = EngineModel(profile(scheduler="prefill_first", chunked_prefill_tokens=100))
+    m.add_request("a", 50, 10)
+    step(m)
+    m.add_request("b", 150, 10)
+    plan, _ = step(m)
+    assert plan.num_decode_seqs == 0 and plan.num_prefill_tokens == 100
+    plan, _ = step(m)
+    assert plan.num_decode_seqs == 0 and plan.num_prefill_tokens == 50
+    plan, _ = step(m)
+    assert plan.num_decode_seqs == 2 and plan.num_prefill_tokens == 0
+
+
+def test_mixed_scheduler_batches_decodes_with_prefill_chunks():
+    m = EngineModel(profile(chunked_prefill_tokens=100))
+    m.add_request("a", 50, 10)
+    step(m)
+    m.add_request("b", 150, 10)
+    plan, _ = step(m)
+    assert plan.num_decode_seqs == 1 and plan.num_prefill_tokens == 99  # decode takes one token of the budget
+
+
+def test_speculative_decoding_tokens_per_step_accumulate_deterministically():
+    m = EngineModel(profile(tokens_per_decode_step=1.5, spec_draft_tokens=1))
+    m.add_request("a", 10, 31)
+    events = run_to_end(m)["a"]
+    sizes = [e[1] for e in events]
+    assert sum(sizes) == 31 and sizes[0] == 1
+    assert set(sizes[1:]) <= {1, 2} and sizes[1:5] == [1, 2, 1, 2]
+
+
+def test_abort_waiting_and_running_requests_frees_everything():
+    m = EngineModel(profile(max_running_requests=1))
+    m.add_request("a", 10, 100)
+    m.add_request("b", 10, 100)
+    plan = m.plan_step()
+    m.abort_request("a")  # mid-step: its events are dropped at commit
+    m.abort_request("b")  # still waiting
+    assert m.commit_step(plan) == []
+    assert not m.has_work()
+    assert m.stats() == {"running": 0, "waiting": 0, "kv_used_tokens": 0, "preemptions": 0}
+    m.abort_request("never-seen")  # ignored
+
+
+def test_bad_input_errors():
+    m = EngineModel(profile(max_context_tokens=500))
+    with pytest.raises(ValueError, match="maximum context length is 500 tokens"):
+        m.add_request("a", 450, 100)
+    with pytest.raises(ValueError, match="max_output_tokens must be an integer >= 1"):
+        m.add_request("a", 10, 0)
+    with pytest.raises(ValueError, match="prompt_tokens must be an integer >= 1"):
+        m.add_request("a", -1, 5)
+    m.add_request("a", 10, 5)
+    with pytest.raises(ValueError, match="already in the engine"):
+        m.add_request("a", 10, 5)
+    with pytest.raises(ValueError, match="slowdown must be a number > 0"):
+        EngineModel(profile(), slowdown=0)
+
+
+def test_plan_and_commit_must_alternate():
+    m = EngineModel(profile())
+    m.add_request("a", 10, 5)
+    plan = m.plan_step()
+    with pytest.raises(RuntimeError, match="commit_step the previous plan"):
+        m.plan_step()
+    m.commit_step(plan)
+    with pytest.raises(RuntimeError, match="plan returned by the last plan_step"):
+        m.commit_step(plan)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"scheduler": "fifo"}, "scheduler must be one of mixed, prefill_first"),
+    ({"kv_capacity_tokens": 100}, "kv_capacity_tokens \\(100\\) must be >= max_context_tokens"),
+    ({"dp_size": 0}, "dp_size must be an integer >= 1"),
+    ({"decode_ms_per_seq": -1.0}, "decode_ms_per_seq must be a number >= 0"),
+    ({"tokens_per_decode_step": 1.8}, "cannot exceed 1 \\+ spec_draft_tokens"),
+])
+def test_profile_validation(change, message):
+    with pytest.raises(ValueError, match=message):
+        profile(**change)
+
+
+# -- profile files ---------------------------------------------------------
+
+from pytest_llmperf.sim.profiles import list_profiles, load_profile  # noqa: E402
+
+REQUIRED_PROFILES = ("vllm-tp8", "sglang-tp8-dp8-dpattn")
+
+
+def test_builtin_profiles_load_and_say_what_they_stand_in_for():
+    names = list_profiles()
+    assert set(REQUIRED_PROFILES) <= set(names)
+    for name in names:
+        p = load_profile(name)
+        assert p.name == name and p.model == "deepseek-ai/DeepSeek-V3.2"
+        assert p.engine in ("vllm", "sglang", "trtllm") and p.stands_in_for and p.seed_engine_version
+    assert load_profile("vllm-tp8").dp_size == 1 and load_profile("sglang-tp8-dp8-dpattn").dp_size == 8
+
+
+def test_unknown_profile_lists_the_available_ones():
+    with pytest.raises(ValueError, match=r"unknown sim profile 'nope': expected one of .*vllm-tp8"):
+        load_profile("nope")
+    with pytest.raises(ValueError, match="sim profile file not found"):
+        load_profile("/no/such/profile.toml")
+
+
+def test_profile_file_by_path_and_its_errors(tmp_path):
+    good = tmp_path / "mine.toml"
+    good.write_text("step_base_ms = 1\ndecode_ms_per_seq = 0.1\nprefill_ms_per_token = 0.01\n"
+                    "max_running_requests = 4\nkv_capacity_tokens = 9000\nchunked_prefill_tokens = 512\n"
+                    "max_context_tokens = 8192\n")
+    p = load_profile(good)
+    assert p.name == "mine" and p.kv_capacity_tokens == 9000 and p.scheduler == "mixed"
+
+    typo = tmp_path / "typo.toml"
+    typo.write_text(good.read_text() + "step_base_msec = 3\n")
+    with pytest.raises(ValueError, match="unknown key\\(s\\) step_base_msec"):
+        load_profile(typo)
+
+    missing = tmp_path / "missing.toml"
+    missing.write_text("step_base_ms = 1\n")
+    with pytest.raises(ValueError, match="missing required key\\(s\\) decode_ms_per_seq"):
+        load_profile(missing)
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(good.read_text().replace("max_running_requests = 4", "max_running_requests = 0"))
+    with pytest.raises(ValueError, match="max_running_requests must be an integer >= 1, got 0"):
+        load_profile(bad)
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text("step_base_ms = \n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_profile(broken)
