@@ -27,11 +27,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+from .files import atomic_write_text
 
 SCHEMA_VERSION = 1
 DEFAULT_GATES: dict[str, float] = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0, "failed": 0.0}
@@ -202,20 +202,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
@@ -236,5 +222,5 @@ def update_case(path: Path, header: Mapping[str, Any], case_key: str, entry: Map
         data.update(header)
         data["schema"] = SCHEMA_VERSION
         data.setdefault("cases", {})[case_key] = new_entry
-        _atomic_write(path, dumps(data))
+        atomic_write_text(path, dumps(data))
     return old

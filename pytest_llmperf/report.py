@@ -6,12 +6,11 @@ Pure formatting over ``CaseResult``s; the plugin decides where they go.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .files import atomic_write_text
 from .baselines import IMPROVED, MISSING, REGRESSED, UPDATED, Verdict
 
 
@@ -113,10 +112,4 @@ def json_report(results: Iterable[CaseResult], environment: Mapping[str, Any]) -
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
     """Write atomically so a reader never sees half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
