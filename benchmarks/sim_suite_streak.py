@@ -54,6 +54,10 @@ def main() -> None:
             for metric, pct in ch.items():
                 worst[(case, metric)] = max(worst.get((case, metric), 0.0), abs(pct))
         print(f"run {i + 1}: exit {code}, {wall:.1f} s", flush=True)
+        for case in data["cases"]:
+            if case["outcome"] != "passed":
+                bad = [f"{v['metric']} {v['change_pct']:+.1f}%" for v in case["verdicts"] if v["status"] != "ok" and v["change_pct"] is not None]
+                print(f"    {case['id']}: {case['outcome']} {', '.join(bad)} {case['message'][:200]}", flush=True)
     print(f"\nbaseline runs: {passes}/{args.runs} passed; wall time median {statistics.median(walls):.1f} s, max {max(walls):.1f} s")
     print("largest |change| seen per gated metric (%):")
     for (case, metric), pct in sorted(worst.items()):

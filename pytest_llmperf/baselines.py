@@ -41,16 +41,27 @@ HIGHER, LOWER = "higher", "lower"
 OK, REGRESSED, IMPROVED, MISSING, UPDATED = "ok", "regressed", "improved", "missing", "updated"
 
 
-def metric_direction(metric: str) -> str:
-    """Which way is better for a metric; ValueError if it cannot be gated."""
+def gateable_metrics() -> list[str]:
+    """Every metric a run produces that has a better direction."""
+    from .metrics import compute_metrics
+
+    return sorted(m for m in compute_metrics([], 1.0) if _direction(m) is not None)
+
+
+def _direction(metric: str) -> str | None:
     if metric.endswith("_ms") or metric in ("duration", "failed"):
         return LOWER
-    if "throughput" in metric or metric.startswith("max_output_tokens_per_s") or metric in ("completed", "request_goodput"):
+    if "throughput" in metric or metric.startswith("max_output_tokens_per_s") or metric == "completed":
         return HIGHER
-    raise ValueError(
-        f"metric {metric!r} cannot be gated: gate a throughput (e.g. total_token_throughput), "
-        "a latency in ms (e.g. mean_tpot_ms, p99_ttft_ms), completed or failed"
-    )
+    return None
+
+
+def metric_direction(metric: str) -> str:
+    """Which way is better for a metric; ValueError if it cannot be gated."""
+    direction = _direction(metric)
+    if direction is None or metric not in gateable_metrics():
+        raise ValueError(f"metric {metric!r} cannot be gated; gateable metrics: {', '.join(gateable_metrics())}")
+    return direction
 
 
 def model_slug(model: str) -> str:
@@ -164,7 +175,7 @@ def updated_verdicts(metrics: Mapping[str, float], entry: Mapping[str, Any] | No
 
 
 def read_baseline(path: Path) -> dict[str, Any] | None:
-    """The file's content, None if it does not exist; ValueError if unreadable."""
+    """The file's content, None if it does not exist; ValueError naming file and key if invalid."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
@@ -173,11 +184,54 @@ def read_baseline(path: Path) -> dict[str, Any] | None:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"baseline file {path} is not valid JSON ({exc}); fix or delete it") from None
-    if not isinstance(data, dict) or not isinstance(data.get("cases", {}), dict):
-        raise ValueError(f"baseline file {path}: expected an object with a 'cases' object")
-    if data.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
-        raise ValueError(f"baseline file {path} has schema {data['schema']}; this version reads up to {SCHEMA_VERSION}")
+    problems = _validate(data)
+    if problems:
+        raise ValueError(f"baseline file {path}: " + "; ".join(problems))
     return data
+
+
+def _validate(data: Any) -> list[str]:
+    if not isinstance(data, dict):
+        return ["expected a JSON object"]
+    problems = []
+    schema = data.get("schema", SCHEMA_VERSION)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        problems.append(f"schema: expected an integer, got {schema!r}")
+    elif schema > SCHEMA_VERSION:
+        problems.append(f"schema {schema} is newer than this version reads ({SCHEMA_VERSION}); upgrade pytest-llmperf")
+    problems += _validate_tolerances(data.get("tolerances_pct", {}), "tolerances_pct")
+    cases = data.get("cases", {})
+    if not isinstance(cases, dict):
+        return problems + ["cases: expected an object of case name -> entry"]
+    for name, entry in cases.items():
+        where = f"cases.{name}"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected an object")
+            continue
+        metrics = entry.get("metrics", {})
+        if not isinstance(metrics, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+        ):
+            problems.append(f"{where}.metrics: expected an object of metric name -> number")
+        if not isinstance(entry.get("workload", {}), dict):
+            problems.append(f"{where}.workload: expected an object")
+        problems += _validate_tolerances(entry.get("tolerances_pct", {}), f"{where}.tolerances_pct")
+    return problems
+
+
+def _validate_tolerances(tolerances: Any, where: str) -> list[str]:
+    if not isinstance(tolerances, dict):
+        return [f"{where}: expected an object of metric name -> percent"]
+    problems = []
+    for metric, pct in tolerances.items():
+        try:
+            metric_direction(metric)
+        except ValueError as exc:
+            problems.append(f"{where}.{metric}: {exc}")
+            continue
+        if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not math.isfinite(pct) or pct < 0:
+            problems.append(f"{where}.{metric}: expected a percentage >= 0, got {pct!r}")
+    return problems
 
 
 def dumps(data: Mapping[str, Any]) -> str:
@@ -187,7 +241,7 @@ def dumps(data: Mapping[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    lock_path = path.with_name(path.name + ".lock")
+    lock_path = path.with_name(f".{path.name}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         try:

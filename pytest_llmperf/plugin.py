@@ -20,7 +20,7 @@ from .suite import SuiteError, load_builtin_suite, load_suite_file
 
 CASES_MODULE = Path(__file__).with_name("cases.py")
 RUN_KEY = pytest.StashKey["PerfRun"]()
-SIGTERM_KEY = pytest.StashKey[Any]()
+SIGNALS_KEY = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,7 +56,10 @@ def pytest_configure(config: pytest.Config) -> None:
         for engine in settings.engines:
             get_adapter(engine)
         suite = load_suite_file(settings.suite_file) if settings.suite_file else load_builtin_suite(settings.engines)
-    except (EngineUnavailable, SuiteError) as exc:
+        for engine_config in suite.configs:
+            if engine_config.engine in settings.engines:
+                get_adapter(engine_config.engine).validate(engine_config)
+    except (EngineUnavailable, SuiteError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     missing = [e for e in settings.engines if e not in suite.engines()]
     if missing:
@@ -68,8 +71,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RUN_KEY] = run
     config.pluginmanager.register(_RunReporter(run), "llmperf-run")
     atexit.register(_stop_engines)
-    if hasattr(signal, "SIGTERM"):
-        config.stash[SIGTERM_KEY] = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # SIGTERM and SIGHUP (a dropped terminal) take the Ctrl-C path, so fixtures tear engines down.
+    config.stash[SIGNALS_KEY] = {
+        sig: signal.signal(sig, _signal_as_interrupt)
+        for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+        if sig is not None
+    }
 
 
 def _stop_engines() -> None:
@@ -78,17 +85,15 @@ def _stop_engines() -> None:
     stop_all()
 
 
-def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
-    # Turn SIGTERM into the Ctrl-C path, so fixtures tear engines down.
+def _signal_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if RUN_KEY in config.stash:
         _stop_engines()
-        previous = config.stash.get(SIGTERM_KEY, None)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, previous in config.stash.get(SIGNALS_KEY, {}).items():
+            signal.signal(sig, previous)
 
 
 def _run(config: pytest.Config) -> "PerfRun | None":
@@ -107,12 +112,20 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     run = _run(config)
     if run is None:
         return (yield)
+    # Paths named on the command line are collected even when ignored: with
+    # --engine they are not run.
+    foreign = [item for item in items if item.path != CASES_MODULE]
+    if foreign:
+        items[:] = [item for item in items if item.path == CASES_MODULE]
+        config.hook.pytest_deselected(items=foreign)
     module = pytest.Module.from_parent(session, path=CASES_MODULE, nodeid="llmperf")
     items.extend(session.genitems(module))
     result = yield
     # Keep the suite's order (configurations grouped, workloads as written).
     order = {case.id: n for n, case in enumerate(run.cases)}
     items.sort(key=lambda item: order.get(_case_id(item.nodeid), -1))
+    selected = {_case_id(item.nodeid) for item in items}
+    run.results = {case_id: r for case_id, r in run.results.items() if case_id in selected}
     return result
 
 
@@ -157,10 +170,13 @@ def _case_id(nodeid: str) -> str:
 
 
 def _short(report: pytest.TestReport) -> str:
-    text = str(report.longrepr) if report.longrepr else ""
-    if isinstance(report.longrepr, tuple):  # skip: (file, line, reason)
-        text = report.longrepr[2]
-    return text.strip().splitlines()[-1][:500] if text.strip() else ""
+    """What went wrong, as the exception said it (not where)."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # skip: (file, line, reason)
+        return str(longrepr[2])
+    crash = getattr(longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(longrepr or "")
+    return text.strip()[:2000]
 
 
 class _RunReporter:
@@ -175,8 +191,8 @@ class _RunReporter:
             return
         if report.when == "call":
             result.outcome = "passed" if report.passed else "skipped" if report.skipped else "failed"
-        elif report.failed:
-            if report.when == "setup" or result.outcome == "passed":
+        if report.failed:
+            if report.when != "call":
                 result.outcome = "error"
             if not result.message:
                 result.message = _short(report)
@@ -184,9 +200,11 @@ class _RunReporter:
             result.outcome = "skipped"
             result.message = _short(report)
 
-    def pytest_terminal_summary(self, terminalreporter) -> None:
+    def pytest_terminal_summary(self, terminalreporter, config: pytest.Config) -> None:
         from .report import summary_tables
 
+        if config.option.collectonly:
+            return
         run, tr = self.run, terminalreporter
         tr.write_sep("=", "llmperf summary")
         for verdict in (run._node_verdicts or {}).values():
@@ -202,7 +220,7 @@ class _RunReporter:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.run.settings.report_json:
+        if self.run.settings.report_json and not session.config.option.collectonly:
             from .report import json_report, write_json
 
             write_json(self.run.settings.report_json, json_report(self.run.results.values(), self.run.environment()))

@@ -20,7 +20,7 @@ class CaseResult:
     engine: str
     config: str
     workload: str
-    outcome: str = "error"  # passed / failed / error / skipped
+    outcome: str = "not run"  # passed / failed / error / skipped / not run (interrupted first)
     metrics: dict[str, Any] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
     failure_reasons: list[str] = field(default_factory=list)
@@ -33,7 +33,7 @@ class CaseResult:
     def status(self) -> str:
         """One word for the table: what the verdicts (or the outcome) say."""
         statuses = {v.status for v in self.verdicts}
-        if self.outcome in ("error", "skipped"):
+        if self.outcome in ("error", "skipped", "not run"):
             return self.outcome
         for word in (REGRESSED, MISSING):
             if word in statuses:

@@ -111,9 +111,9 @@ class PerfRun:
         log_path = Path(log_dir) / f"{config.engine}-{config.name}.log"
         base_url = f"http://{LOCALHOST}:{port}"
         process = EngineProcess(argv, adapter.env(config), log_path, base_url, adapter.ready_path)
-        for case in self.cases:
-            if case.config == config:
-                self.results[case.id].log_path = str(log_path)
+        for result in self.results.values():
+            if (result.engine, result.config) == (config.engine, config.name):
+                result.log_path = str(log_path)
         try:
             process.start()
             ready_s = process.wait_ready(self.settings.startup_timeout_s)
@@ -147,6 +147,7 @@ class PerfRun:
                 endpoint=workload.endpoint_path,
                 max_concurrency=workload.max_concurrency,
                 ignore_eos=workload.ignore_eos,
+                request_timeout_s=self.settings.request_timeout_s,
             )
         )
         metrics = compute_metrics(load.records, load.duration_s)
@@ -163,7 +164,11 @@ class PerfRun:
             reasons = "; ".join(result.failure_reasons) or "no reason recorded"
             result.message = f"no request of {case.id} completed ({result.metrics.get('failed', 0)} failed): {reasons}"
             raise CaseFailure(result.message)
-        data = read_baseline(path)
+        try:
+            data = read_baseline(path)
+        except ValueError as exc:
+            result.message = str(exc)
+            raise CaseFailure(result.message) from None
         tolerances = effective_tolerances(self.settings.gates, data, workload.name)
         entry = (data or {}).get("cases", {}).get(workload.name)
         if self.settings.update_baselines:
@@ -185,7 +190,7 @@ class PerfRun:
             return
         mismatch = workload_mismatch(entry, workload.params())
         if mismatch:
-            result.verdicts = [v for v in compare(result.metrics, None, tolerances)]
+            result.verdicts = []
             result.message = (
                 f"the baseline of {case.id} in {path} was measured with another workload, so it cannot be compared:\n  "
                 + "\n  ".join(mismatch)
@@ -218,6 +223,7 @@ class PerfRun:
             "num_prompts_override": s.num_prompts,
             "sim_slowdown": s.sim_slowdown,
             "gates_pct": dict(s.gates),
+            "request_timeout_s": s.request_timeout_s,
             "node": {k: {"ok": v.ok, "source": v.source, "problems": list(v.problems)} for k, v in (self._node_verdicts or {}).items()},
             "engines_booted": self.engines_booted,
         }

@@ -57,11 +57,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
                env="LLMPERF_GATE", ini="llmperf_gate", metavar="METRIC:PCT[,...]"),
     OptionSpec("startup_timeout", "--startup-timeout", "seconds an engine may take to become ready (default 600)",
                env="LLMPERF_STARTUP_TIMEOUT", ini="llmperf_startup_timeout", metavar="SECONDS"),
+    OptionSpec("request_timeout", "--request-timeout", "seconds one request may take before it counts as failed "
+               "(default 3600)", env="LLMPERF_REQUEST_TIMEOUT", ini="llmperf_request_timeout", metavar="SECONDS"),
     OptionSpec("log_dir", "--log-dir", "directory for engine logs (default: a directory under pytest's basetemp)",
                env="LLMPERF_LOG_DIR", ini="llmperf_log_dir", metavar="DIR"),
 )
 
 DEFAULT_STARTUP_TIMEOUT_S = 600.0
+DEFAULT_REQUEST_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Settings:
     suite_file: Path | None = None
     gates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATES))
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     log_dir: Path | None = None
 
     @property
@@ -151,7 +155,9 @@ def resolve(
 
     def pick(spec: OptionSpec) -> tuple[Any, str, Path] | None:
         value = cli.get(spec.dest)
-        if value not in (None, False, ""):
+        if value == "":
+            raise SettingsError(f"{spec.flag}: expected a value, got an empty one (from command line {spec.flag})")
+        if value not in (None, False):
             return value, f"command line {spec.flag}", invocation_dir
         if spec.env and env.get(spec.env, "").strip():
             return env[spec.env], f"environment {spec.env}", invocation_dir
@@ -179,6 +185,12 @@ def resolve(
     slowdown = convert("sim_slowdown", _positive_float)
     gates = convert("gate", parse_gates)
     timeout = convert("startup_timeout", _positive_float)
+    request_timeout = convert("request_timeout", _positive_float)
+    if num_prompts is not None and cli.get("update_baselines"):
+        raise SettingsError(
+            "--num-prompts cannot be combined with --update-baselines: the quick run's figures would replace "
+            "baselines of the full workloads; set num_prompts in a suite file (--suite) to record smaller cases"
+        )
     return Settings(
         engines=engines,
         gpus=gpus,
@@ -190,5 +202,6 @@ def resolve(
         suite_file=convert("suite", str, path_base=True),
         gates=gates if gates is not None else dict(DEFAULT_GATES),
         startup_timeout_s=timeout if timeout is not None else DEFAULT_STARTUP_TIMEOUT_S,
+        request_timeout_s=request_timeout if request_timeout is not None else DEFAULT_REQUEST_TIMEOUT_S,
         log_dir=convert("log_dir", str, path_base=True),
     )

@@ -90,6 +90,7 @@ class EngineConfig:
     options: tuple[tuple[str, Any], ...] = ()
     workloads: tuple[str, ...] | None = None  # None: all of the suite's
     description: str = ""
+    source_dir: str = ""  # the suite file's directory: relative paths in options are relative to it
 
     @property
     def id(self) -> str:
@@ -202,7 +203,9 @@ def _parse_workload(source: str, name: str, table: Mapping[str, Any], base_dir: 
     )
 
 
-def _parse_config(source: str, index: int, table: Mapping[str, Any], model: str, workload_names: set[str]) -> EngineConfig:
+def _parse_config(
+    source: str, index: int, table: Mapping[str, Any], model: str, workload_names: set[str], base_dir: Path
+) -> EngineConfig:
     key = f"configs[{index}]"
     engine, name = table.get("engine"), table.get("name")
     if not isinstance(engine, str) or not engine:
@@ -233,6 +236,7 @@ def _parse_config(source: str, index: int, table: Mapping[str, Any], model: str,
         options=options,
         workloads=workloads,
         description=str(table.get("description", "")),
+        source_dir=str(base_dir),
     )
 
 
@@ -246,6 +250,13 @@ def parse_suite(data: Mapping[str, Any], source: str, base_dir: Path) -> Suite:
     gpus = data.get("gpus")
     if gpus is not None and not isinstance(gpus, str):
         raise SuiteError(f"{_where(source, 'gpus')}: expected a GPU spec string such as 'h200x8'")
+    if gpus is not None:
+        from .gpus import parse_gpu_spec
+
+        try:
+            gpus = str(parse_gpu_spec(gpus))
+        except ValueError as exc:
+            raise SuiteError(f"{_where(source, 'gpus')}: {exc}") from None
     raw_workloads = data.get("workloads", {})
     if not isinstance(raw_workloads, dict) or not raw_workloads:
         raise SuiteError(f"{source}: expected at least one [workloads.NAME] table")
@@ -254,7 +265,7 @@ def parse_suite(data: Mapping[str, Any], source: str, base_dir: Path) -> Suite:
     if not isinstance(raw_configs, list) or not raw_configs:
         raise SuiteError(f"{source}: expected at least one [[configs]] entry")
     names = {w.name for w in workloads}
-    configs = tuple(_parse_config(source, i, t, model, names) for i, t in enumerate(raw_configs))
+    configs = tuple(_parse_config(source, i, t, model, names, base_dir) for i, t in enumerate(raw_configs))
     seen: set[str] = set()
     for c in configs:
         if c.id in seen:

@@ -16,6 +16,7 @@ parser.add_argument("port", type=int)
 parser.add_argument("--delay", type=float, default=0.0)
 parser.add_argument("--exit-early", type=int)
 parser.add_argument("--child", action="store_true")
+parser.add_argument("--setsid-child", action="store_true", help="the child leaves the process group")
 parser.add_argument("--ignore-term", action="store_true")
 parser.add_argument("--pidfile")
 args = parser.parse_args()
@@ -24,7 +25,8 @@ print("fake engine starting", flush=True)
 if args.ignore_term:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if args.child:
-    child = subprocess.Popen([sys.executable, "-c", "import time, signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    child = subprocess.Popen([sys.executable, "-c", "import time, signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
+                             start_new_session=args.setsid_child)
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()} {child.pid}\n")

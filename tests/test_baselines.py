@@ -73,12 +73,12 @@ def test_update_keeps_other_cases_and_overrides(tmp_path):
     bl.update_case(path, header, "b", {"metrics": {"m": 2.0}, "workload": {}})
     data = json.loads(path.read_text())
     data["tolerances_pct"] = {"mean_tpot_ms": 9}
-    data["cases"]["a"]["tolerances_pct"] = {"m": 1}
+    data["cases"]["a"]["tolerances_pct"] = {"mean_tpot_ms": 1}
     path.write_text(bl.dumps(data))
     old = bl.update_case(path, header, "a", {"metrics": {"m": 3.0, "bad": float("nan")}, "workload": {}})
     assert old["metrics"] == {"m": 1.0}
     data = bl.read_baseline(path)
-    assert data["cases"]["a"] == {"metrics": {"m": 3.0}, "workload": {}, "tolerances_pct": {"m": 1}}
+    assert data["cases"]["a"] == {"metrics": {"m": 3.0}, "workload": {}, "tolerances_pct": {"mean_tpot_ms": 1}}
     assert data["cases"]["b"]["metrics"] == {"m": 2.0}
     assert data["tolerances_pct"] == {"mean_tpot_ms": 9} and data["schema"] == 1
     text = path.read_text()
@@ -102,5 +102,42 @@ def test_read_errors(tmp_path):
     with pytest.raises(ValueError, match="not valid JSON"):
         bl.read_baseline(tmp_path / "a.json")
     (tmp_path / "b.json").write_text('{"schema": 99, "cases": {}}')
-    with pytest.raises(ValueError, match="schema 99"):
+    with pytest.raises(ValueError, match="schema 99 is newer"):
         bl.read_baseline(tmp_path / "b.json")
+
+
+def test_gateable_metrics_are_the_ones_a_run_produces():
+    names = bl.gateable_metrics()
+    assert {"total_token_throughput", "mean_tpot_ms", "p99_ttft_ms", "failed", "completed", "duration"} <= set(names)
+    assert "total_input_tokens" not in names and "max_concurrent_requests" not in names
+    with pytest.raises(ValueError, match="'mean_tpt_ms' cannot be gated; gateable metrics: completed, duration"):
+        bl.metric_direction("mean_tpt_ms")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('[]', "expected a JSON object"),
+    ('{"schema": "1"}', "schema: expected an integer"),
+    ('{"cases": []}', "cases: expected an object"),
+    ('{"cases": {"a": []}}', "cases.a: expected an object"),
+    ('{"cases": {"a": {"metrics": {"x": "1"}}}}', "cases.a.metrics: expected an object of metric name -> number"),
+    ('{"tolerances_pct": {"mean_tpot_ms": "10"}}', "tolerances_pct.mean_tpot_ms: expected a percentage >= 0, got '10'"),
+    ('{"cases": {"a": {"tolerances_pct": {"bogus_ms": 5}}}}', "cases.a.tolerances_pct.bogus_ms: metric 'bogus_ms' cannot be gated"),
+])
+def test_invalid_files_name_file_and_key(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as info:
+        bl.read_baseline(path)
+    assert str(info.value).startswith(f"baseline file {path}: ") and message in str(info.value)
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "c.json"
+    bl.update_case(path, {}, "a", {"metrics": {"m": 1.0}})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.json.lock", "c.json"]  # hidden lock, no temp left

@@ -39,13 +39,14 @@ def test_early_exit_fails_with_log_tail(tmp_path):
 
 def test_timeout(tmp_path):
     with engine(tmp_path, "--delay", "30") as proc:
-        with pytest.raises(EngineStartError, match=r"not ready after 0.5 s"):
+        with pytest.raises(EngineStartError, match=r"not ready after 0.5 s \(http://127.0.0.1:\d+/health last answered: ConnectionError\)"):
             proc.wait_ready(timeout_s=0.5)
 
 
-def test_stop_kills_the_whole_tree_even_when_sigterm_is_ignored(tmp_path):
+@pytest.mark.parametrize("child", ["--child", "--setsid-child"])
+def test_stop_kills_the_whole_tree_even_when_sigterm_is_ignored(tmp_path, child):
     pidfile = tmp_path / "pids"
-    proc = engine(tmp_path, "--child", "--ignore-term", "--pidfile", str(pidfile))
+    proc = engine(tmp_path, "--child", child, "--ignore-term", "--pidfile", str(pidfile))
     proc.start()
     proc.wait_ready(timeout_s=30)
     parent, child = map(int, pidfile.read_text().split())

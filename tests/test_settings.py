@@ -72,3 +72,18 @@ def test_gates_add_override_and_remove():
     assert gates == {"mean_tpot_ms": 3.0, "p99_ttft_ms": 20.0, "failed": 0.0}
     with pytest.raises(ValueError, match="nothing would be compared"):
         parse_gates("total_token_throughput:off,mean_tpot_ms:off,failed:off")
+
+
+def test_empty_command_line_value_is_an_error():
+    with pytest.raises(SettingsError, match="--engine: expected a value, got an empty one"):
+        make({"engine": ""})
+
+
+def test_num_prompts_cannot_overwrite_baselines():
+    with pytest.raises(SettingsError, match="--num-prompts cannot be combined with --update-baselines"):
+        make({"engine": "sim", "num_prompts": "5", "update_baselines": True})
+
+
+def test_request_timeout():
+    assert make().request_timeout_s == 3600.0
+    assert make({"request_timeout": "2.5"}).request_timeout_s == 2.5

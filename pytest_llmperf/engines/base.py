@@ -41,6 +41,9 @@ class EngineAdapter:
     def argv(self, config: EngineConfig, host: str, port: str, slowdown: float) -> list[str]:
         raise NotImplementedError
 
+    def validate(self, config: EngineConfig) -> None:
+        """Raise ValueError, naming the configuration, if it cannot be launched."""
+
     def env(self, config: EngineConfig) -> dict[str, str]:
         """Variables set on top of the current environment."""
         return dict(config.env)
@@ -58,7 +61,9 @@ class EngineAdapter:
         import requests
 
         try:
-            resp = requests.get(base_url + self.version_path, timeout=5)
+            with requests.Session() as http:
+                http.trust_env = False  # engines are local: never through a proxy
+                resp = http.get(base_url + self.version_path, timeout=5)
             resp.raise_for_status()
             return str(resp.json().get("version", "unknown"))
         except (requests.RequestException, ValueError) as exc:
@@ -125,6 +130,7 @@ class EngineProcess:
         assert self.proc is not None, "start() first"
         t0 = time.monotonic()
         url = self.base_url + self.ready_path
+        last = "no answer yet"
         with requests.Session() as http:
             http.trust_env = False
             while True:
@@ -135,39 +141,61 @@ class EngineProcess:
                         + tail(self.log_path)
                     )
                 try:
-                    if http.get(url, timeout=2).status_code == 200:
+                    status = http.get(url, timeout=2).status_code
+                    if status == 200:
                         return time.monotonic() - t0
-                except requests.RequestException:
-                    pass  # refused or reset: not listening yet
+                    last = f"HTTP {status}"
+                except requests.RequestException as exc:  # refused or reset: not listening yet
+                    last = type(exc).__name__
                 if time.monotonic() - t0 > timeout_s:
                     raise EngineStartError(
-                        f"engine not ready after {timeout_s:g} s ({url}); last lines of {self.log_path}:\n"
+                        f"engine not ready after {timeout_s:g} s ({url} last answered: {last}); "
+                        f"last lines of {self.log_path}:\n"
                         + tail(self.log_path)
                     )
                 time.sleep(poll_s)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, wait, then SIGKILL whatever is left of the tree."""
+        """SIGTERM the process group, wait, then SIGKILL whatever is left of the tree.
+
+        A Ctrl-C or SIGTERM arriving meanwhile does not cut this short: the
+        tree is killed first, then the interrupt goes on.
+        """
+        interrupted: BaseException | None = None
+        while self.proc is not None:
+            try:
+                self._stop(self.proc, grace_s)
+            except KeyboardInterrupt as exc:
+                interrupted, grace_s = exc, 0.0  # second signal: stop waiting, kill now
+                continue
+            self.proc = None
+        _LIVE.discard(self)
+        if interrupted is not None:
+            raise interrupted
+
+    @staticmethod
+    def _stop(proc: "subprocess.Popen[bytes]", grace_s: float) -> None:
         import psutil
 
-        proc, self.proc = self.proc, None
-        _LIVE.discard(self)
-        if proc is None:
-            return
-        try:
-            tree = [psutil.Process(proc.pid)]
-            tree += tree[0].children(recursive=True)
-        except psutil.NoSuchProcess:
-            tree = []
+        def tree() -> list[psutil.Process]:
+            try:
+                root = psutil.Process(proc.pid)
+                return [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return []
+
+        members = {p.pid: p for p in tree()}
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
+        deadline = time.monotonic() + grace_s
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             pass
-        _, alive = psutil.wait_procs(tree, timeout=0 if proc.poll() is not None else grace_s / 2)
+        members.update((p.pid, p) for p in tree())  # children spawned since
+        _, alive = psutil.wait_procs(list(members.values()), timeout=max(0.0, deadline - time.monotonic()))
         for p in alive:
             try:
                 p.kill()

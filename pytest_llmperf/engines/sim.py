@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Mapping
 
 from ..suite import EngineConfig
@@ -10,17 +11,32 @@ from ..topology import SIM_NODE_SNAPSHOT, load_snapshot
 from .base import EngineAdapter
 
 
+def _profile(config: EngineConfig) -> str:
+    """The config's profile: a built-in name, or a TOML path (relative to the suite file)."""
+    profile = config.option("profile")
+    if not isinstance(profile, str) or not profile:
+        raise ValueError(f"sim configuration {config.id} needs a 'profile' (a sim profile name or TOML path)")
+    if profile.endswith(".toml") and not Path(profile).is_absolute() and config.source_dir:
+        return str(Path(config.source_dir) / profile)
+    return profile
+
+
 class SimAdapter(EngineAdapter):
     name = "sim"
 
+    def validate(self, config: EngineConfig) -> None:
+        from ..sim.profiles import load_profile
+
+        try:
+            load_profile(_profile(config))
+        except ValueError as exc:
+            raise ValueError(f"sim configuration {config.id}: {exc}") from None
+
     def argv(self, config: EngineConfig, host: str, port: str, slowdown: float) -> list[str]:
-        profile = config.option("profile")
-        if not isinstance(profile, str) or not profile:
-            raise ValueError(f"sim configuration {config.id} needs a 'profile' (a sim profile name or TOML path)")
         return [
             sys.executable, "-m", "pytest_llmperf.sim", "serve",
             "--host", host, "--port", port,
-            "--profile", profile,
+            "--profile", _profile(config),
             "--served-model-name", config.model,
             "--slowdown", repr(float(slowdown)),
             *config.args,
