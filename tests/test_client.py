@@ -212,3 +212,32 @@ def test_max_concurrency_limits_requests_in_flight(limit, expected_max):
     if limit == 2:  # three waves of two: starts are taken after the limiter lets a request through
         starts = sorted(r.start_s for r in result.records)
         assert starts[2] - starts[0] >= 0.45 and starts[4] - starts[2] >= 0.45
+
+
+def test_a_stop_signal_during_the_load_surfaces_as_keyboard_interrupt_and_handlers_come_back():
+    import os
+    import signal
+    import threading
+    import time
+
+    def handler(signum, frame):  # what the plugin installs; must be back after the load
+        raise AssertionError("the load's own handler should have taken this signal")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        script = [chat_chunk(content="a"), Sleep(30), DONE]
+        with StreamServer(lambda body: script) as server:
+            def send_when_in_flight():
+                deadline = time.monotonic() + 20
+                while server.max_in_flight < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            threading.Thread(target=send_when_in_flight, daemon=True).start()
+            t0 = time.monotonic()
+            with pytest.raises(KeyboardInterrupt, match="during the load"):
+                run_load(spec(server, requests=[REQ] * 3))
+            assert time.monotonic() - t0 < 25  # cancelled, not waited out
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -7,6 +7,8 @@ capped by a limit on requests in flight. aiohttp is imported when a load runs.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -79,6 +81,37 @@ async def run_load_async(spec: LoadSpec) -> LoadResult:
     return LoadResult(list(records), duration_s)
 
 
+_STOP_SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
+
+
+async def _interruptible(spec: LoadSpec) -> LoadResult:
+    """Run the load; a stop signal cancels it cleanly, then surfaces as KeyboardInterrupt.
+
+    The loop's own signal handling runs the callback between callbacks, so the
+    interrupt cannot be lost inside a finaliser the way an exception raised at
+    an arbitrary bytecode can; the previous handlers come back afterwards.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            previous[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, lambda sig=sig: (received.append(sig), task.cancel()))
+    try:
+        return await run_load_async(spec)
+    except asyncio.CancelledError:
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]} during the load") from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
+
+
 def run_load(spec: LoadSpec) -> LoadResult:
     """Synchronous entry: runs the load in a fresh event loop."""
-    return asyncio.run(run_load_async(spec))
+    return asyncio.run(_interruptible(spec))
