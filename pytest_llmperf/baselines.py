@@ -25,6 +25,7 @@ that the run did not measure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -41,11 +42,16 @@ HIGHER, LOWER = "higher", "lower"
 OK, REGRESSED, IMPROVED, MISSING, UPDATED = "ok", "regressed", "improved", "missing", "updated"
 
 
-def gateable_metrics() -> list[str]:
-    """Every metric a run produces that has a better direction."""
+@functools.lru_cache(maxsize=1)
+def _gateable() -> tuple[str, ...]:
     from .metrics import compute_metrics
 
-    return sorted(m for m in compute_metrics([], 1.0) if _direction(m) is not None)
+    return tuple(sorted(m for m in compute_metrics([], 1.0) if _direction(m) is not None))
+
+
+def gateable_metrics() -> list[str]:
+    """Every metric a run produces that has a better direction."""
+    return list(_gateable())
 
 
 def _direction(metric: str) -> str | None:
@@ -59,8 +65,8 @@ def _direction(metric: str) -> str | None:
 def metric_direction(metric: str) -> str:
     """Which way is better for a metric; ValueError if it cannot be gated."""
     direction = _direction(metric)
-    if direction is None or metric not in gateable_metrics():
-        raise ValueError(f"metric {metric!r} cannot be gated; gateable metrics: {', '.join(gateable_metrics())}")
+    if direction is None or metric not in _gateable():
+        raise ValueError(f"metric {metric!r} cannot be gated; gateable metrics: {', '.join(_gateable())}")
     return direction
 
 
