@@ -10,13 +10,17 @@ import atexit
 import os
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from .engines import EngineUnavailable, get_adapter
 from .settings import OPTIONS, Settings, SettingsError, resolve
 from .suite import SuiteError, load_builtin_suite, load_suite_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import PerfRun
+    from .suite import Suite
 
 CASES_MODULE = Path(__file__).with_name("cases.py")
 RUN_KEY = pytest.StashKey["PerfRun"]()
@@ -55,10 +59,14 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         for engine in settings.engines:
             get_adapter(engine)
-        suite = load_suite_file(settings.suite_file) if settings.suite_file else load_builtin_suite(settings.engines)
+        suite = _suite(settings)
         for engine_config in suite.configs:
             if engine_config.engine in settings.engines:
                 get_adapter(engine_config.engine).validate(engine_config)
+        if settings.gpu_snapshot is not None:
+            from .topology import load_snapshot
+
+            load_snapshot(settings.gpu_snapshot)
     except (EngineUnavailable, SuiteError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     missing = [e for e in settings.engines if e not in suite.engines()]
@@ -77,6 +85,38 @@ def pytest_configure(config: pytest.Config) -> None:
         for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
         if sig is not None
     }
+
+
+def _suite(settings: Settings) -> "Suite":
+    """The suite file, or the built-in preset of the engines; ``external`` gets an endpoint configuration."""
+    import dataclasses
+
+    from .suite import EngineConfig
+
+    if settings.suite_file:
+        suite = load_suite_file(settings.suite_file)
+    else:
+        booted = [e for e in settings.engines if e != "external"]
+        # An external endpoint alone runs the seed's workloads (the preset of the real engines).
+        suite = load_builtin_suite(booted or ["vllm"])
+        if not booted:
+            suite = dataclasses.replace(suite, configs=())
+    if "external" not in settings.engines:
+        return suite
+    external = [c for c in suite.configs if c.engine == "external"]
+    if settings.endpoint is not None:
+        configs = [
+            dataclasses.replace(c, options=tuple(sorted({**dict(c.options), "endpoint": settings.endpoint}.items())))
+            if c.engine == "external" else c
+            for c in suite.configs
+        ]
+        if not external:
+            configs.append(EngineConfig("external", "endpoint", suite.model, options=(("endpoint", settings.endpoint),),
+                                        description=f"the server at {settings.endpoint}"))
+        suite = dataclasses.replace(suite, configs=tuple(configs))
+    elif not external:
+        raise SuiteError("--engine=external needs --endpoint URL (the base URL of a running OpenAI-compatible server)")
+    return suite
 
 
 def _stop_engines() -> None:
@@ -160,9 +200,14 @@ def llmperf_config(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def llmperf_engine(llmperf_config, llmperf_run, tmp_path_factory: pytest.TempPathFactory):
     """The configuration's engine, booted once, stopped on every path."""
+    from .runner import ExpectedFailure
+
     log_dir = llmperf_run.settings.log_dir or tmp_path_factory.getbasetemp() / "llmperf-logs"
-    with llmperf_run.engine(llmperf_config, log_dir) as engine:
-        yield engine
+    try:
+        with llmperf_run.engine(llmperf_config, log_dir) as engine:
+            yield engine
+    except ExpectedFailure as exc:
+        pytest.xfail(str(exc))
 
 
 def _case_id(nodeid: str) -> str:
@@ -189,6 +234,10 @@ class _RunReporter:
         result = self.run.results.get(_case_id(report.nodeid))
         if result is None:
             return
+        if hasattr(report, "wasxfail"):
+            result.outcome = "xfailed"
+            result.message = str(report.wasxfail)
+            return
         if report.when == "call":
             result.outcome = "passed" if report.passed else "skipped" if report.skipped else "failed"
         if report.failed:
@@ -206,9 +255,13 @@ class _RunReporter:
         if config.option.collectonly:
             return
         run, tr = self.run, terminalreporter
+        if run.settings.dry_run:
+            return
         tr.write_sep("=", "llmperf summary")
         for verdict in (run._node_verdicts or {}).values():
             tr.write_line(verdict.describe())
+        for note in run.summary_notes():
+            tr.write_line(f"note: {note}", yellow=True, bold=True)
         if run.results:
             tr.write_line(summary_tables(run.results.values()))
         for update in run.updates:
@@ -218,8 +271,30 @@ class _RunReporter:
         if run.settings.report_json:
             tr.write_line(f"report written to {run.settings.report_json}")
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
+        """--dry-run: say what would run, start nothing."""
+        if not self.run.settings.dry_run or session.config.option.collectonly:
+            return None
+        configs: list = []
+        for item in session.items:
+            config = getattr(item, "callspec", None) and item.callspec.params.get("llmperf_config")
+            if config is not None and config not in configs:
+                configs.append(config)
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = self.run.plan(configs) if configs else ["no configuration selected"]
+        if tr is not None:
+            tr.write_sep("=", "llmperf dry run: nothing is started")
+            for line in lines:
+                tr.write_line(line)
+        if any(not v.ok for v in self.run.node_verdicts().values()):
+            session.testsfailed += 1  # the node would refuse the run: fail the dry run too
+        return True
+
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.run.settings.dry_run:
+            return
         if self.run.settings.report_json and not session.config.option.collectonly:
             from .report import json_report, write_json
 

@@ -20,7 +20,7 @@ class CaseResult:
     engine: str
     config: str
     workload: str
-    outcome: str = "not run"  # passed / failed / error / skipped / not run (interrupted first)
+    outcome: str = "not run"  # passed / failed / error / skipped / xfailed / not run (interrupted first)
     metrics: dict[str, Any] = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
     failure_reasons: list[str] = field(default_factory=list)
@@ -28,12 +28,22 @@ class CaseResult:
     baseline_file: str | None = None
     engine_version: str | None = None
     log_path: str | None = None
+    telemetry: dict[str, Any] | None = None  # GPU telemetry summary while the case ran (real GPUs only)
+    telemetry_line: str = ""
+    throttled: bool = False  # thermal or power clock limits were seen while it ran
+
+    @property
+    def suspect(self) -> str | None:
+        """Why a regression verdict may be the node's fault rather than the engine's."""
+        if self.throttled and self.status == REGRESSED:
+            return "GPU throttled"
+        return None
 
     @property
     def status(self) -> str:
         """One word for the table: what the verdicts (or the outcome) say."""
         statuses = {v.status for v in self.verdicts}
-        if self.outcome in ("error", "skipped", "not run"):
+        if self.outcome in ("error", "skipped", "xfailed", "not run"):
             return self.outcome
         for word in (REGRESSED, MISSING):
             if word in statuses:
@@ -64,6 +74,8 @@ class CaseResult:
             "baseline_file": self.baseline_file,
             "engine_version": self.engine_version,
             "log_path": self.log_path,
+            "telemetry": self.telemetry,
+            "suspect": self.suspect,
         }
 
 
@@ -85,8 +97,11 @@ def summary_tables(results: Iterable[CaseResult]) -> str:
     for r in results:
         by_config.setdefault(f"{r.engine}/{r.config}", []).append(r)
     blocks = []
-    headers = ["workload", "total tok/s", "change", "mean TPOT ms", "change", "mean TTFT ms", "failed", "status"]
     for config_id, rows in by_config.items():
+        headers = ["workload", "total tok/s", "change", "mean TPOT ms", "change", "mean TTFT ms", "failed", "status"]
+        with_telemetry = any(r.telemetry_line for r in rows)
+        if with_telemetry:
+            headers.append("GPUs")
         table = [
             [
                 r.workload,
@@ -96,8 +111,9 @@ def summary_tables(results: Iterable[CaseResult]) -> str:
                 _change(r.verdict("mean_tpot_ms")),
                 _num(r.metrics.get("mean_ttft_ms")),
                 r.metrics.get("failed", "-"),
-                r.status,
+                r.status + (f" (suspect: {r.suspect})" if r.suspect else ""),
             ]
+            + ([r.telemetry_line or "-"] if with_telemetry else [])
             for r in rows
         ]
         version = next((r.engine_version for r in rows if r.engine_version), None)

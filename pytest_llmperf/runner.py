@@ -10,6 +10,8 @@ import contextlib
 import datetime as _dt
 import platform
 import sys
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,11 +29,14 @@ from .baselines import (
     workload_mismatch,
 )
 from .engines import get_adapter
-from .engines.base import LOCALHOST, EngineProcess, free_port
+from .engines.base import LOCALHOST, PORT_PLACEHOLDER, EngineProcess, EngineStartError, Launch, free_port, tail
 from .report import CaseResult
 from .settings import Settings
 from .suite import Case, EngineConfig, Suite, Workload
 from .topology import NodeVerdict, check_node
+
+
+TELEMETRY_INTERVAL_S = 0.5
 
 
 class CaseFailure(AssertionError):
@@ -42,14 +47,36 @@ class NodeUnfit(RuntimeError):
     """The node does not fit the GPU spec; nothing may boot."""
 
 
+class UnexpectedlyWorking(UserWarning):
+    """A configuration marked as a known failure ran: the failure may be fixed."""
+
+
+class ExpectedFailure(Exception):
+    """A configuration the suite marks as known to fail did fail; the message says how."""
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)[:300]
+
+
+def version_matches(expected: str, found: str) -> bool:
+    """Whether the engine version met is the release a configuration was written for."""
+    return found == expected or found.startswith(expected + "+")
+
+
 @dataclass
 class RunningEngine:
     config: EngineConfig
     base_url: str
     version: str
-    log_path: Path
+    log_path: Path | None
     command: list[str]
     ready_s: float
+    served_model: str = ""  # the name requests carry
+    gpu_uuids: tuple[str, ...] = ()  # the checked GPUs it runs on
+    node_live: bool = False  # the GPUs are this machine's, read through NVML (telemetry possible)
+    request_fields: frozenset[str] | None = None  # top-level request fields it accepts (None: any)
+    process: EngineProcess | None = None  # None: not ours (an external endpoint)
 
 
 @dataclass
@@ -68,7 +95,11 @@ class PerfRun:
     engines_booted: list[dict[str, Any]] = field(default_factory=list)
     updates: list[BaselineUpdate] = field(default_factory=list)
     started_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    notes: list[str] = field(default_factory=list)  # things the summary must say (version drift, ...)
+    unexpectedly_working: dict[str, str] = field(default_factory=dict)  # config id -> its expected failure
+    node_dirty: str | None = None  # set when an engine's GPUs were not freed: nothing else may boot
     _node_verdicts: dict[str, NodeVerdict] | None = None
+    _node_live: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for case in self.cases:
@@ -83,47 +114,233 @@ class PerfRun:
 
     # ----------------------------------------------------------- node check
     def node_verdicts(self) -> dict[str, NodeVerdict]:
-        """Check the node for every selected engine, once, before any boot."""
+        """Check the node for every selected engine, once, before any boot.
+
+        The node is read from ``--gpu-snapshot`` when given, from the recorded
+        snapshot for the simulated engine, and from live NVML for real engines.
+        An external endpoint is checked only when ``--gpus`` is given.
+        """
         if self._node_verdicts is None:
             from .gpus import parse_gpu_spec
+            from .topology import NoGpuDriver, load_snapshot, probe_node
 
             spec = self.settings.gpus or parse_gpu_spec(self.gpus)
+            live: tuple[Any, str] | None = None
             verdicts = {}
             for engine in sorted({c.config.engine for c in self.cases}):
-                snapshot, source = get_adapter(engine).node_snapshot()
+                adapter = get_adapter(engine)
+                self._node_live[engine] = False
+                if self.settings.gpu_snapshot is not None:
+                    snapshot, source = load_snapshot(self.settings.gpu_snapshot), f"snapshot {self.settings.gpu_snapshot}"
+                elif engine == "sim":
+                    snapshot, source = adapter.node_snapshot()
+                elif not adapter.uses_gpus and self.settings.gpus is None:
+                    verdicts[engine] = NodeVerdict("-", "not checked: an external endpoint is checked only with --gpus")
+                    continue
+                else:
+                    if live is None:
+                        try:
+                            live = (probe_node(), "live NVML")
+                        except NoGpuDriver as exc:
+                            live = (None, str(exc))
+                    snapshot, source = live
+                    if snapshot is None:
+                        verdicts[engine] = NodeVerdict(str(spec), "live NVML", (source,))
+                        continue
+                    self._node_live[engine] = True
                 verdicts[engine] = check_node(spec, snapshot, source)
             self._node_verdicts = verdicts
         return self._node_verdicts
 
     def require_node(self) -> None:
+        if self.node_dirty:
+            raise NodeUnfit(self.node_dirty)
         bad = [v for v in self.node_verdicts().values() if not v.ok]
         if bad:
             raise NodeUnfit("\n".join(v.describe() for v in bad))
 
+    def launch(self, config: EngineConfig, port: str = PORT_PLACEHOLDER) -> Launch:
+        """How ``config`` is launched: model, served name, template, the checked GPUs."""
+        verdict = (self._node_verdicts or {}).get(config.engine)
+        return Launch(
+            host=LOCALHOST,
+            port=port,
+            model=self.settings.model or config.model,
+            served_model_name=self.settings.served_model_name or config.option("served_model_name"),
+            chat_template=self.settings.chat_template,
+            slowdown=self.settings.sim_slowdown,
+            gpu_uuids=tuple(getattr(verdict, "gpu_uuids", ()) or ()) if verdict is not None and verdict.ok else (),
+        )
+
+    def plan(self, configs: list[EngineConfig]) -> list[str]:
+        """What --dry-run prints: per configuration, argv, environment, workloads; then the node verdicts."""
+        import shlex
+
+        verdicts = self.node_verdicts()
+        lines: list[str] = []
+        for config in configs:
+            adapter = get_adapter(config.engine)
+            launch = self.launch(config)
+            lines.append(f"{config.id}" + (f" -- {config.description}" if config.description else ""))
+            if adapter.boots:
+                lines.append("  command: " + shlex.join(adapter.argv(config, launch)))
+                env = adapter.env(config, launch)
+                lines.append("  environment: " + (" ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())) or "(inherited only)"))
+                missing = adapter.missing_executable(config)
+                if missing:
+                    lines.append(f"  warning: {missing}")
+            else:
+                lines.append(f"  endpoint: {adapter.base_url(config)} (already running; nothing is launched)")
+            if config.engine_version:
+                lines.append(f"  written for: {config.engine} {config.engine_version}")
+            if config.expected_failure:
+                lines.append(f"  expected to fail: {config.expected_failure}")
+            for note in adapter.notes(config, launch):
+                lines.append(f"  note: {note}")
+            workloads = [c.workload for c in self.cases if c.config == config]
+            lines.append("  workloads: " + ", ".join(f"{w.name} ({_describe_workload(w)})" for w in workloads))
+        lines.append("")
+        for engine, verdict in sorted(verdicts.items()):
+            lines.append(f"node check for {engine}: " + verdict.describe())
+        return lines
+
     # ----------------------------------------------------------- engines
     @contextlib.contextmanager
     def engine(self, config: EngineConfig, log_dir: Path) -> Iterator[RunningEngine]:
-        """Boot ``config`` (after the node check), yield it, stop it on every path."""
+        """Boot ``config`` (after the node check), yield it, stop it on every path.
+
+        A configuration marked ``expected_failure`` that fails to boot raises
+        ExpectedFailure; one that boots is noted as unexpectedly working.
+        """
         self.require_node()
         adapter = get_adapter(config.engine)
+        live = self._node_live.get(config.engine, False)
+        if not adapter.boots:
+            yield self._attach(config, adapter, live)
+            return
         port = free_port()
-        argv = adapter.argv(config, LOCALHOST, str(port), self.settings.sim_slowdown)
+        launch = self.launch(config, str(port))
+        argv = adapter.argv(config, launch)
         log_path = Path(log_dir) / f"{config.engine}-{config.name}.log"
         base_url = f"http://{LOCALHOST}:{port}"
-        process = EngineProcess(argv, adapter.env(config), log_path, base_url, adapter.ready_path)
-        for result in self.results.values():
-            if (result.engine, result.config) == (config.engine, config.name):
-                result.log_path = str(log_path)
+        process = EngineProcess(argv, adapter.env(config, launch), log_path, base_url, adapter.ready_path)
+        for result in self._results_of(config):
+            result.log_path = str(log_path)
         try:
-            process.start()
-            ready_s = process.wait_ready(self.settings.startup_timeout_s)
+            try:
+                process.start()
+                ready_s = process.wait_ready(self.settings.startup_timeout_s or adapter.startup_timeout_s)
+            except EngineStartError as exc:
+                if config.expected_failure:
+                    raise ExpectedFailure(
+                        f"{config.id} failed as expected ({config.expected_failure}); seen: {_first_line(str(exc))} "
+                        f"(log: {log_path})"
+                    ) from None
+                raise
             version = adapter.version(base_url)
+            served = self._served_model(base_url, launch, config)
+            self._note_boot(config, adapter, launch, version)
             self.engines_booted.append(
-                {"config": config.id, "version": version, "ready_s": round(ready_s, 3), "log_path": str(log_path), "argv": argv}
+                {"config": config.id, "version": version, "version_expected": config.engine_version or None,
+                 "ready_s": round(ready_s, 3), "log_path": str(log_path), "argv": argv,
+                 "env": adapter.env(config, launch), "served_model": served, "gpu_uuids": list(launch.gpu_uuids)}
             )
-            yield RunningEngine(config, base_url, version, log_path, adapter.display_argv(config, self.settings.sim_slowdown), ready_s)
-        finally:
+            yield RunningEngine(config, base_url, version, log_path, adapter.display_argv(config, launch), ready_s,
+                                served, launch.gpu_uuids, live, adapter.request_fields, process)
+        except Exception:
             process.stop()
+            self._wait_gpus_freed(config, adapter, launch, live)
+            raise
+        except BaseException:  # Ctrl-C: stop the engine, do not wait on NVML
+            process.stop()
+            raise
+        else:
+            process.stop()
+            self._wait_gpus_freed(config, adapter, launch, live)
+
+    def _results_of(self, config: EngineConfig) -> list[CaseResult]:
+        return [r for r in self.results.values() if (r.engine, r.config) == (config.engine, config.name)]
+
+    def _attach(self, config: EngineConfig, adapter: Any, live: bool) -> RunningEngine:
+        """An already-running endpoint: wait until it answers, read its version and model."""
+        import requests
+
+        base_url = adapter.base_url(config)
+        launch = self.launch(config)
+        url = base_url + "/v1/models"
+        timeout_s = self.settings.startup_timeout_s or adapter.startup_timeout_s
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        with requests.Session() as http:
+            http.trust_env = False
+            while True:
+                try:
+                    status = http.get(url, timeout=5).status_code
+                    if status == 200:
+                        break
+                    last = f"HTTP {status}"
+                except requests.RequestException as exc:
+                    last = type(exc).__name__
+                if time.monotonic() >= deadline:
+                    raise EngineStartError(f"endpoint {base_url} did not answer {url} with 200 within "
+                                           f"{timeout_s:g} s (last: {last})")
+                time.sleep(0.5)
+        version = adapter.version(base_url)
+        served = self._served_model(base_url, launch, config)
+        self._note_boot(config, adapter, launch, version)
+        self.engines_booted.append({"config": config.id, "version": version, "endpoint": base_url, "served_model": served})
+        return RunningEngine(config, base_url, version, None, [base_url], 0.0, served, launch.gpu_uuids, live,
+                             adapter.request_fields)
+
+    def _note_boot(self, config: EngineConfig, adapter: Any, launch: Launch, version: str) -> None:
+        for note in adapter.notes(config, launch):
+            if note not in self.notes:
+                self.notes.append(note)
+        if config.engine_version and not version_matches(config.engine_version, version):
+            self.notes.append(
+                f"{config.id} was written for {config.engine} {config.engine_version} but met {version}: "
+                f"flags drift between releases, check the command line"
+            )
+        if config.expected_failure:
+            self.unexpectedly_working[config.id] = config.expected_failure
+
+    def summary_notes(self) -> list[str]:
+        """What the summary must say beyond the tables."""
+        notes = list(self.notes)
+        for config_id, reason in self.unexpectedly_working.items():
+            notes.append(f"{config_id} started although it is expected to fail ({reason}): the known failure may be "
+                         f"fixed; its cases ran normally. Record baselines for it and drop expected_failure")
+        return notes
+
+    def _served_model(self, base_url: str, launch: Launch, config: EngineConfig) -> str:
+        """The model name requests carry: given, or what /v1/models lists."""
+        if launch.served_model_name:
+            return launch.served_model_name
+        import requests
+
+        fallback = launch.model or config.model
+        try:
+            with requests.Session() as http:
+                http.trust_env = False
+                data = http.get(base_url + "/v1/models", timeout=10).json().get("data", [])
+            ids = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (requests.RequestException, ValueError, AttributeError):
+            return fallback
+        for candidate in (launch.model, config.model):
+            if candidate in ids:
+                return candidate
+        return ids[0] if ids else fallback
+
+    def _wait_gpus_freed(self, config: EngineConfig, adapter: Any, launch: Launch, live: bool) -> None:
+        if not (adapter.uses_gpus and live and launch.gpu_uuids):
+            return
+        from .topology import GpusNotFreed, wait_gpus_freed
+
+        try:
+            wait_gpus_freed(list(launch.gpu_uuids), self.settings.gpu_free_timeout_s)
+        except GpusNotFreed as exc:
+            self.node_dirty = f"after {config.id} stopped, its GPUs were not freed, so nothing else may boot: {exc}"
+            raise NodeUnfit(self.node_dirty) from None
 
     # ----------------------------------------------------------- cases
     def run_case(self, engine: RunningEngine, workload: Workload) -> CaseResult:
@@ -135,24 +352,64 @@ class PerfRun:
         from .loadgen.run import LoadSpec, run_load
         from .metrics import compute_metrics, failure_reasons
 
+        from .loadgen.client import build_body
+
         case = Case(engine.config, workload)
         result = self.results[case.id]
         result.engine_version = engine.version
         requests = build_requests(workload)
-        load = run_load(
-            LoadSpec(
-                base_url=engine.base_url,
-                model=engine.config.model,
-                requests=requests,
-                endpoint=workload.endpoint_path,
-                max_concurrency=workload.max_concurrency,
-                ignore_eos=workload.ignore_eos,
-                request_timeout_s=self.settings.request_timeout_s,
-            )
+        spec = LoadSpec(
+            base_url=engine.base_url,
+            model=engine.served_model or engine.config.model,
+            requests=requests,
+            endpoint=workload.endpoint_path,
+            max_concurrency=workload.max_concurrency,
+            ignore_eos=workload.ignore_eos,
+            request_timeout_s=self.settings.request_timeout_s,
         )
+        if engine.request_fields is not None:
+            sent = set(build_body(spec.endpoint, spec.model, requests[0], spec.ignore_eos, spec.extra_body))
+            refused = sorted(sent - engine.request_fields)
+            if refused:
+                result.message = (f"{engine.config.engine} rejects request fields {refused} that workload "
+                                  f"{workload.name} needs; change the workload")
+                raise CaseFailure(result.message)
+        sampler = None
+        if engine.node_live and engine.gpu_uuids:
+            from .telemetry import TelemetrySampler
+
+            sampler = TelemetrySampler(list(engine.gpu_uuids), interval_s=TELEMETRY_INTERVAL_S)
+            sampler.start()
+        try:
+            load = run_load(spec)
+        finally:
+            if sampler is not None:
+                summary = sampler.stop()
+                result.telemetry = summary.to_dict()
+                result.telemetry_line = summary.line()
+                result.throttled = bool(summary.throttled)
         metrics = compute_metrics(load.records, load.duration_s)
         result.metrics = dict(metrics)
         result.failure_reasons = failure_reasons(load.records)
+        died = engine.process.exit_code() if engine.process is not None else None
+        if died is not None:
+            message = (f"the engine exited with code {died} during {case.id}; last lines of {engine.log_path}:\n"
+                       + tail(engine.log_path))
+            if engine.config.expected_failure:
+                self.unexpectedly_working.pop(engine.config.id, None)
+                raise ExpectedFailure(f"{engine.config.id} failed as expected ({engine.config.expected_failure}); "
+                                      f"seen: {_first_line(message)}")
+            result.message = message
+            raise CaseFailure(message)
+        if engine.config.expected_failure:
+            if not metrics.get("completed"):
+                reasons = "; ".join(result.failure_reasons) or "no reason recorded"
+                self.unexpectedly_working.pop(engine.config.id, None)
+                raise ExpectedFailure(f"{engine.config.id} failed as expected ({engine.config.expected_failure}); "
+                                      f"seen: no request completed: {reasons[:300]}")
+            warnings.warn(UnexpectedlyWorking(
+                f"{case.id} ran although {engine.config.id} is expected to fail ({engine.config.expected_failure})"
+            ), stacklevel=2)
         self._judge(case, engine, result)
         return result
 
@@ -203,7 +460,11 @@ class PerfRun:
             result.message = f"no baseline for {case.id} in {path}; record one with --update-baselines"
             raise CaseFailure(result.message)
         if lines:
-            result.message = f"{case.id} regressed against {path}:\n" + "\n".join(lines)
+            suspect = ""
+            if result.throttled:
+                reasons = ", ".join((result.telemetry or {}).get("throttle_reasons", []))
+                suspect = f"suspect: GPU throttled ({reasons}) during {case.id}; the regression may be the node's\n"
+            result.message = suspect + f"{case.id} regressed against {path}:\n" + "\n".join(lines)
             raise CaseFailure(result.message)
 
     # ----------------------------------------------------------- report
@@ -224,8 +485,18 @@ class PerfRun:
             "sim_slowdown": s.sim_slowdown,
             "gates_pct": dict(s.gates),
             "request_timeout_s": s.request_timeout_s,
-            "node": {k: {"ok": v.ok, "source": v.source, "problems": list(v.problems)} for k, v in (self._node_verdicts or {}).items()},
+            "node": {
+                k: {"ok": v.ok, "source": v.source, "problems": list(v.problems), "gpu_indices": list(v.gpu_indices),
+                    "gpu_uuids": list(getattr(v, "gpu_uuids", ()) or ()), "live": self._node_live.get(k, False)}
+                for k, v in (self._node_verdicts or {}).items()
+            },
             "engines_booted": self.engines_booted,
+            "notes": self.summary_notes(),
+            "unexpectedly_working": dict(self.unexpectedly_working),
+            "model_override": s.model,
+            "chat_template": str(s.chat_template) if s.chat_template else None,
+            "gpu_snapshot": str(s.gpu_snapshot) if s.gpu_snapshot else None,
+            "endpoint": s.endpoint,
         }
 
 
@@ -240,3 +511,10 @@ def build_requests(workload: Workload) -> list:
         )
     path = Path(workload.dataset_path) if workload.dataset_path else datasets.SHAREGPT_SAMPLE_PATH
     return datasets.sharegpt_requests(path, workload.num_prompts, workload.seed, workload.output_len)
+
+
+def _describe_workload(workload: Workload) -> str:
+    if workload.dataset == "random":
+        return f"random {workload.input_len}/{workload.output_len} x {workload.num_prompts}"
+    source = Path(workload.dataset_path).name if workload.dataset_path else "bundled sample"
+    return f"{workload.dataset} x {workload.num_prompts} from {source}"

@@ -55,16 +55,34 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("gate", "--gate", "gated metrics with tolerance in percent, added to or overriding the defaults "
                "(total_token_throughput:5,mean_tpot_ms:5,failed:0); METRIC:off removes one",
                env="LLMPERF_GATE", ini="llmperf_gate", metavar="METRIC:PCT[,...]"),
-    OptionSpec("startup_timeout", "--startup-timeout", "seconds an engine may take to become ready (default 600)",
+    OptionSpec("startup_timeout", "--startup-timeout", "seconds an engine may take to become ready (default: the engine's own: "
+               "sim 600, vllm 1800, sglang and trtllm 3600, external 600)",
                env="LLMPERF_STARTUP_TIMEOUT", ini="llmperf_startup_timeout", metavar="SECONDS"),
     OptionSpec("request_timeout", "--request-timeout", "seconds one request may take before it counts as failed "
                "(default 3600)", env="LLMPERF_REQUEST_TIMEOUT", ini="llmperf_request_timeout", metavar="SECONDS"),
+    OptionSpec("endpoint", "--endpoint", "base URL of an already-running OpenAI-compatible server, for "
+               "--engine=external (e.g. http://127.0.0.1:8000)", env="LLMPERF_ENDPOINT", metavar="URL"),
+    OptionSpec("model", "--model", "the model the engines load: a hub id or a local path (default: the suite's "
+               "model; baselines stay keyed by the suite's model)", env="LLMPERF_MODEL", metavar="MODEL"),
+    OptionSpec("served_model_name", "--served-model-name", "the model name engines serve under and requests "
+               "carry (default: what the engine reports in /v1/models)", env="LLMPERF_SERVED_MODEL_NAME",
+               metavar="NAME"),
+    OptionSpec("chat_template", "--chat-template", "chat template file for configurations written for one "
+               "(the SGLang presets); without it they launch without the flag", env="LLMPERF_CHAT_TEMPLATE",
+               ini="llmperf_chat_template", metavar="PATH"),
+    OptionSpec("dry_run", "--dry-run", "print each selected configuration's command line, environment, "
+               "workloads and the node verdict; start nothing", is_flag=True),
+    OptionSpec("gpu_snapshot", "--gpu-snapshot", "check the node against this JSON snapshot (python -m "
+               "pytest_llmperf.topology snapshot) instead of live NVML", env="LLMPERF_GPU_SNAPSHOT", metavar="FILE"),
+    OptionSpec("gpu_free_timeout", "--gpu-free-timeout", "seconds to wait, after an engine stops, until NVML shows "
+               "its GPUs freed (default 300)", env="LLMPERF_GPU_FREE_TIMEOUT", ini="llmperf_gpu_free_timeout",
+               metavar="SECONDS"),
     OptionSpec("log_dir", "--log-dir", "directory for engine logs (default: a directory under pytest's basetemp)",
                env="LLMPERF_LOG_DIR", ini="llmperf_log_dir", metavar="DIR"),
 )
 
-DEFAULT_STARTUP_TIMEOUT_S = 600.0
 DEFAULT_REQUEST_TIMEOUT_S = 3600.0
+DEFAULT_GPU_FREE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -78,9 +96,16 @@ class Settings:
     sim_slowdown: float = 1.0
     suite_file: Path | None = None
     gates: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_GATES))
-    startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
+    startup_timeout_s: float | None = None  # None: each engine's own default
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     log_dir: Path | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    served_model_name: str | None = None
+    chat_template: Path | None = None
+    dry_run: bool = False
+    gpu_snapshot: Path | None = None
+    gpu_free_timeout_s: float = DEFAULT_GPU_FREE_TIMEOUT_S
 
     @property
     def active(self) -> bool:
@@ -115,6 +140,13 @@ def _positive_float(text: str) -> float:
         raise ValueError(f"expected a positive number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _text(text: str) -> str:
+    value = str(text).strip()
+    if not value:
+        raise ValueError("expected a value, got an empty one")
     return value
 
 
@@ -186,6 +218,20 @@ def resolve(
     gates = convert("gate", parse_gates)
     timeout = convert("startup_timeout", _positive_float)
     request_timeout = convert("request_timeout", _positive_float)
+    gpu_free_timeout = convert("gpu_free_timeout", _positive_float)
+    from .engines.external import normalize_endpoint
+
+    endpoint = convert("endpoint", normalize_endpoint)
+    if endpoint is not None and "external" not in engines:
+        raise SettingsError(f"--endpoint applies to --engine=external only; engines selected: {', '.join(engines) or 'none'}")
+    chat_template = convert("chat_template", str, path_base=True)
+    if chat_template is not None and not chat_template.is_file():
+        raise SettingsError(f"--chat-template: {chat_template} is not a file")
+    gpu_snapshot = convert("gpu_snapshot", str, path_base=True)
+    if gpu_snapshot is not None and not gpu_snapshot.is_file():
+        raise SettingsError(f"--gpu-snapshot: {gpu_snapshot} is not a file")
+    if cli.get("dry_run") and cli.get("update_baselines"):
+        raise SettingsError("--dry-run starts nothing, so it cannot --update-baselines")
     if num_prompts is not None and cli.get("update_baselines"):
         raise SettingsError(
             "--num-prompts cannot be combined with --update-baselines: the quick run's figures would replace "
@@ -201,7 +247,14 @@ def resolve(
         sim_slowdown=slowdown if slowdown is not None else 1.0,
         suite_file=convert("suite", str, path_base=True),
         gates=gates if gates is not None else dict(DEFAULT_GATES),
-        startup_timeout_s=timeout if timeout is not None else DEFAULT_STARTUP_TIMEOUT_S,
+        startup_timeout_s=timeout,
         request_timeout_s=request_timeout if request_timeout is not None else DEFAULT_REQUEST_TIMEOUT_S,
         log_dir=convert("log_dir", str, path_base=True),
+        endpoint=endpoint,
+        model=convert("model", _text),
+        served_model_name=convert("served_model_name", _text),
+        chat_template=chat_template,
+        dry_run=bool(cli.get("dry_run")),
+        gpu_snapshot=gpu_snapshot,
+        gpu_free_timeout_s=gpu_free_timeout if gpu_free_timeout is not None else DEFAULT_GPU_FREE_TIMEOUT_S,
     )

@@ -91,6 +91,8 @@ class EngineConfig:
     workloads: tuple[str, ...] | None = None  # None: all of the suite's
     description: str = ""
     source_dir: str = ""  # the suite file's directory: relative paths in options are relative to it
+    expected_failure: str = ""  # why this configuration is known not to run (empty: it should run)
+    engine_version: str = ""  # the engine release the flags were written for (empty: unknown)
 
     @property
     def id(self) -> str:
@@ -138,7 +140,7 @@ class Suite:
 
 
 _WORKLOAD_KEYS = {f for f in Workload.__dataclass_fields__ if f != "name"}
-_CONFIG_KEYS = {"engine", "name", "model", "args", "env", "workloads", "description"}
+_CONFIG_KEYS = {"engine", "name", "model", "args", "env", "workloads", "description", "expected_failure", "engine_version"}
 
 
 def _where(source: str, key: str) -> str:
@@ -226,6 +228,9 @@ def _parse_config(
         if unknown:
             raise SuiteError(f"{_where(source, key + '.workloads')}: unknown workloads {unknown}; defined: {sorted(workload_names)}")
         workloads = tuple(workloads)
+    for text_key in ("description", "expected_failure", "engine_version"):
+        if not isinstance(table.get(text_key, ""), str):
+            raise SuiteError(f"{_where(source, key + '.' + text_key)}: expected a string, got {table[text_key]!r}")
     options = tuple(sorted((k, v) for k, v in table.items() if k not in _CONFIG_KEYS))
     return EngineConfig(
         engine=engine,
@@ -235,8 +240,10 @@ def _parse_config(
         env=tuple(sorted(env.items())),
         options=options,
         workloads=workloads,
-        description=str(table.get("description", "")),
+        description=table.get("description", ""),
         source_dir=str(base_dir),
+        expected_failure=table.get("expected_failure", ""),
+        engine_version=table.get("engine_version", ""),
     )
 
 

@@ -5,7 +5,7 @@ import psutil
 import pytest
 
 from pytest_llmperf.engines import EngineUnavailable, get_adapter
-from pytest_llmperf.engines.base import EngineProcess, EngineStartError, free_port
+from pytest_llmperf.engines.base import EngineProcess, EngineStartError, Launch, free_port
 from pytest_llmperf.suite import EngineConfig
 
 FAKE = str(Path(__file__).with_name("fake_engine.py"))
@@ -56,19 +56,28 @@ def test_stop_kills_the_whole_tree_even_when_sigterm_is_ignored(tmp_path, child)
     proc.stop()  # idempotent
 
 
-def test_reserved_engines_say_so():
-    with pytest.raises(EngineUnavailable, match="'trtllm' is reserved but has no adapter"):
-        get_adapter("trtllm")
-    with pytest.raises(EngineUnavailable, match="unknown engine"):
+def test_unknown_engines_say_so():
+    with pytest.raises(EngineUnavailable, match="unknown engine 'tgi'; valid choices: sim, vllm, sglang, trtllm, external"):
         get_adapter("tgi")
+
+
+def test_missing_executable_is_a_start_error_naming_it(tmp_path):
+    proc = EngineProcess(["no-such-engine-binary", "serve"], {}, tmp_path / "e.log", "http://127.0.0.1:1")
+    with pytest.raises(EngineStartError, match="cannot start 'no-such-engine-binary'.*on PATH"):
+        proc.start()
+    assert "cannot start no-such-engine-binary" in (tmp_path / "e.log").read_text()
 
 
 def test_sim_argv_and_display():
     adapter = get_adapter("sim")
     config = EngineConfig("sim", "c", "org/m", args=("--log-level", "debug"), options=(("profile", "vllm-tp8"),))
-    argv = adapter.argv(config, "127.0.0.1", "8000", 1.5)
+    argv = adapter.argv(config, Launch(port="8000", slowdown=1.5))
     assert argv[1:] == ["-m", "pytest_llmperf.sim", "serve", "--host", "127.0.0.1", "--port", "8000", "--profile",
                         "vllm-tp8", "--served-model-name", "org/m", "--slowdown", "1.5", "--log-level", "debug"]
-    assert adapter.display_argv(config, 1.0)[0] == "python" and "{port}" in adapter.display_argv(config, 1.0)
+    shown = adapter.display_argv(config, Launch(port="8000"))
+    assert shown[0] == "python" and "{port}" in shown
+    assert "CUDA_VISIBLE_DEVICES" not in adapter.env(config, Launch(gpu_uuids=("GPU-1",)))  # the sim uses no GPU
     with pytest.raises(ValueError, match="needs a 'profile'"):
-        adapter.argv(EngineConfig("sim", "c", "m"), "127.0.0.1", "1", 1.0)
+        adapter.argv(EngineConfig("sim", "c", "m"), Launch())
+    with pytest.raises(ValueError, match=r"unknown keys \['profil'\] for engine sim; valid engine keys: profile"):
+        adapter.validate(EngineConfig("sim", "c", "m", options=(("profil", "x"),)))

@@ -171,7 +171,9 @@ def test_with_engine_only_perf_cases_run(project):
 
 @pytest.mark.parametrize("args, message", [
     (["--engine=tgi"], "--engine: unknown engine 'tgi'; valid choices: sim, vllm, sglang, trtllm"),
-    (["--engine=vllm"], "engine 'vllm' is reserved but has no adapter"),
+    (["--engine=vllm"], "suite.toml has no configurations for engine(s) vllm; it has: sim"),
+    (["--engine=external"], "--engine=external needs --endpoint URL"),
+    (["--engine=sim", "--endpoint=http://127.0.0.1:9"], "--endpoint applies to --engine=external only"),
     (["--engine=sim", "--gpus=h200"], "--gpus: malformed GPU spec 'h200'"),
     (["--engine=sim", "--num-prompts=-3"], "--num-prompts: expected a positive integer, got '-3'"),
     (["--engine=sim", "-n", "2"], "cannot run under pytest-xdist"),

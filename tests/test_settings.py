@@ -29,7 +29,7 @@ def test_engines_comma_list_dedup_and_case():
 def test_unknown_engine_lists_choices():
     with pytest.raises(SettingsError) as info:
         make({"engine": "tgi"})
-    assert str(info.value) == "--engine: unknown engine 'tgi'; valid choices: sim, vllm, sglang, trtllm (from command line --engine)"
+    assert str(info.value) == "--engine: unknown engine 'tgi'; valid choices: sim, vllm, sglang, trtllm, external (from command line --engine)"
 
 
 def test_precedence_cli_env_ini():
@@ -87,3 +87,32 @@ def test_num_prompts_cannot_overwrite_baselines():
 def test_request_timeout():
     assert make().request_timeout_s == 3600.0
     assert make({"request_timeout": "2.5"}).request_timeout_s == 2.5
+
+
+def test_endpoint_is_normalized_and_only_for_external():
+    s = make({"engine": "external", "endpoint": "http://127.0.0.1:8000/v1/"})
+    assert s.endpoint == "http://127.0.0.1:8000"
+    with pytest.raises(SettingsError, match="--endpoint applies to --engine=external only; engines selected: sim"):
+        make({"engine": "sim", "endpoint": "http://127.0.0.1:8000"})
+    with pytest.raises(SettingsError, match=r"--endpoint: expected an http\(s\) URL .* \(from environment LLMPERF_ENDPOINT\)"):
+        make({"engine": "external"}, {"LLMPERF_ENDPOINT": "localhost:8000"})
+
+
+def test_files_must_exist(tmp_path):
+    with pytest.raises(SettingsError, match="--chat-template: .*nope.jinja is not a file"):
+        make({"chat_template": str(tmp_path / "nope.jinja")})
+    with pytest.raises(SettingsError, match="--gpu-snapshot: .*node.json is not a file"):
+        make({"gpu_snapshot": str(tmp_path / "node.json")})
+    (tmp_path / "t.jinja").write_text("x")
+    assert make({"chat_template": str(tmp_path / "t.jinja")}).chat_template == tmp_path / "t.jinja"
+
+
+def test_dry_run_model_and_gpu_free_timeout():
+    s = make({"engine": "vllm", "dry_run": True, "model": " /models/dsv32 ", "served_model_name": "dsv32",
+              "gpu_free_timeout": "30"})
+    assert s.dry_run and s.model == "/models/dsv32" and s.served_model_name == "dsv32" and s.gpu_free_timeout_s == 30
+    assert make().gpu_free_timeout_s == 300
+    with pytest.raises(SettingsError, match="--dry-run starts nothing"):
+        make({"engine": "vllm", "dry_run": True, "update_baselines": True})
+    with pytest.raises(SettingsError, match="--gpu-free-timeout: expected a positive number"):
+        make({"gpu_free_timeout": "-1"})

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from .base import EngineAdapter
 
-ENGINE_NAMES: tuple[str, ...] = ("sim", "vllm", "sglang", "trtllm")
+ENGINE_NAMES: tuple[str, ...] = ("sim", "vllm", "sglang", "trtllm", "external")
 
 
 class EngineUnavailable(LookupError):

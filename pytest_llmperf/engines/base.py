@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import weakref
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from ..suite import EngineConfig
 
@@ -31,43 +33,108 @@ class EngineStartError(RuntimeError):
     """The engine did not become ready; the message carries its log tail."""
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Where and how one configuration is launched (chosen at boot, or shown by --dry-run)."""
+
+    host: str = LOCALHOST
+    port: str = PORT_PLACEHOLDER
+    model: str = ""  # what the engine loads: a hub id or a local path
+    served_model_name: str | None = None  # None: the engine's own default
+    chat_template: Path | None = None
+    slowdown: float = 1.0  # the simulated engine only
+    gpu_uuids: tuple[str, ...] = ()  # the checked GPUs the engine gets
+
+
 class EngineAdapter:
-    """One engine: its command line, environment, readiness and version."""
+    """One engine: its command line, environment, readiness and version.
+
+    Each engine's flags live in its own module; nothing here knows them.
+    """
 
     name = "engine"
     ready_path = "/health"
-    version_path = "/version"
+    version_paths: tuple[str, ...] = ("/version",)
+    uses_gpus = False  # the engine runs on the node's GPUs (gets CUDA_VISIBLE_DEVICES, is watched by NVML)
+    boots = True  # False: the engine is already running somewhere (nothing to launch)
+    startup_timeout_s = 600.0  # default wait for readiness; --startup-timeout overrides
+    option_keys: frozenset[str] = frozenset()  # engine-specific keys a suite configuration may set
+    # Top-level request fields the engine accepts; None: any (the OpenAI fields the client sends).
+    request_fields: frozenset[str] | None = None
 
-    def argv(self, config: EngineConfig, host: str, port: str, slowdown: float) -> list[str]:
+    def argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         raise NotImplementedError
 
     def validate(self, config: EngineConfig) -> None:
         """Raise ValueError, naming the configuration, if it cannot be launched."""
+        unknown = sorted(k for k, _ in config.options if k not in self.option_keys)
+        if unknown:
+            valid = ", ".join(sorted(self.option_keys)) or "none"
+            raise ValueError(f"{config.id}: unknown keys {unknown} for engine {self.name}; valid engine keys: {valid}")
 
-    def env(self, config: EngineConfig) -> dict[str, str]:
+    def env(self, config: EngineConfig, launch: Launch) -> dict[str, str]:
         """Variables set on top of the current environment."""
-        return dict(config.env)
+        env = dict(config.env)
+        if self.uses_gpus and launch.gpu_uuids:
+            # NVML's index order ignores CUDA_VISIBLE_DEVICES; UUIDs name the checked GPUs exactly.
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpu_uuids)
+        return env
 
-    def display_argv(self, config: EngineConfig, slowdown: float) -> list[str]:
+    def notes(self, config: EngineConfig, launch: Launch) -> list[str]:
+        """Things a user should know about how this configuration is launched."""
+        return []
+
+    def missing_executable(self, config: EngineConfig) -> str | None:
+        """Why the engine's program cannot be started here, or None."""
+        return None
+
+    def display_argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         """The command line as stored with baselines: no port, no interpreter path."""
-        argv = self.argv(config, LOCALHOST, PORT_PLACEHOLDER, slowdown)
+        argv = self.argv(config, replace(launch, host=LOCALHOST, port=PORT_PLACEHOLDER))
         return ["python" if a == sys.executable else a for a in argv]
 
-    def node_snapshot(self) -> tuple[Mapping[str, Any], str]:
-        """The node this engine runs on, as a snapshot, and where it came from."""
-        raise NotImplementedError
-
     def version(self, base_url: str) -> str:
+        """The version the running engine reports, or ``unknown (why)``."""
         import requests
 
-        try:
-            with requests.Session() as http:
-                http.trust_env = False  # engines are local: never through a proxy
-                resp = http.get(base_url + self.version_path, timeout=5)
-            resp.raise_for_status()
-            return str(resp.json().get("version", "unknown"))
-        except (requests.RequestException, ValueError) as exc:
-            return f"unknown ({type(exc).__name__})"
+        why = "no version route answered"
+        with requests.Session() as http:
+            http.trust_env = False  # engines are local: never through a proxy
+            for path in self.version_paths:
+                try:
+                    resp = http.get(base_url + path, timeout=5)
+                    if resp.status_code != 200:
+                        why = f"{path} answered HTTP {resp.status_code}"
+                        continue
+                    version = resp.json().get("version")
+                except (requests.RequestException, ValueError, AttributeError) as exc:
+                    why = f"{path}: {type(exc).__name__}"
+                    continue
+                if version:
+                    return str(version)
+                why = f"{path} has no 'version'"
+        return f"unknown ({why})"
+
+
+def find_executable(program: str) -> str | None:
+    """Why ``program`` cannot be run from here, or None when it can."""
+    if os.sep in program:
+        return None if os.access(program, os.X_OK) else f"{program} is not an executable file"
+    return None if shutil.which(program) else f"{program} is not on PATH"
+
+
+def python_module_missing(python: str, module: str) -> str | None:
+    """Why ``python -m module`` cannot run, or None (checked only for this interpreter)."""
+    if python != sys.executable:
+        return find_executable(python)
+    import importlib.util
+
+    try:
+        # The top-level package only: importing a real engine's package is slow and may need a GPU.
+        found = importlib.util.find_spec(module.split(".")[0]) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"module {module} is not importable by {python}"
 
 
 def free_port(host: str = LOCALHOST) -> int:
@@ -104,6 +171,10 @@ class EngineProcess:
         self.ready_path = ready_path
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def exit_code(self) -> int | None:
+        """The engine's exit status once it has exited, else None."""
+        return self.proc.poll() if self.proc is not None else None
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
@@ -113,14 +184,19 @@ class EngineProcess:
         with open(self.log_path, "ab") as log:
             log.write(("$ " + " ".join(self.argv) + "\n").encode())
             log.flush()
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
-                start_new_session=True,  # own process group: signals reach the whole engine
-            )
+            try:
+                self.proc = subprocess.Popen(
+                    self.argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **self.env},
+                    start_new_session=True,  # own process group: signals reach the whole engine
+                )
+            except OSError as exc:
+                log.write(f"cannot start {self.argv[0]}: {exc}\n".encode())
+                raise EngineStartError(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}; is the engine installed "
+                                       f"and on PATH? (log: {self.log_path})") from None
         _LIVE.add(self)
 
     def wait_ready(self, timeout_s: float, poll_s: float = 0.2) -> float:

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from ..suite import EngineConfig
 from ..topology import SIM_NODE_SNAPSHOT, load_snapshot
-from .base import EngineAdapter
+from .base import EngineAdapter, Launch
 
 
 def _profile(config: EngineConfig) -> str:
@@ -23,26 +23,29 @@ def _profile(config: EngineConfig) -> str:
 
 class SimAdapter(EngineAdapter):
     name = "sim"
+    option_keys = frozenset({"profile"})
 
     def validate(self, config: EngineConfig) -> None:
         from ..sim.profiles import load_profile
 
+        super().validate(config)
         try:
             load_profile(_profile(config))
         except ValueError as exc:
             raise ValueError(f"sim configuration {config.id}: {exc}") from None
 
-    def argv(self, config: EngineConfig, host: str, port: str, slowdown: float) -> list[str]:
+    def argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         return [
             sys.executable, "-m", "pytest_llmperf.sim", "serve",
-            "--host", host, "--port", port,
+            "--host", launch.host, "--port", launch.port,
             "--profile", _profile(config),
-            "--served-model-name", config.model,
-            "--slowdown", repr(float(slowdown)),
+            "--served-model-name", launch.served_model_name or config.model,
+            "--slowdown", repr(float(launch.slowdown)),
             *config.args,
         ]
 
     def node_snapshot(self) -> tuple[Mapping[str, Any], str]:
+        """The simulated node: a recorded 8x H200 HGX snapshot."""
         return load_snapshot(SIM_NODE_SNAPSHOT), f"simulated node {SIM_NODE_SNAPSHOT.name}"
 
 

@@ -1,0 +1,41 @@
+"""TensorRT-LLM: ``trtllm-serve MODEL [flags]`` (underscore flags, never abbreviated).
+
+Ready when ``GET /health`` answers 200 (connections are refused while the
+model loads; the newest releases answer 503 until ready). ``GET /version``
+answers ``{"version": ...}``. Its request models forbid unknown fields (HTTP
+400), so the load generator sends it only the fields listed here.
+"""
+
+from __future__ import annotations
+
+from ..suite import EngineConfig
+from .base import EngineAdapter, Launch, find_executable
+
+# Top-level fields of TRT-LLM's OpenAI chat and completion requests that the
+# load generator may send (its request models reject any other field).
+REQUEST_FIELDS = frozenset({
+    "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "stream", "stream_options",
+    "ignore_eos", "temperature", "top_p", "seed", "stop", "n", "min_tokens", "chat_template_kwargs",
+})
+
+
+class TrtllmAdapter(EngineAdapter):
+    name = "trtllm"
+    uses_gpus = True
+    startup_timeout_s = 3600.0  # its own perf tests wait up to an hour
+    version_paths = ("/version",)
+    option_keys = frozenset({"executable"})
+    request_fields = REQUEST_FIELDS
+
+    def _executable(self, config: EngineConfig) -> str:
+        return str(config.option("executable", "trtllm-serve"))
+
+    def argv(self, config: EngineConfig, launch: Launch) -> list[str]:
+        return [self._executable(config), launch.model or config.model, *config.args,
+                "--host", launch.host, "--port", launch.port]
+
+    def missing_executable(self, config: EngineConfig) -> str | None:
+        return find_executable(self._executable(config))
+
+
+ADAPTER = TrtllmAdapter()
