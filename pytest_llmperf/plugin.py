@@ -200,7 +200,8 @@ def llmperf_config(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def llmperf_engine(llmperf_config, llmperf_run, tmp_path_factory: pytest.TempPathFactory):
     """The configuration's engine, booted once, stopped on every path."""
-    from .runner import ExpectedFailure
+    from .engines.base import EngineStartError
+    from .runner import ExpectedFailure, NodeUnfit
 
     log_dir = llmperf_run.settings.log_dir or tmp_path_factory.getbasetemp() / "llmperf-logs"
     try:
@@ -208,6 +209,8 @@ def llmperf_engine(llmperf_config, llmperf_run, tmp_path_factory: pytest.TempPat
             yield engine
     except ExpectedFailure as exc:
         pytest.xfail(str(exc))
+    except (EngineStartError, NodeUnfit) as exc:  # the message says it all: no traceback of our own code
+        pytest.fail(str(exc), pytrace=False)
 
 
 def _case_id(nodeid: str) -> str:
@@ -258,8 +261,8 @@ class _RunReporter:
         if run.settings.dry_run:
             return
         tr.write_sep("=", "llmperf summary")
-        for verdict in (run._node_verdicts or {}).values():
-            tr.write_line(verdict.describe())
+        for text in dict.fromkeys(v.describe() for v in (run._node_verdicts or {}).values()):
+            tr.write_line(text)
         for note in run.summary_notes():
             tr.write_line(f"note: {note}", yellow=True, bold=True)
         if run.results:

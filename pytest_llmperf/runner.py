@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from . import __version__
 from .baselines import (
@@ -75,7 +75,7 @@ class RunningEngine:
     served_model: str = ""  # the name requests carry
     gpu_uuids: tuple[str, ...] = ()  # the checked GPUs it runs on
     node_live: bool = False  # the GPUs are this machine's, read through NVML (telemetry possible)
-    request_fields: frozenset[str] | None = None  # top-level request fields it accepts (None: any)
+    request_fields: Mapping[str, frozenset[str]] | None = None  # accepted request fields per endpoint (None: any)
     process: EngineProcess | None = None  # None: not ours (an external endpoint)
 
 
@@ -369,7 +369,7 @@ class PerfRun:
         )
         if engine.request_fields is not None:
             sent = set(build_body(spec.endpoint, spec.model, requests[0], spec.ignore_eos, spec.extra_body))
-            refused = sorted(sent - engine.request_fields)
+            refused = sorted(sent - engine.request_fields.get(spec.endpoint, frozenset()))
             if refused:
                 result.message = (f"{engine.config.engine} rejects request fields {refused} that workload "
                                   f"{workload.name} needs; change the workload")

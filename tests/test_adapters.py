@@ -133,7 +133,8 @@ def test_trtllm_request_fields_cover_what_the_client_sends():
     fields = get_adapter("trtllm").request_fields
     request = SampleRequest(prompt="hi", prompt_len=1, expected_output_len=4)
     for endpoint in ("/v1/chat/completions", "/v1/completions"):
-        assert set(build_body(endpoint, "m", request, ignore_eos=True)) <= fields
+        assert set(build_body(endpoint, "m", request, ignore_eos=True)) <= fields[endpoint]
+    assert "max_completion_tokens" not in fields["/v1/completions"]
     assert get_adapter("vllm").request_fields is None
 
 

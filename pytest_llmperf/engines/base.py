@@ -59,8 +59,8 @@ class EngineAdapter:
     boots = True  # False: the engine is already running somewhere (nothing to launch)
     startup_timeout_s = 600.0  # default wait for readiness; --startup-timeout overrides
     option_keys: frozenset[str] = frozenset()  # engine-specific keys a suite configuration may set
-    # Top-level request fields the engine accepts; None: any (the OpenAI fields the client sends).
-    request_fields: frozenset[str] | None = None
+    # Top-level request fields the engine accepts, per endpoint path; None: any (the OpenAI fields the client sends).
+    request_fields: Mapping[str, frozenset[str]] | None = None
 
     def argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         raise NotImplementedError

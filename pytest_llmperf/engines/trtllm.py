@@ -11,12 +11,15 @@ from __future__ import annotations
 from ..suite import EngineConfig
 from .base import EngineAdapter, Launch, find_executable
 
-# Top-level fields of TRT-LLM's OpenAI chat and completion requests that the
-# load generator may send (its request models reject any other field).
-REQUEST_FIELDS = frozenset({
-    "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "stream", "stream_options",
-    "ignore_eos", "temperature", "top_p", "seed", "stop", "n", "min_tokens", "chat_template_kwargs",
-})
+# Top-level fields of TRT-LLM's OpenAI requests that the load generator may
+# send, per endpoint (its request models reject any other field with HTTP 400;
+# chat takes max_tokens as an alias of max_completion_tokens, completions
+# rejects max_completion_tokens).
+_COMMON = {"model", "stream", "stream_options", "ignore_eos", "min_tokens", "temperature", "top_p", "seed", "stop", "n"}
+REQUEST_FIELDS = {
+    "/v1/chat/completions": frozenset(_COMMON | {"messages", "max_completion_tokens", "max_tokens", "chat_template_kwargs"}),
+    "/v1/completions": frozenset(_COMMON | {"prompt", "max_tokens"}),
+}
 
 
 class TrtllmAdapter(EngineAdapter):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -141,13 +142,21 @@ class SimServer:
         app.router.add_get("/metrics", self.handle_metrics)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Start serving; returns the bound port."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> int:
+        """Start serving; returns the bound port.
+
+        ``sock``: an already bound (not yet listening) socket to serve on instead of ``host``/``port``,
+        for engines that reserve their port before they are ready to listen.
+        """
         self._wakeup = asyncio.Event()
         self._scheduler = asyncio.create_task(self._schedule(), name="sim-scheduler")
         self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=4096)
+        if sock is not None:
+            site: web.BaseSite = web.SockSite(self._runner, sock, backlog=4096)
+            port = sock.getsockname()[1]
+        else:
+            site = web.TCPSite(self._runner, host, port, backlog=4096)
         await site.start()
         sockets = self._runner.addresses
         self.port = sockets[0][1] if sockets else port
@@ -364,7 +373,32 @@ class SimServer:
             await resp.write(bytes(out))
         await resp.write_eof()
 
+    async def generate(self, prompt: str, max_tokens: int | None = None, ignore_eos: bool = False) -> dict:
+        """Run one non-streamed completion of ``prompt`` through the engine; returns the completion body.
+
+        For native routes (e.g. an engine's own warm-up request). Raises ``ApiError`` for a bad request.
+        """
+        body: dict[str, Any] = {"prompt": prompt, "ignore_eos": ignore_eos}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        parsed = self._parse(body, chat=False)
+        self._next_id += 1
+        rid = f"cmpl-sim{self._next_id:08x}"
+        stream = _Stream()
+        self._streams[rid] = stream
+        self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await self._whole_body(rid, parsed, stream)
+        finally:
+            self._streams.pop(rid, None)
+            self.engine.abort_request(rid)
+
     async def _whole(self, rid: str, p: _Parsed, stream: _Stream) -> web.Response:
+        return web.json_response(await self._whole_body(rid, p, stream))
+
+    async def _whole_body(self, rid: str, p: _Parsed, stream: _Stream) -> dict:
         sent = 0
         done = False
         while not done:
@@ -381,9 +415,8 @@ class SimServer:
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": p.finish_reason}
             obj = "text_completion"
-        body = {"id": rid, "object": obj, "created": int(time.time()), "model": self.model_name,
+        return {"id": rid, "object": obj, "created": int(time.time()), "model": self.model_name,
                 "choices": [choice], "usage": usage}
-        return web.json_response(body)
 
     async def handle_models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{
