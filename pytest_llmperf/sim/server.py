@@ -281,18 +281,23 @@ class SimServer:
     async def handle_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=False)
 
-    async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        try:
-            parsed = self._parse(await self._read_json(request), chat)
-        except ApiError as err:
-            return err.response()
+    def _admit(self, prefix: str, parsed: _Parsed) -> tuple[str, _Stream]:
+        """Queue a parsed request in the engine; its id and the stream its tokens arrive on."""
         self._next_id += 1
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-sim{self._next_id:08x}"
+        rid = f"{prefix}-sim{self._next_id:08x}"
         stream = _Stream()
         self._streams[rid] = stream
         self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens)
         assert self._wakeup is not None
         self._wakeup.set()
+        return rid, stream
+
+    async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            parsed = self._parse(await self._read_json(request), chat)
+        except ApiError as err:
+            return err.response()
+        rid, stream = self._admit("chatcmpl" if chat else "cmpl", parsed)
         try:
             if parsed.stream:
                 return await self._stream(request, rid, parsed, stream)
@@ -382,13 +387,7 @@ class SimServer:
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         parsed = self._parse(body, chat=False)
-        self._next_id += 1
-        rid = f"cmpl-sim{self._next_id:08x}"
-        stream = _Stream()
-        self._streams[rid] = stream
-        self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens)
-        assert self._wakeup is not None
-        self._wakeup.set()
+        rid, stream = self._admit("cmpl", parsed)
         try:
             return await self._whole_body(rid, parsed, stream)
         finally:
