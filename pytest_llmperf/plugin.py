@@ -67,7 +67,14 @@ def pytest_configure(config: pytest.Config) -> None:
             from .topology import load_snapshot
 
             load_snapshot(settings.gpu_snapshot)
-    except (EngineUnavailable, SuiteError, ValueError) as exc:
+            real = sorted({c.engine for c in suite.configs if c.engine in settings.engines
+                           and get_adapter(c.engine).uses_gpus})
+            if real and not settings.dry_run:
+                raise SettingsError(
+                    f"--gpu-snapshot checks a recorded node, but {', '.join(real)} would boot on this machine's GPUs: "
+                    f"use it with --dry-run (or the sim); real runs check the live node"
+                )
+    except (EngineUnavailable, SuiteError, SettingsError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     missing = [e for e in settings.engines if e not in suite.engines()]
     if missing:
@@ -204,13 +211,19 @@ def llmperf_engine(llmperf_config, llmperf_run, tmp_path_factory: pytest.TempPat
     from .runner import ExpectedFailure, NodeUnfit
 
     log_dir = llmperf_run.settings.log_dir or tmp_path_factory.getbasetemp() / "llmperf-logs"
+    expected = failure = None
     try:
         with llmperf_run.engine(llmperf_config, log_dir) as engine:
             yield engine
     except ExpectedFailure as exc:
-        pytest.xfail(str(exc))
+        expected = str(exc)
     except (EngineStartError, NodeUnfit) as exc:  # the message says it all: no traceback of our own code
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
+    # outside the except blocks, so pytest does not print the message twice ("during handling of ...")
+    if expected is not None:
+        pytest.xfail(expected)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
 
 
 def _case_id(nodeid: str) -> str:

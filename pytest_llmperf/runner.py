@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import platform
+import os
 import sys
 import time
 import warnings
@@ -49,6 +50,10 @@ class NodeUnfit(RuntimeError):
 
 class UnexpectedlyWorking(UserWarning):
     """A configuration marked as a known failure ran: the failure may be fixed."""
+
+
+class EngineVersionDrift(UserWarning):
+    """The engine is another release than the configuration was written for."""
 
 
 class ExpectedFailure(Exception):
@@ -122,12 +127,13 @@ class PerfRun:
         """
         if self._node_verdicts is None:
             from .gpus import parse_gpu_spec
-            from .topology import NoGpuDriver, load_snapshot, probe_node
+            from .topology import NoGpuDriver, load_snapshot, probe_node, restrict_to_visible
 
             spec = self.settings.gpus or parse_gpu_spec(self.gpus)
             live: tuple[Any, str] | None = None
             verdicts = {}
-            for engine in sorted({c.config.engine for c in self.cases}):
+            # Only the engines of the selected cases (-k may leave some out).
+            for engine in sorted({r.engine for r in self.results.values()}):
                 adapter = get_adapter(engine)
                 self._node_live[engine] = False
                 if self.settings.gpu_snapshot is not None:
@@ -139,34 +145,55 @@ class PerfRun:
                     continue
                 else:
                     if live is None:
-                        try:
-                            live = (probe_node(), "live NVML")
-                        except NoGpuDriver as exc:
-                            live = (None, str(exc))
+                        live = self._probe_live(probe_node, restrict_to_visible, NoGpuDriver)
                     snapshot, source = live
                     if snapshot is None:
                         verdicts[engine] = NodeVerdict(str(spec), "live NVML", (source,))
                         continue
-                    self._node_live[engine] = True
+                    if adapter.uses_gpus:
+                        self._node_live[engine] = True
+                    else:
+                        # An endpoint's own processes are not foreign: check the hardware only.
+                        snapshot = {**snapshot, "gpus": [{**g, "processes": [], "memory_used_mib": 0} for g in snapshot["gpus"]]}
+                        source += ", hardware only (external endpoint)"
                 verdicts[engine] = check_node(spec, snapshot, source)
             self._node_verdicts = verdicts
         return self._node_verdicts
 
-    def require_node(self) -> None:
+    @staticmethod
+    def _probe_live(probe_node: Any, restrict_to_visible: Any, no_driver: type[Exception]) -> tuple[Any, str]:
+        """This machine's node through NVML, limited to CUDA_VISIBLE_DEVICES when it is set."""
+        try:
+            snapshot = probe_node()
+        except no_driver as exc:
+            return None, str(exc)
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is None:
+            return snapshot, "live NVML"
+        try:
+            return restrict_to_visible(snapshot, visible), f"live NVML, CUDA_VISIBLE_DEVICES={visible}"
+        except ValueError as exc:
+            return None, str(exc)
+
+    def require_node(self, engine: str | None = None) -> None:
+        """NodeUnfit unless the node fits (for ``engine``, or for every selected engine)."""
         if self.node_dirty:
             raise NodeUnfit(self.node_dirty)
-        bad = [v for v in self.node_verdicts().values() if not v.ok]
+        verdicts = self.node_verdicts()
+        bad = [v for e, v in verdicts.items() if not v.ok and engine in (None, e)]
         if bad:
             raise NodeUnfit("\n".join(v.describe() for v in bad))
 
     def launch(self, config: EngineConfig, port: str = PORT_PLACEHOLDER) -> Launch:
         """How ``config`` is launched: model, served name, template, the checked GPUs."""
         verdict = (self._node_verdicts or {}).get(config.engine)
+        adapter = get_adapter(config.engine)
+        served = self.settings.served_model_name or config.option("served_model_name")
         return Launch(
             host=LOCALHOST,
             port=port,
             model=self.settings.model or config.model,
-            served_model_name=self.settings.served_model_name or config.option("served_model_name"),
+            served_model_name=served if adapter.takes_served_model_name else None,
             chat_template=self.settings.chat_template,
             slowdown=self.settings.sim_slowdown,
             gpu_uuids=tuple(getattr(verdict, "gpu_uuids", ()) or ()) if verdict is not None and verdict.ok else (),
@@ -212,7 +239,7 @@ class PerfRun:
         A configuration marked ``expected_failure`` that fails to boot raises
         ExpectedFailure; one that boots is noted as unexpectedly working.
         """
-        self.require_node()
+        self.require_node(config.engine)
         adapter = get_adapter(config.engine)
         live = self._node_live.get(config.engine, False)
         if not adapter.boots:
@@ -226,6 +253,8 @@ class PerfRun:
         process = EngineProcess(argv, adapter.env(config, launch), log_path, base_url, adapter.ready_path)
         for result in self._results_of(config):
             result.log_path = str(log_path)
+        # Processes already on the GPUs (below the foreign-process limit) are not the engine's: never waited for.
+        before = self._gpu_pids(launch) if (adapter.uses_gpus and live) else set()
         try:
             try:
                 process.start()
@@ -249,14 +278,17 @@ class PerfRun:
                                 served, launch.gpu_uuids, live, adapter.request_fields, process)
         except Exception:
             process.stop()
-            self._wait_gpus_freed(config, adapter, launch, live)
+            try:
+                self._wait_gpus_freed(config, adapter, launch, live, before)
+            except NodeUnfit as exc:  # the failure that came first stays the item's; the next boot is refused
+                self.notes.append(str(exc))
             raise
         except BaseException:  # Ctrl-C: stop the engine, do not wait on NVML
             process.stop()
             raise
         else:
             process.stop()
-            self._wait_gpus_freed(config, adapter, launch, live)
+            self._wait_gpus_freed(config, adapter, launch, live, before)
 
     def _results_of(self, config: EngineConfig) -> list[CaseResult]:
         return [r for r in self.results.values() if (r.engine, r.config) == (config.engine, config.name)]
@@ -267,7 +299,7 @@ class PerfRun:
 
         base_url = adapter.base_url(config)
         launch = self.launch(config)
-        url = base_url + "/v1/models"
+        url = base_url + "/health"
         timeout_s = self.settings.startup_timeout_s or adapter.startup_timeout_s
         deadline = time.monotonic() + timeout_s
         last = "no answer"
@@ -275,14 +307,18 @@ class PerfRun:
             http.trust_env = False
             while True:
                 try:
+                    # ready: /health 200; a server without /health (404) is ready once /v1/models answers
                     status = http.get(url, timeout=5).status_code
+                    if status == 404:
+                        url = base_url + "/v1/models"
+                        status = http.get(url, timeout=5).status_code
                     if status == 200:
                         break
                     last = f"HTTP {status}"
                 except requests.RequestException as exc:
                     last = type(exc).__name__
                 if time.monotonic() >= deadline:
-                    raise EngineStartError(f"endpoint {base_url} did not answer {url} with 200 within "
+                    raise EngineStartError(f"endpoint {base_url} is not ready: {url} did not answer 200 within "
                                            f"{timeout_s:g} s (last: {last})")
                 time.sleep(0.5)
         version = adapter.version(base_url)
@@ -297,10 +333,14 @@ class PerfRun:
             if note not in self.notes:
                 self.notes.append(note)
         if config.engine_version and not version_matches(config.engine_version, version):
-            self.notes.append(
-                f"{config.id} was written for {config.engine} {config.engine_version} but met {version}: "
-                f"flags drift between releases, check the command line"
-            )
+            message = (f"{config.id} was written for {config.engine} {config.engine_version} but met {version}: "
+                       f"flags drift between releases, check the command line")
+            self.notes.append(message)
+            warnings.warn(EngineVersionDrift(message), stacklevel=2)
+        if launch.served_model_name is None and (self.settings.served_model_name or config.option("served_model_name")) \
+                and not adapter.takes_served_model_name:
+            self.notes.append(f"{config.id}: {config.engine} takes no served model name; requests carry the name "
+                              f"it lists in /v1/models")
         if config.expected_failure:
             self.unexpectedly_working[config.id] = config.expected_failure
 
@@ -331,13 +371,25 @@ class PerfRun:
                 return candidate
         return ids[0] if ids else fallback
 
-    def _wait_gpus_freed(self, config: EngineConfig, adapter: Any, launch: Launch, live: bool) -> None:
+    @staticmethod
+    def _gpu_pids(launch: Launch) -> set[int]:
+        if not launch.gpu_uuids:
+            return set()
+        from .topology import NoGpuDriver, gpu_processes
+
+        try:
+            return {pid for procs in gpu_processes(list(launch.gpu_uuids)).values() for pid, _ in procs}
+        except (NoGpuDriver, RuntimeError, OSError):  # NVML hiccup: wait for everything rather than fail the boot
+            return set()
+
+    def _wait_gpus_freed(self, config: EngineConfig, adapter: Any, launch: Launch, live: bool,
+                         before: set[int] | None = None) -> None:
         if not (adapter.uses_gpus and live and launch.gpu_uuids):
             return
         from .topology import GpusNotFreed, wait_gpus_freed
 
         try:
-            wait_gpus_freed(list(launch.gpu_uuids), self.settings.gpu_free_timeout_s)
+            wait_gpus_freed(list(launch.gpu_uuids), self.settings.gpu_free_timeout_s, ignore_pids=before or ())
         except GpusNotFreed as exc:
             self.node_dirty = f"after {config.id} stopped, its GPUs were not freed, so nothing else may boot: {exc}"
             raise NodeUnfit(self.node_dirty) from None
@@ -357,6 +409,14 @@ class PerfRun:
         case = Case(engine.config, workload)
         result = self.results[case.id]
         result.engine_version = engine.version
+        died = engine.process.exit_code() if engine.process is not None else None
+        if died is not None:
+            message = f"the engine of {engine.config.id} exited earlier (code {died}); see {engine.log_path}"
+            if engine.config.expected_failure:
+                raise ExpectedFailure(f"{engine.config.id} failed as expected ({engine.config.expected_failure}); "
+                                      f"seen: {message}")
+            result.message = message
+            raise CaseFailure(message)
         requests = build_requests(workload)
         spec = LoadSpec(
             base_url=engine.base_url,
@@ -441,6 +501,9 @@ class PerfRun:
                     "gpus": self.gpus,
                 },
             }
+            if result.throttled:
+                self.notes.append(f"{case.id}: the baseline was recorded while GPU clocks were limited "
+                                  f"({', '.join((result.telemetry or {}).get('throttle_reasons', []))}); consider recording it again")
             old = update_case(path, header, workload.name, new_entry)
             result.verdicts = updated_verdicts(result.metrics, old, tolerances)
             self.updates.append(BaselineUpdate(case.id, path, [v.line() for v in result.verdicts]))

@@ -221,15 +221,24 @@ def resolve(
     gpu_free_timeout = convert("gpu_free_timeout", _positive_float)
     from .engines.external import normalize_endpoint
 
-    endpoint = convert("endpoint", normalize_endpoint)
-    if endpoint is not None and "external" not in engines:
+    endpoint = None
+    if "external" in engines:
+        endpoint = convert("endpoint", normalize_endpoint)
+    elif cli.get("endpoint"):  # an exported LLMPERF_ENDPOINT is simply unused by other engines
         raise SettingsError(f"--endpoint applies to --engine=external only; engines selected: {', '.join(engines) or 'none'}")
-    chat_template = convert("chat_template", str, path_base=True)
-    if chat_template is not None and not chat_template.is_file():
-        raise SettingsError(f"--chat-template: {chat_template} is not a file")
-    gpu_snapshot = convert("gpu_snapshot", str, path_base=True)
-    if gpu_snapshot is not None and not gpu_snapshot.is_file():
-        raise SettingsError(f"--gpu-snapshot: {gpu_snapshot} is not a file")
+
+    def existing_file(dest: str) -> Path | None:
+        path = convert(dest, str, path_base=True)
+        if path is not None and not path.is_file():
+            spec = next(s for s in OPTIONS if s.dest == dest)
+            _, source, _ = pick(spec)  # type: ignore[misc]
+            raise SettingsError(f"{spec.flag}: {path} is not a file (from {source})")
+        return path
+
+    chat_template = existing_file("chat_template")
+    gpu_snapshot = existing_file("gpu_snapshot")
+    if cli.get("dry_run") and not engines:
+        raise SettingsError("--dry-run shows what --engine would run: give --engine too")
     if cli.get("dry_run") and cli.get("update_baselines"):
         raise SettingsError("--dry-run starts nothing, so it cannot --update-baselines")
     if num_prompts is not None and cli.get("update_baselines"):

@@ -31,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Collection, Any, Callable, Iterator, Mapping, Sequence
 
 from .gpus import GpuProduct, GpuSpec, parse_gpu_spec
 
@@ -471,6 +471,29 @@ def _index_of(m: Any, uuid: str) -> int | None:
         return None
 
 
+def restrict_to_visible(snapshot: Mapping[str, Any], visible: str) -> dict[str, Any]:
+    """The snapshot's GPUs that ``CUDA_VISIBLE_DEVICES=visible`` exposes (entries: indices or UUIDs).
+
+    ValueError for entries that name no GPU of the node (or MIG devices, which the checks do not cover).
+    """
+    gpus = {g["index"]: g for g in snapshot["gpus"]}
+    by_uuid = {str(g.get("uuid", "")): g for g in snapshot["gpus"] if g.get("uuid")}
+    chosen: list[Any] = []
+    for entry in (e.strip() for e in visible.split(",")):
+        if not entry:
+            continue
+        if entry.startswith("MIG-"):
+            raise ValueError(f"CUDA_VISIBLE_DEVICES names MIG device {entry}; the node checks cover whole GPUs only")
+        gpu = by_uuid.get(entry) or next((g for u, g in by_uuid.items() if u.startswith(entry) and entry.startswith("GPU-")), None)
+        if gpu is None and entry.isdigit():
+            gpu = gpus.get(int(entry))
+        if gpu is None:
+            raise ValueError(f"CUDA_VISIBLE_DEVICES entry {entry!r} names no GPU of this node")
+        if gpu not in chosen:
+            chosen.append(gpu)
+    return {**snapshot, "gpus": chosen}
+
+
 def gpu_processes(uuids: Sequence[str], nvml: Any = None) -> dict[str, list[tuple[int, int]]]:
     """uuid -> [(pid, used MiB)] of the compute processes on each GPU, looked up by UUID.
 
@@ -488,11 +511,14 @@ def wait_gpus_freed(
     limit_mib: int = FOREIGN_PROCESS_LIMIT_MIB,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    ignore_pids: Collection[int] = (),
 ) -> float:
     """Wait until no process holds more than ``limit_mib`` on any of these GPUs; the seconds waited.
 
+    ``ignore_pids``: processes that were there before (not the engine's), never waited for.
     Raises GpusNotFreed after ``timeout_s``, naming each GPU, pid and MiB still held.
     """
+    ignored = set(ignore_pids)
     uuids = list(uuids)
     with nvml_session(nvml) as m:
         start = clock()
@@ -504,7 +530,7 @@ def wait_gpus_freed(
             except _nvml_error(m) as exc:
                 error = _describe_error(exc)
             else:
-                held = {u: [(pid, mib) for pid, mib in p if mib > limit_mib] for u, p in procs.items()}
+                held = {u: [(pid, mib) for pid, mib in p if mib > limit_mib and pid not in ignored] for u, p in procs.items()}
                 held = {u: p for u, p in held.items() if p}
                 if not held:
                     return clock() - start

@@ -223,6 +223,8 @@ def test_a_flag_the_engine_does_not_accept_fails_its_items_at_once_with_the_log(
     result.assert_outcomes(errors=1, failed=1)
     result.stdout.fnmatch_lines(["*engine exited with code 2 before it was ready; last lines of*vllm-tp8.log*",
                                  "*unrecognized arguments: --swap-space 4*"])
+    assert "During handling" not in result.stdout.str()
+    assert result.stdout.str().count("unrecognized arguments: --swap-space 4") == 1
     assert "no baseline for trtllm/tp8/tiny" in result.stdout.str()  # the next configuration still ran
 
 
@@ -232,6 +234,9 @@ def test_the_next_configuration_waits_for_the_gpus_to_be_freed(pytester, node, m
     result = run(pytester, "--suite=suite.toml", "--engine=vllm,trtllm", f"--gate={NO_TIMING}", "--report-json=r.json")
     result.assert_outcomes(failed=2)  # both measured (no baselines here)
     assert [c["metrics"]["completed"] for c in report(pytester)["cases"]] == [6, 6]
+    first, second = sorted((node / "procs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    released_at = json.loads(first.read_text())["dead_at"] + 1.0
+    assert second.stat().st_mtime >= released_at  # trtllm booted only once vllm's GPUs were freed
 
     before = set((node / "procs").glob("*.json"))
     monkeypatch.setenv("LLMPERF_STANDIN_RELEASE_S", "1000")
@@ -260,6 +265,56 @@ def test_an_unfit_live_node_boots_nothing_and_names_every_problem(pytester, node
     out = result.stdout.str()
     assert "MIG" in out and "4242" in out and "30000 MiB" in out and "ECC" in out
     assert list((node / "procs").glob("*.json")) == []  # nothing booted
+
+
+def test_processes_that_were_there_before_are_not_waited_for(pytester, node):
+    set_node(node, lambda data: data["gpus"][7].update(processes=[{"pid": 4242, "used_memory_mib": 30000}]))
+    pytester.makefile(".toml", suite=SUITE)
+    result = run(pytester, "--suite=suite.toml", "--engine=vllm,trtllm", "--gpus=any", f"--gate={NO_TIMING}",
+                 "--gpu-free-timeout=2")
+    result.assert_outcomes(failed=2)  # both measured (no baselines); 4242 was not the engine's
+    assert "not freed" not in result.stdout.str()
+
+
+def test_a_gpu_free_timeout_does_not_hide_the_failure_that_came_first(pytester, node, monkeypatch):
+    monkeypatch.setenv("LLMPERF_STANDIN_RELEASE_S", "1000")
+    result = run(pytester, "--engine=sglang", "--num-prompts=2", "-k", "sglang/tp8-no-deepgemm/short",
+                 "--gpu-free-timeout=1", f"--gate={NO_TIMING}")
+    result.assert_outcomes(xfailed=1)
+    result.stdout.fnmatch_lines(["*note: after sglang/tp8-no-deepgemm stopped, its GPUs were not freed*"])
+
+
+def test_cuda_visible_devices_limits_the_gpus_checked_and_given(pytester, node, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    pytester.makefile(".toml", suite=SUITE)
+    result = run(pytester, "--suite=suite.toml", "--engine=vllm", "--gpus=h200x4", f"--gate={NO_TIMING}")
+    result.assert_outcomes(failed=1)  # measured; no baseline
+    result.stdout.fnmatch_lines(["*node fits h200x4 (live NVML, CUDA_VISIBLE_DEVICES=4,5,6,7; GPUs 4,5,6,7)*"])
+    (proc,) = [json.loads(p.read_text()) for p in (node / "procs").glob("*.json")]
+    assert proc["uuids"] == [g["uuid"] for g in HGX["gpus"][4:8]]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    result = run(pytester, "--suite=suite.toml", "--engine=vllm", "--gpus=h200x4", "--dry-run")
+    assert result.ret == 1 and "4 GPUs needed, 2 found" in result.stdout.str()
+
+
+def test_a_snapshot_cannot_stand_in_for_the_node_real_engines_boot_on(pytester):
+    result = run(pytester, "--engine=vllm", f"--gpu-snapshot={SIM_NODE_SNAPSHOT}")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--gpu-snapshot checks a recorded node, but vllm would boot on this machine's GPUs*"])
+
+
+def test_a_deselected_engine_s_node_does_not_block_the_selected_ones(pytester, monkeypatch):
+    shim = pytester.path / "nodriver"
+    shim.mkdir()
+    (shim / "pynvml.py").write_text(
+        "class NVMLError(Exception):\n    pass\n"
+        "class NVMLError_LibraryNotFound(NVMLError):\n    pass\n"
+        "def nvmlInit():\n    raise NVMLError_LibraryNotFound('NVML Shared Library Not Found')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(shim))
+    pytester.makefile(".toml", suite=SUITE + '\n[[configs]]\nengine = "sim"\nname = "s"\nprofile = "vllm-tp8"\n')
+    result = run(pytester, "--suite=suite.toml", "--engine=sim,vllm", "-k", "sim/", "--update-baselines")
+    result.assert_outcomes(passed=1)
 
 
 def test_fewer_gpus_than_the_node_has_get_the_first_fit_ones_by_uuid(pytester, node):
@@ -307,6 +362,20 @@ def test_an_external_endpoint_is_measured_and_left_running(pytester):
         assert data["environment"]["node"]["external"]["source"].startswith("not checked")
         assert (bdir / "h200x8" / "deepseek-ai__DeepSeek-V3.2" / "external" / "prod.json").is_file()
         assert server.poll() is None  # an external engine is never stopped
+        # --gpus checks this machine's hardware; the endpoint's own processes are not foreign
+        nvml_dir = pytester.path / "nvml"
+        nvml_dir.mkdir()
+        busy = copy.deepcopy(HGX)
+        for g in busy["gpus"]:
+            g["processes"] = [{"pid": server.pid, "used_memory_mib": 120000}]
+            g["memory_used_mib"] = 120000
+        (nvml_dir / "node.json").write_text(json.dumps(busy))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("LLMPERF_FAKE_NVML_DIR", str(nvml_dir))
+            mp.setenv("PYTHONPATH", str(FAKE_NVML))
+            checked = run(pytester, *args, "--gpus=h200x8", f"--gate={NO_TIMING}", "--report-json=r.json")
+        checked.assert_outcomes(passed=1)
+        assert "hardware only (external endpoint)" in report(pytester)["environment"]["node"]["external"]["source"]
         no_endpoint = run(pytester, "--suite=suite.toml", "--engine=external")
         assert no_endpoint.ret == 4
         no_endpoint.stderr.fnmatch_lines(["*external/prod: an external engine needs an endpoint (--endpoint URL)*"])

@@ -267,3 +267,19 @@ def test_snapshot_validation(tmp_path, gpus, words):
     path.write_text(json.dumps({"gpus": gpus}))
     with pytest.raises(ValueError, match=words):
         load_snapshot(path)
+
+
+def test_cuda_visible_devices_restricts_the_node_by_index_or_uuid():
+    import json
+
+    from pytest_llmperf.topology import SIM_NODE_SNAPSHOT, restrict_to_visible
+
+    node = json.loads(SIM_NODE_SNAPSHOT.read_text())
+    uuid6 = node["gpus"][6]["uuid"]
+    assert [g["index"] for g in restrict_to_visible(node, "4,5")["gpus"]] == [4, 5]
+    assert [g["index"] for g in restrict_to_visible(node, f"{uuid6},1")["gpus"]] == [6, 1]
+    assert restrict_to_visible(node, "")["gpus"] == []
+    with pytest.raises(ValueError, match="entry '9' names no GPU"):
+        restrict_to_visible(node, "0,9")
+    with pytest.raises(ValueError, match="MIG device"):
+        restrict_to_visible(node, "MIG-abc")

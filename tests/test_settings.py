@@ -116,3 +116,15 @@ def test_dry_run_model_and_gpu_free_timeout():
         make({"engine": "vllm", "dry_run": True, "update_baselines": True})
     with pytest.raises(SettingsError, match="--gpu-free-timeout: expected a positive number"):
         make({"gpu_free_timeout": "-1"})
+
+
+def test_an_exported_endpoint_is_unused_by_other_engines_and_dry_run_needs_an_engine():
+    assert make({"engine": "sim"}, {"LLMPERF_ENDPOINT": "http://127.0.0.1:8000"}).endpoint is None
+    assert make({}, {"LLMPERF_ENDPOINT": "http://127.0.0.1:8000"}).endpoint is None
+    with pytest.raises(SettingsError, match="--dry-run shows what --engine would run"):
+        make({"dry_run": True})
+
+
+def test_missing_files_name_their_source(tmp_path):
+    with pytest.raises(SettingsError, match=r"--chat-template: .*t.jinja is not a file \(from environment LLMPERF_CHAT_TEMPLATE\)"):
+        make({}, {"LLMPERF_CHAT_TEMPLATE": str(tmp_path / "t.jinja")})

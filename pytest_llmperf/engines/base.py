@@ -58,6 +58,7 @@ class EngineAdapter:
     uses_gpus = False  # the engine runs on the node's GPUs (gets CUDA_VISIBLE_DEVICES, is watched by NVML)
     boots = True  # False: the engine is already running somewhere (nothing to launch)
     startup_timeout_s = 600.0  # default wait for readiness; --startup-timeout overrides
+    takes_served_model_name = True  # the engine can serve under another name (or, external: already does)
     option_keys: frozenset[str] = frozenset()  # engine-specific keys a suite configuration may set
     # Top-level request fields the engine accepts, per endpoint path; None: any (the OpenAI fields the client sends).
     request_fields: Mapping[str, frozenset[str]] | None = None

@@ -34,6 +34,7 @@ def normalize_endpoint(url: str) -> str:
 class ExternalAdapter(EngineAdapter):
     name = "external"
     boots = False
+    startup_timeout_s = 60.0  # it should be up already; allow a moment for one that is still starting
     version_paths = ("/version", "/get_server_info")
     option_keys = frozenset({"endpoint", "served_model_name"})
 

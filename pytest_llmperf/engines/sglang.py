@@ -32,7 +32,10 @@ class SglangAdapter(EngineAdapter):
         return str(config.option("python", sys.executable))
 
     def _template(self, config: EngineConfig, launch: Launch) -> Path | None:
+        """--chat-template first (as other command-line options override the suite), then the suite's file."""
         option = config.option("chat_template", False)
+        if option and launch.chat_template is not None:
+            return launch.chat_template
         if isinstance(option, str):
             path = Path(option)
             return path if path.is_absolute() else Path(config.source_dir) / path

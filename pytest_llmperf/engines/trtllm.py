@@ -29,6 +29,7 @@ class TrtllmAdapter(EngineAdapter):
     version_paths = ("/version",)
     option_keys = frozenset({"executable"})
     request_fields = REQUEST_FIELDS
+    takes_served_model_name = False  # the seed's release has no such flag: it serves the model's own name
 
     def _executable(self, config: EngineConfig) -> str:
         return str(config.option("executable", "trtllm-serve"))
