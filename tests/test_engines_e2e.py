@@ -78,6 +78,18 @@ def set_node(nvml_dir: Path, change) -> None:
     (nvml_dir / "node.json").write_text(json.dumps(data))
 
 
+def no_driver(pytester, monkeypatch) -> None:
+    """Make this a driver-less machine: a pynvml whose library cannot be found."""
+    shim = pytester.path / "nodriver"
+    shim.mkdir()
+    (shim / "pynvml.py").write_text(
+        "class NVMLError(Exception):\n    pass\n"
+        "class NVMLError_LibraryNotFound(NVMLError):\n    pass\n"
+        "def nvmlInit():\n    raise NVMLError_LibraryNotFound('NVML Shared Library Not Found')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(shim))
+
+
 def run(pytester, *args):
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--startup-timeout=120", *args, timeout=300)
 
@@ -89,15 +101,7 @@ def report(pytester, name="r.json"):
 # ----------------------------------------------------------------- dry run
 def test_dry_run_without_gpus_prints_the_six_sglang_command_lines_and_a_topology_error(pytester, monkeypatch):
     monkeypatch.delenv("LLMPERF_FAKE_NVML_DIR", raising=False)
-    # a driver-less machine: a pynvml whose library cannot be found
-    shim = pytester.path / "nodriver"
-    shim.mkdir()
-    (shim / "pynvml.py").write_text(
-        "class NVMLError(Exception):\n    pass\n"
-        "class NVMLError_LibraryNotFound(NVMLError):\n    pass\n"
-        "def nvmlInit():\n    raise NVMLError_LibraryNotFound('NVML Shared Library Not Found')\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", str(shim))
+    no_driver(pytester, monkeypatch)
     result = run(pytester, "--engine=sglang", "--gpus=h200x8", "--dry-run")
     assert result.ret == 1
     out = result.stdout.str()
@@ -304,14 +308,7 @@ def test_a_snapshot_cannot_stand_in_for_the_node_real_engines_boot_on(pytester):
 
 
 def test_a_deselected_engine_s_node_does_not_block_the_selected_ones(pytester, monkeypatch):
-    shim = pytester.path / "nodriver"
-    shim.mkdir()
-    (shim / "pynvml.py").write_text(
-        "class NVMLError(Exception):\n    pass\n"
-        "class NVMLError_LibraryNotFound(NVMLError):\n    pass\n"
-        "def nvmlInit():\n    raise NVMLError_LibraryNotFound('NVML Shared Library Not Found')\n"
-    )
-    monkeypatch.setenv("PYTHONPATH", str(shim))
+    no_driver(pytester, monkeypatch)
     pytester.makefile(".toml", suite=SUITE + '\n[[configs]]\nengine = "sim"\nname = "s"\nprofile = "vllm-tp8"\n')
     result = run(pytester, "--suite=suite.toml", "--engine=sim,vllm", "-k", "sim/", "--update-baselines")
     result.assert_outcomes(passed=1)

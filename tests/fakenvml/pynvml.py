@@ -739,27 +739,22 @@ class FakeNvml:
         return int(gpu["numa_node"])
 
     # ------------------------------------------------------------- telemetry
+    def _clock(self, handle: _Handle, fn_name: str, type: int, sm_key: str) -> int:
+        gpu = self._find(handle, fn_name)[1]
+        keys = {NVML_CLOCK_SM: (sm_key, 1980), NVML_CLOCK_GRAPHICS: (sm_key, 1980),
+                NVML_CLOCK_MEM: ("mem_clock_mhz", 3201), NVML_CLOCK_VIDEO: ("video_clock_mhz", 1545)}
+        if type not in keys:
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        key, default = keys[type]
+        return int(gpu.get(key, default))
+
     @_api
     def nvmlDeviceGetClockInfo(self, handle: _Handle, type: int) -> int:
-        gpu = self._find(handle, "nvmlDeviceGetClockInfo")[1]
-        if type in (NVML_CLOCK_SM, NVML_CLOCK_GRAPHICS):
-            return int(gpu.get("sm_clock_mhz", 1980))
-        if type == NVML_CLOCK_MEM:
-            return int(gpu.get("mem_clock_mhz", 3201))
-        if type == NVML_CLOCK_VIDEO:
-            return int(gpu.get("video_clock_mhz", 1545))
-        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return self._clock(handle, "nvmlDeviceGetClockInfo", type, "sm_clock_mhz")
 
     @_api
     def nvmlDeviceGetMaxClockInfo(self, handle: _Handle, type: int) -> int:
-        gpu = self._find(handle, "nvmlDeviceGetMaxClockInfo")[1]
-        if type in (NVML_CLOCK_SM, NVML_CLOCK_GRAPHICS):
-            return int(gpu.get("sm_clock_max_mhz", 1980))
-        if type == NVML_CLOCK_MEM:
-            return int(gpu.get("mem_clock_mhz", 3201))
-        if type == NVML_CLOCK_VIDEO:
-            return int(gpu.get("video_clock_mhz", 1545))
-        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return self._clock(handle, "nvmlDeviceGetMaxClockInfo", type, "sm_clock_max_mhz")
 
     @_api
     def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:
