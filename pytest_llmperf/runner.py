@@ -254,7 +254,7 @@ class PerfRun:
         for result in self._results_of(config):
             result.log_path = str(log_path)
         # Processes already on the GPUs (below the foreign-process limit) are not the engine's: never waited for.
-        before = self._gpu_pids(launch) if (adapter.uses_gpus and live) else set()
+        before = self._gpus_before(launch) if (adapter.uses_gpus and live) else (set(), None)
         try:
             try:
                 process.start()
@@ -372,24 +372,27 @@ class PerfRun:
         return ids[0] if ids else fallback
 
     @staticmethod
-    def _gpu_pids(launch: Launch) -> set[int]:
+    def _gpus_before(launch: Launch) -> tuple[set[int], dict[str, int] | None]:
+        """Processes and memory on the engine's GPUs before it boots: never waited for after it stops."""
         if not launch.gpu_uuids:
-            return set()
-        from .topology import NoGpuDriver, gpu_processes
+            return set(), None
+        from .topology import NoGpuDriver, gpu_memory_used_mib, gpu_processes
 
         try:
-            return {pid for procs in gpu_processes(list(launch.gpu_uuids)).values() for pid, _ in procs}
-        except (NoGpuDriver, RuntimeError, OSError):  # NVML hiccup: wait for everything rather than fail the boot
-            return set()
+            pids = {pid for procs in gpu_processes(list(launch.gpu_uuids)).values() for pid, _ in procs}
+            return pids, gpu_memory_used_mib(list(launch.gpu_uuids))
+        except (NoGpuDriver, RuntimeError, OSError):  # NVML hiccup: wait on processes only
+            return set(), None
 
     def _wait_gpus_freed(self, config: EngineConfig, adapter: Any, launch: Launch, live: bool,
-                         before: set[int] | None = None) -> None:
+                         before: tuple[set[int], dict[str, int] | None] = (set(), None)) -> None:
         if not (adapter.uses_gpus and live and launch.gpu_uuids):
             return
         from .topology import GpusNotFreed, wait_gpus_freed
 
         try:
-            wait_gpus_freed(list(launch.gpu_uuids), self.settings.gpu_free_timeout_s, ignore_pids=before or ())
+            wait_gpus_freed(list(launch.gpu_uuids), self.settings.gpu_free_timeout_s, ignore_pids=before[0],
+                            memory_before_mib=before[1])
         except GpusNotFreed as exc:
             self.node_dirty = f"after {config.id} stopped, its GPUs were not freed, so nothing else may boot: {exc}"
             raise NodeUnfit(self.node_dirty) from None

@@ -464,6 +464,16 @@ def _processes_by_uuid(m: Any, uuids: Sequence[str]) -> dict[str, list[tuple[int
     return out
 
 
+def _memory_used_by_uuid(m: Any, uuids: Sequence[str]) -> dict[str, int]:
+    return {u: int(m.nvmlDeviceGetMemoryInfo(m.nvmlDeviceGetHandleByUUID(u)).used) // 2**20 for u in uuids}
+
+
+def gpu_memory_used_mib(uuids: Sequence[str], nvml: Any = None) -> dict[str, int]:
+    """uuid -> memory used (MiB), whoever holds it (NVML may not list processes of other containers)."""
+    with nvml_session(nvml) as m:
+        return _memory_used_by_uuid(m, list(uuids))
+
+
 def _index_of(m: Any, uuid: str) -> int | None:
     try:
         return int(m.nvmlDeviceGetIndex(m.nvmlDeviceGetHandleByUUID(uuid)))
@@ -512,10 +522,13 @@ def wait_gpus_freed(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     ignore_pids: Collection[int] = (),
+    memory_before_mib: Mapping[str, int] | None = None,
 ) -> float:
     """Wait until no process holds more than ``limit_mib`` on any of these GPUs; the seconds waited.
 
     ``ignore_pids``: processes that were there before (not the engine's), never waited for.
+    ``memory_before_mib``: memory used on each GPU before the engine booted; when given, also wait
+    until no GPU uses more than ``limit_mib`` above it (processes NVML does not list still hold memory).
     Raises GpusNotFreed after ``timeout_s``, naming each GPU, pid and MiB still held.
     """
     ignored = set(ignore_pids)
@@ -524,6 +537,7 @@ def wait_gpus_freed(
         start = clock()
         while True:
             held: dict[str, list[tuple[int, int]]] = {}
+            grown: dict[str, int] = {}
             error = ""
             try:
                 procs = _processes_by_uuid(m, uuids)
@@ -532,15 +546,22 @@ def wait_gpus_freed(
             else:
                 held = {u: [(pid, mib) for pid, mib in p if mib > limit_mib and pid not in ignored] for u, p in procs.items()}
                 held = {u: p for u, p in held.items() if p}
-                if not held:
+                if memory_before_mib is not None:
+                    used = _memory_used_by_uuid(m, uuids)
+                    grown = {u: mib for u, mib in used.items() if mib > memory_before_mib.get(u, 0) + limit_mib}
+                if not held and not grown:
                     return clock() - start
             waited = clock() - start
             if waited >= timeout_s:
                 parts = []
-                for uuid, procs_held in held.items():
+                for uuid in dict.fromkeys([*held, *grown]):
                     index = _index_of(m, uuid)
                     name = f"GPU {index} ({uuid})" if index is not None else f"GPU {uuid}"
-                    parts.append(name + ": " + ", ".join(f"process {pid} holds {mib} MiB" for pid, mib in procs_held))
+                    what = [f"process {pid} holds {mib} MiB" for pid, mib in held.get(uuid, [])]
+                    if uuid in grown and not what:
+                        what.append(f"{grown[uuid]} MiB used, {memory_before_mib.get(uuid, 0)} MiB before the engine "  # type: ignore[union-attr]
+                                    f"booted (by processes NVML does not list)")
+                    parts.append(name + ": " + ", ".join(what))
                 if error:
                     parts.append(f"NVML could not list the processes: {error}")
                 raise GpusNotFreed(

@@ -494,3 +494,19 @@ def test_probe_script_fails_cleanly_without_a_driver(tmp_path):
     assert "no NVIDIA driver on this machine" in result.stderr
     assert "no NVIDIA driver" in (tmp_path / "out" / "probe.log").read_text()
     assert not (tmp_path / "out" / "snapshot.json").exists()
+
+
+def test_wait_gpus_freed_ignores_what_was_there_before_but_not_memory_nvml_does_not_explain(hgx):
+    clock = Clock()
+    node = copy.deepcopy(hgx)
+    uuid = node["gpus"][2]["uuid"]
+    procs = [{"pid": 4321, "uuids": [uuid], "used_memory_mib": 30000}]  # another job, running before the engine
+    fake = make_module(node, procs, is_alive=lambda pid: True, now=clock)
+    before = {uuid: 30000}
+    assert wait_gpus_freed([uuid], 5, nvml=fake, clock=clock, sleep=clock.sleep, ignore_pids={4321},
+                           memory_before_mib=before) == 0
+    node["gpus"][2]["memory_used_mib"] = 90000  # held by a process NVML does not list (another container)
+    with pytest.raises(GpusNotFreed) as info:
+        wait_gpus_freed([uuid], 1, nvml=fake, clock=clock, sleep=clock.sleep, ignore_pids={4321},
+                        memory_before_mib=before)
+    assert "GPU 2" in str(info.value) and "120000 MiB used, 30000 MiB before the engine booted" in str(info.value)
