@@ -127,17 +127,18 @@ class PerfRun:
         """
         if self._node_verdicts is None:
             from .gpus import parse_gpu_spec
-            from .topology import NoGpuDriver, load_snapshot, probe_node, restrict_to_visible
+            from .topology import load_snapshot
 
             spec = self.settings.gpus or parse_gpu_spec(self.gpus)
             live: tuple[Any, str] | None = None
+            recorded = load_snapshot(self.settings.gpu_snapshot) if self.settings.gpu_snapshot is not None else None
             verdicts = {}
             # Only the engines of the selected cases (-k may leave some out).
             for engine in sorted({r.engine for r in self.results.values()}):
                 adapter = get_adapter(engine)
                 self._node_live[engine] = False
-                if self.settings.gpu_snapshot is not None:
-                    snapshot, source = load_snapshot(self.settings.gpu_snapshot), f"snapshot {self.settings.gpu_snapshot}"
+                if recorded is not None:
+                    snapshot, source = recorded, f"snapshot {self.settings.gpu_snapshot}"
                 elif engine == "sim":
                     snapshot, source = adapter.node_snapshot()
                 elif not adapter.uses_gpus and self.settings.gpus is None:
@@ -145,7 +146,7 @@ class PerfRun:
                     continue
                 else:
                     if live is None:
-                        live = self._probe_live(probe_node, restrict_to_visible, NoGpuDriver)
+                        live = self._probe_live()
                     snapshot, source = live
                     if snapshot is None:
                         verdicts[engine] = NodeVerdict(str(spec), "live NVML", (source,))
@@ -161,11 +162,13 @@ class PerfRun:
         return self._node_verdicts
 
     @staticmethod
-    def _probe_live(probe_node: Any, restrict_to_visible: Any, no_driver: type[Exception]) -> tuple[Any, str]:
+    def _probe_live() -> tuple[Any, str]:
         """This machine's node through NVML, limited to CUDA_VISIBLE_DEVICES when it is set."""
+        from .topology import NoGpuDriver, probe_node, restrict_to_visible
+
         try:
             snapshot = probe_node()
-        except no_driver as exc:
+        except NoGpuDriver as exc:
             return None, str(exc)
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible is None:
