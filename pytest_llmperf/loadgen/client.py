@@ -1,27 +1,27 @@
 """One streaming request to an OpenAI-compatible server -> one RequestRecord.
 
 The SSE decoding and the chunk rules are plain classes (testable without a
-socket); ``send_request`` is the aiohttp edge. aiohttp is imported only when
-a request is actually sent.
+socket); ``send_request`` is the network edge, on the streaming protocol of
+``httpstream``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
-import time
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from array import array
+from typing import Any, Iterator, Mapping
 
 from ..metrics import RequestRecord
 from ..tokenizer import DEFAULT_TOKENIZER
 from .datasets import SampleRequest
-
-if TYPE_CHECKING:  # pragma: no cover
-    import aiohttp
+from .httpstream import CLOCK, ConnectionPool, StreamProtocol
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 COMPLETIONS_ENDPOINT = "/v1/completions"
 BODY_EXCERPT_CHARS = 200
+_loads = json.loads
 _OUTPUT_DELTA_KEYS = ("content", "reasoning_content", "reasoning", "tool_calls", "function_call")
 
 
@@ -66,6 +66,23 @@ class SSEDecoder:
         self._buffer = b""
         self._data: list[str] = []
         self._event = ""
+
+    def plain_payloads(self, chunk: bytes) -> list[bytes] | None:
+        """The payloads of ``chunk`` when it is whole ``data:`` events only, else None.
+
+        The fast path for what servers send almost always: one or more
+        complete ``data: ...\n\n`` events and nothing pending. Anything else
+        (split events, other fields, comments, CR line ends) returns None, and
+        the caller feeds the chunk through ``feed``.
+        """
+        if self._buffer or self._data or self._event or not chunk.startswith(b"data: ") \
+                or not chunk.endswith(b"\n\n") or b"\r" in chunk:
+            return None
+        parts = chunk[6:-2].split(b"\n\ndata: ")
+        for part in parts:
+            if b"\n" in part:
+                return None
+        return parts
 
     def feed(self, chunk: bytes) -> Iterator[tuple[str, str]]:
         buffer = self._buffer + chunk if self._buffer else chunk
@@ -154,19 +171,73 @@ def _error_message(event: str, chunk: Any) -> str | None:
 
 
 class StreamAccumulator:
-    """Builds one request's record from its stream events, each with the time it was parsed."""
+    """Builds one request's record from its stream events, each with the time it was parsed.
+
+    Kept small for long streams: chunk times in a float array, and output
+    text (needed only when the server sends no usage) joined as it grows.
+    """
+
+    _JOIN_EVERY = 256
 
     def __init__(self, request: SampleRequest, start_s: float, chat: bool, tokenizer=DEFAULT_TOKENIZER):
         self.request = request
         self.start_s = start_s
         self.chat = chat
         self.tokenizer = tokenizer
-        self.chunk_times_s: list[float] = []
-        self.output_chunks: list[Mapping[str, Any]] = []  # kept to count text only if no usage comes
+        self.chunk_times_s = array("d")
+        self._text: list[str] = []
         self.completion_tokens: int | None = None
         self.prompt_tokens: int | None = None
         self.done = False
         self.error = ""
+
+    def on_payload(self, payload: bytes, now_s: float) -> None:
+        """Take the payload of a plain ``data:`` event; the hot path of ``on_event``.
+
+        Decides exactly as ``on_event`` does, with fewer steps for the common
+        chunk; anything unusual goes to ``on_event``.
+        """
+        if self.error:
+            return
+        try:
+            chunk = _loads(payload)
+        except ValueError:
+            chunk = None
+        if type(chunk) is not dict or "error" in chunk or chunk.get("object") == "error":
+            self.on_event("", payload.decode("utf-8", errors="replace"), now_s)
+            return
+        choices = chunk.get("choices")
+        if choices and type(choices) is list:
+            choice = choices[0]
+            if not self.chat:
+                self.chunk_times_s.append(now_s)
+                text = choice.get("text") if type(choice) is dict else None
+                if text and type(text) is str:
+                    self._keep_text(text)
+            elif type(choice) is dict:
+                delta = choice.get("delta")
+                if type(delta) is dict:
+                    content = delta.get("content")
+                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                    if content or reasoning or delta.get("tool_calls") or delta.get("function_call") \
+                            or (content == "" and "role" not in delta):
+                        self.chunk_times_s.append(now_s)
+                        if reasoning or content:
+                            self._keep_text(_chunk_text(chunk, True))
+        usage = chunk.get("usage")
+        if usage and type(usage) is dict:
+            self._take_usage(usage)
+
+    def _keep_text(self, text: str) -> None:
+        self._text.append(text)
+        if len(self._text) >= self._JOIN_EVERY:
+            self._text = ["".join(self._text)]
+
+    def _take_usage(self, usage: Mapping[str, Any]) -> None:
+        if isinstance(usage.get("completion_tokens"), int):
+            self.completion_tokens = usage["completion_tokens"]
+        if isinstance(usage.get("prompt_tokens"), int):
+            self.prompt_tokens = usage["prompt_tokens"]
 
     def on_event(self, event: str, data: str, now_s: float) -> None:
         """Take one SSE event; ``now_s`` is when it was parsed."""
@@ -186,13 +257,12 @@ class StreamAccumulator:
                     return
             if chunk_carries_output(chunk, self.chat):
                 self.chunk_times_s.append(now_s)
-                self.output_chunks.append(chunk)
+                text = _chunk_text(chunk, self.chat)
+                if text:
+                    self._keep_text(text)
             usage = chunk.get("usage")
             if usage and isinstance(usage, dict):
-                if isinstance(usage.get("completion_tokens"), int):
-                    self.completion_tokens = usage["completion_tokens"]
-                if isinstance(usage.get("prompt_tokens"), int):
-                    self.prompt_tokens = usage["prompt_tokens"]
+                self._take_usage(usage)
 
     def _parse(self, event: str, data: str) -> list[Any]:
         try:
@@ -215,57 +285,134 @@ class StreamAccumulator:
             input_tokens=self.prompt_tokens,
         )
         error = error or self.error
-        if not error and not self.chunk_times_s:
+        times = self.chunk_times_s
+        if not error and not times:
             error = "stream ended without an output-carrying chunk" + (" (got [DONE])" if self.done else "")
         if error:
-            if self.chunk_times_s:
-                error += f" (after {len(self.chunk_times_s)} output chunks)"
+            if times:
+                error += f" (after {len(times)} output chunks)"
             rec.error = error
             return rec
-        times = self.chunk_times_s
         rec.success = True
         rec.ttft_s = times[0] - self.start_s
-        rec.itl_s = [b - a for a, b in zip(times, times[1:])]
+        rec.itl_s = array("d", (b - a for a, b in zip(times, itertools.islice(times, 1, None))))
         rec.latency_s = times[-1] - self.start_s
         if self.completion_tokens is not None:
             rec.output_tokens = self.completion_tokens
         else:
-            rec.output_tokens = self.tokenizer.count("".join(_chunk_text(c, self.chat) for c in self.output_chunks))
+            rec.output_tokens = self.tokenizer.count("".join(self._text))
         return rec
 
 
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """A request body as sent: compact JSON, UTF-8."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 async def send_request(
-    session: "aiohttp.ClientSession",
-    url: str,
-    body: Mapping[str, Any],
+    pool: ConnectionPool,
+    request_bytes: bytes,
     request: SampleRequest,
     chat: bool,
     timeout_s: float,
+    tokenizer=DEFAULT_TOKENIZER,
+    in_flight: set | None = None,
 ) -> RequestRecord:
-    """Send one streaming request and record what came back; never raises for a failed request."""
-    import aiohttp
+    """Send one streaming request and record what came back; never raises for a failed request.
 
-    start_s = time.perf_counter()
-    acc = StreamAccumulator(request, start_s, chat)
+    ``start`` is stamped just before a connection is taken (an idle one, or
+    a new one: connecting counts, as in the reference). A reused idle
+    connection that the server had already closed (nothing came back) is
+    retried once on a fresh connection, with a fresh start. ``in_flight``
+    holds the request's accumulator while it runs (for progress counts).
+    """
+    live = in_flight if in_flight is not None else set()
+    for attempt in range(2):
+        protocol = pool.take_idle()
+        start_s = CLOCK()
+        acc = StreamAccumulator(request, start_s, chat, tokenizer)
+        live.add(acc)
+        try:
+            record = await _attempt(pool, protocol, request_bytes, acc, timeout_s, start_s, last=attempt == 1)
+        finally:
+            live.discard(acc)
+        if record is not None:
+            return record
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _attempt(pool: ConnectionPool, protocol: StreamProtocol | None, request_bytes: bytes,
+                   acc: StreamAccumulator, timeout_s: float, start_s: float, last: bool) -> RequestRecord | None:
+    """One try of a request; None asks for a retry (a stale idle connection)."""
+    reused = protocol is not None
+    if protocol is None:
+        try:
+            protocol = await asyncio.wait_for(pool.connect(), timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
+            return acc.record(f"timed out after {timeout_s:g} s (connecting)")
+        except OSError as exc:
+            target = pool.target
+            return acc.record(f"transport error: cannot connect to {target.host}:{target.port}: "
+                              f"{type(exc).__name__}: {exc}")
+    error, reusable = await _exchange(protocol, request_bytes, acc, timeout_s - (CLOCK() - start_s))
+    if error and reused and not last and protocol.bytes_seen == 0 and not acc.error:
+        return None  # a stale keep-alive connection
+    if reusable and not error:
+        pool.give_back(protocol)
+    if error == _TIMEOUT:
+        error = f"timed out after {timeout_s:g} s"
+    return acc.record(error)
+
+
+_TIMEOUT = "timeout"
+
+
+async def _exchange(protocol: StreamProtocol, request_bytes: bytes, acc: StreamAccumulator,
+                    timeout_s: float) -> tuple[str, bool]:
+    """One request on ``protocol``: (error or "", whether the connection may be reused)."""
+    status_of = [0]
+    excerpt = bytearray()
+    decoder = SSEDecoder()
+    on_event, on_payload, plain_payloads = acc.on_event, acc.on_payload, decoder.plain_payloads
+
+    def on_head(status: int, now_s: float) -> None:
+        status_of[0] = status
+
+    def on_body(data: bytes, now_s: float) -> None:
+        if status_of[0] != 200:
+            if len(excerpt) < 4 * BODY_EXCERPT_CHARS:
+                excerpt.extend(data[: 4 * BODY_EXCERPT_CHARS - len(excerpt)])
+            return
+        payloads = plain_payloads(data)
+        if payloads is not None:
+            for payload in payloads:
+                if payload == b"[DONE]":
+                    acc.done = True
+                else:
+                    on_payload(payload, now_s)
+        else:
+            for event, text in decoder.feed(data):
+                on_event(event, text, now_s)
+        if acc.error:
+            protocol.abort(acc.error)
+
+    timer = asyncio.get_running_loop().call_later(max(timeout_s, 0.0), protocol.abort, _TIMEOUT)
     try:
-        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            if resp.status != 200:
-                excerpt = (await resp.content.read(4 * BODY_EXCERPT_CHARS)).decode("utf-8", errors="replace")
-                excerpt = " ".join(excerpt.split())[:BODY_EXCERPT_CHARS]
-                status = f"HTTP {resp.status} {resp.reason}" if resp.reason else f"HTTP {resp.status}"
-                return acc.record(f"{status}: {excerpt or '(empty body)'}")
-            decoder = SSEDecoder()
-            async for data in resp.content.iter_any():
-                for event, payload in decoder.feed(data):
-                    acc.on_event(event, payload, time.perf_counter())
-                if acc.error:
-                    return acc.record()
-            for event, payload in decoder.finish():
-                acc.on_event(event, payload, time.perf_counter())
-    except (asyncio.TimeoutError, TimeoutError):  # distinct on 3.10; aiohttp's timeouts derive from them
-        return acc.record(f"timed out after {timeout_s:g} s")
-    except aiohttp.ClientError as exc:
-        return acc.record(f"transport error: {type(exc).__name__}: {exc}")
-    except Exception as exc:  # a request never disappears: anything else is recorded too
-        return acc.record(f"client error: {type(exc).__name__}: {exc}")
-    return acc.record()
+        response = await protocol.exchange(request_bytes, on_head, on_body)
+    finally:
+        timer.cancel()
+    if acc.error:
+        return "", False  # the accumulator's own error is the record's
+    if response.error:
+        if response.error == _TIMEOUT:
+            return _TIMEOUT, False
+        return f"transport error: {response.error}", False
+    status = status_of[0]
+    if status != 200:
+        text = " ".join(bytes(excerpt).decode("utf-8", errors="replace").split())[:BODY_EXCERPT_CHARS]
+        head = f"HTTP {status} {response.reason}" if response.reason else f"HTTP {status}"
+        return f"{head}: {text or '(empty body)'}", response.reusable
+    now_s = CLOCK()
+    for event, payload in decoder.finish():
+        on_event(event, payload, now_s)
+    return "", response.reusable
