@@ -28,6 +28,7 @@ import contextlib
 import functools
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -46,7 +47,19 @@ OK, REGRESSED, IMPROVED, MISSING, UPDATED = "ok", "regressed", "improved", "miss
 def _gateable() -> tuple[str, ...]:
     from .metrics import compute_metrics
 
-    return tuple(sorted(m for m in compute_metrics([], 1.0) if _direction(m) is not None))
+    every = compute_metrics([], 1.0, goodput_slos_ms={"ttft": 1.0}, from_schedule=True)
+    return tuple(sorted(m for m in every if _direction(m) is not None))
+
+
+_PERCENTILE_RE = re.compile(r"^p(\d+(?:\.\d+)?)_(.+_ms)$")
+
+
+def _gateable_name(metric: str) -> bool:
+    """A metric some run can produce: the fixed names, or any percentile of a latency."""
+    if metric in _gateable():
+        return True
+    match = _PERCENTILE_RE.match(metric)
+    return bool(match) and 0 < float(match.group(1)) <= 100 and f"p99_{match.group(2)}" in _gateable()
 
 
 def gateable_metrics() -> list[str]:
@@ -57,7 +70,7 @@ def gateable_metrics() -> list[str]:
 def _direction(metric: str) -> str | None:
     if metric.endswith("_ms") or metric in ("duration", "failed"):
         return LOWER
-    if "throughput" in metric or metric.startswith("max_output_tokens_per_s") or metric == "completed":
+    if "throughput" in metric or metric.startswith("max_output_tokens_per_s") or metric in ("completed", "request_goodput"):
         return HIGHER
     return None
 
@@ -65,7 +78,7 @@ def _direction(metric: str) -> str | None:
 def metric_direction(metric: str) -> str:
     """Which way is better for a metric; ValueError if it cannot be gated."""
     direction = _direction(metric)
-    if direction is None or metric not in _gateable():
+    if direction is None or not _gateable_name(metric):
         raise ValueError(f"metric {metric!r} cannot be gated; gateable metrics: {', '.join(_gateable())}")
     return direction
 

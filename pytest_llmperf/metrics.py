@@ -26,9 +26,10 @@ class RequestRecord:
     prompt_len: int  # the dataset's prompt token count
     expected_output_len: int
     start_s: float = 0.0  # just before the HTTP request is sent
+    scheduled_s: float | None = None  # when the arrival schedule said to send it
     success: bool = False
     ttft_s: float = 0.0  # first output-carrying chunk - start
-    itl_s: list[float] = field(default_factory=list)  # gaps between consecutive output-carrying chunks
+    itl_s: Sequence[float] = field(default_factory=list)  # gaps between consecutive output-carrying chunks
     latency_s: float = 0.0  # e2e: last output-carrying chunk - start
     output_tokens: int = 0  # usage.completion_tokens, else a tokenizer count of the text
     input_tokens: int | None = None  # usage.prompt_tokens when the server sent it
@@ -137,12 +138,19 @@ def compute_metrics(
     duration_s: float,
     percentiles: Sequence[float] = (99,),
     goodput_slos_ms: Mapping[str, float] | None = None,
+    from_schedule: bool = False,
 ) -> dict[str, float | int]:
     """A run's metrics, keyed like the reference benchmark's saved result.
 
     Failed requests only count in ``failed``. ``goodput_slos_ms`` (keys among
     ``ttft``, ``tpot``, ``e2el``; inclusive limits in ms) adds
     ``request_goodput``: requests per second meeting every limit.
+
+    ``from_schedule`` (runs at a finite request rate) adds TTFT and E2E
+    latency measured from each request's scheduled send time rather than
+    its actual one (``*_ttft_from_schedule_ms``, ``*_e2el_from_schedule_ms``),
+    and the send delay itself (``*_send_delay_ms``), so that requests queued
+    in the client, by a concurrency limit or a late loop, cannot hide it.
     """
     ok = [r for r in records if r.success]
     failed = len(records) - len(ok)
@@ -179,7 +187,52 @@ def compute_metrics(
     out.update(_stats_ms("tpot", tpots, percentiles))
     out.update(_stats_ms("itl", [gap for r in ok for gap in r.itl_s], percentiles))
     out.update(_stats_ms("e2el", [r.latency_s for r in ok], percentiles))
+    if from_schedule:
+        delays = [r.start_s - r.scheduled_s if r.scheduled_s is not None else 0.0 for r in ok]
+        out.update(_stats_ms("send_delay", delays, percentiles))
+        out.update(_stats_ms("ttft_from_schedule", [r.ttft_s + d for r, d in zip(ok, delays)], percentiles))
+        out.update(_stats_ms("e2el_from_schedule", [r.latency_s + d for r, d in zip(ok, delays)], percentiles))
     return out
+
+
+def parse_goodput(text: str) -> dict[str, float]:
+    """``"ttft:2000 tpot:80"`` (or comma-separated) -> ``{"ttft": 2000.0, "tpot": 80.0}`` (ms)."""
+    slos: dict[str, float] = {}
+    for item in text.replace(",", " ").split():
+        name, sep, value = item.partition(":")
+        name = name.strip().lower()
+        if not sep or name not in _SLO_NAMES:
+            raise ValueError(f"expected NAME:MS with NAME among {', '.join(_SLO_NAMES)}, got {item!r}")
+        try:
+            limit_ms = float(value)
+        except ValueError:
+            raise ValueError(f"the {name} limit must be a number of milliseconds, got {value!r}") from None
+        if not math.isfinite(limit_ms) or limit_ms <= 0:
+            raise ValueError(f"the {name} limit must be > 0 ms, got {value!r}")
+        if name in slos:
+            raise ValueError(f"{name} is given twice")
+        slos[name] = limit_ms
+    if not slos:
+        raise ValueError(f"expected one or more NAME:MS with NAME among {', '.join(_SLO_NAMES)}")
+    return slos
+
+
+def parse_percentiles(text: str) -> tuple[float, ...]:
+    """``"50,90,99"`` -> ``(50.0, 90.0, 99.0)``: the percentiles reported for every latency."""
+    values = []
+    for item in text.replace(" ", ",").split(","):
+        if not item.strip():
+            continue
+        try:
+            pct = float(item)
+        except ValueError:
+            raise ValueError(f"expected percentiles such as 50,90,99, got {item!r}") from None
+        if not 0 < pct < 100 and pct != 100:
+            raise ValueError(f"a percentile must be within (0, 100], got {item!r}")
+        values.append(pct)
+    if not values:
+        raise ValueError("expected one or more percentiles such as 50,90,99")
+    return tuple(dict.fromkeys(values))
 
 
 _SLO_NAMES = ("ttft", "tpot", "e2el")

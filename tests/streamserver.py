@@ -5,8 +5,8 @@ thread; ``script(body) -> list of steps`` decides what each request gets:
 ``bytes``/``str`` are written as they are (one write each), ``Sleep(s)``
 pauses, ``CLOSE`` drops the connection mid-stream, and a ``Reply(status,
 text)`` as the only step answers without streaming. Received JSON bodies are
-kept in ``server.bodies``; ``server.max_in_flight`` is the most requests it
-held at once.
+kept in ``server.bodies``, the client address of each in ``server.peers``;
+``server.max_in_flight`` is the most requests it held at once.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class StreamServer:
     def __init__(self, script: Callable[[dict], Sequence[Step]]):
         self.script = script
         self.bodies: list[dict] = []
+        self.peers: list[Any] = []  # the client address of each request: repeats mean a reused connection
         self.in_flight = 0
         self.max_in_flight = 0
         self.base_url = ""
@@ -77,6 +78,7 @@ class StreamServer:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         steps = list(self.script(body))
         if steps and isinstance(steps[0], Reply):
             return web.Response(status=steps[0].status, text=steps[0].text)

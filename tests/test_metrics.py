@@ -180,3 +180,45 @@ def test_failure_reasons_distinct_with_counts():
     assert failure_reasons(records) == ["HTTP 500: boom (x2)", "timed out after 5 s (x1)", "unknown error (x1)"]
     assert failure_reasons(records, limit=1) == ["HTTP 500: boom (x2)"]
     assert failure_reasons([ok(0.0, 0.1, [], 1)]) == []
+
+
+def test_latency_from_the_scheduled_send_time():
+    a = ok(1.0, 0.1, [0.02, 0.04], 3)
+    a.scheduled_s = 1.0  # sent on time
+    b = ok(2.5, 0.2, [0.1], 2)
+    b.scheduled_s = 2.0  # sent 500 ms late: queued in the client
+    m = compute_metrics([a, b], 2.0, percentiles=(50,), from_schedule=True)
+    assert m["mean_send_delay_ms"] == pytest.approx(250.0)
+    assert m["mean_ttft_ms"] == pytest.approx(150.0)  # the reference's view hides the queueing
+    assert m["mean_ttft_from_schedule_ms"] == pytest.approx((100 + 700) / 2)
+    assert m["mean_e2el_from_schedule_ms"] == pytest.approx((160 + 800) / 2)
+    assert m["p50_ttft_from_schedule_ms"] == pytest.approx(400.0)
+    assert "mean_ttft_from_schedule_ms" not in compute_metrics([a, b], 2.0)
+
+
+def test_goodput_e2el_and_one_token_outputs_meet_any_tpot_limit():
+    records = [ok(0.0, 0.1, [0.02, 0.04], 3), ok(0.0, 0.2, [], 1), ok(0.5, 0.3, [0.05] * 4, 9)]
+    assert compute_metrics(records, 2.0, goodput_slos_ms={"e2el": 200})["request_goodput"] == pytest.approx(1.0)
+    assert compute_metrics(records, 4.0, goodput_slos_ms={"tpot": 1})["request_goodput"] == pytest.approx(0.25)
+
+
+def test_parse_goodput_and_percentiles():
+    from pytest_llmperf.metrics import parse_goodput, parse_percentiles
+
+    assert parse_goodput("ttft:2000 tpot:80") == {"ttft": 2000.0, "tpot": 80.0}
+    assert parse_goodput("e2el:1.5,TTFT:3") == {"e2el": 1.5, "ttft": 3.0}
+    for bad, message in [("itl:5", "among ttft, tpot, e2el"), ("ttft", "NAME:MS"), ("ttft:abc", "milliseconds"),
+                         ("ttft:-1", "> 0 ms"), ("ttft:1 ttft:2", "twice"), ("", "one or more")]:
+        with pytest.raises(ValueError, match=message):
+            parse_goodput(bad)
+    assert parse_percentiles("50, 90,99.9,99") == (50.0, 90.0, 99.9, 99.0)
+    assert parse_percentiles("99,99") == (99.0,)
+    for bad in ("0", "101", "x", ""):
+        with pytest.raises(ValueError):
+            parse_percentiles(bad)
+
+
+def test_configured_percentiles_are_keyed_like_the_reference():
+    m = compute_metrics([ok(0.0, 0.1, [0.02, 0.04], 3)], 1.0, percentiles=(50, 90, 99.9))
+    assert {"p50_ttft_ms", "p90_tpot_ms", "p99.9_itl_ms", "p90_e2el_ms"} <= set(m)
+    assert "p99_ttft_ms" not in m
