@@ -20,6 +20,7 @@ Pure: parsing and validation only; nothing here starts or reads a server.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,9 @@ class Workload:
     endpoint: str = "chat"
     max_concurrency: int | None = None
     ignore_eos: bool = False
+    request_rate: float = math.inf  # requests per second; inf sends every request at once
+    burstiness: float = 1.0  # gamma shape of the arrival gaps; 1 = Poisson
+    warmup_requests: int = 0  # sent before the measured requests, left out of the figures
 
     @property
     def endpoint_path(self) -> str:
@@ -68,9 +72,13 @@ class Workload:
             "seed": self.seed,
             "endpoint": self.endpoint_path,
             "ignore_eos": self.ignore_eos,
-            "request_rate": "inf",
+            "request_rate": "inf" if math.isinf(self.request_rate) else self.request_rate,
             "max_concurrency": self.max_concurrency,
         }
+        if not math.isinf(self.request_rate):
+            out["burstiness"] = self.burstiness
+        if self.warmup_requests:
+            out["warmup_requests"] = self.warmup_requests
         if self.dataset == "random":
             out.update(input_len=self.input_len, output_len=self.output_len, range_ratio=self.range_ratio)
         else:
@@ -139,7 +147,14 @@ class Suite:
         return replace(self, workloads=tuple(replace(w, num_prompts=num_prompts) for w in self.workloads))
 
 
-_WORKLOAD_KEYS = {f for f in Workload.__dataclass_fields__ if f != "name"}
+_WORKLOAD_KEYS = {f for f in Workload.__dataclass_fields__ if f != "name"} | {"preset"}
+WORKLOAD_PRESETS_FILE = PRESETS_DIR / "workloads.toml"
+
+
+def workload_presets() -> dict[str, dict[str, Any]]:
+    """The named workloads of the seed study (``presets/workloads.toml``), usable as ``preset = NAME``."""
+    data = tomllib.loads(WORKLOAD_PRESETS_FILE.read_text())
+    return {name: dict(table) for name, table in data.get("workloads", {}).items()}
 _CONFIG_KEYS = {"engine", "name", "model", "args", "env", "workloads", "description", "expected_failure", "engine_version"}
 
 
@@ -157,6 +172,13 @@ def _parse_workload(source: str, name: str, table: Mapping[str, Any], base_dir: 
     key = f"workloads.{name}"
     if not _NAME_RE.match(name):
         raise SuiteError(f"{_where(source, key)}: invalid name (letters, digits, '.', '_', '-')")
+    if "preset" in table:
+        presets = workload_presets()
+        preset = table["preset"]
+        if preset not in presets:
+            raise SuiteError(f"{_where(source, key + '.preset')}: unknown preset {preset!r}; "
+                             f"valid: {', '.join(presets)}")
+        table = {**presets[preset], **{k: v for k, v in table.items() if k != "preset"}}
     unknown = set(table) - _WORKLOAD_KEYS
     if unknown:
         raise SuiteError(f"{_where(source, key)}: unknown keys {sorted(unknown)}; valid: {sorted(_WORKLOAD_KEYS)}")
@@ -187,6 +209,18 @@ def _parse_workload(source: str, name: str, table: Mapping[str, Any], base_dir: 
             raise SuiteError(f"{_where(source, key + '.dataset_path')}: only the sharegpt dataset reads a file")
         path = Path(dataset_path)
         dataset_path = str(path if path.is_absolute() else base_dir / path)
+    request_rate = table.get("request_rate", "inf")
+    if request_rate == "inf":
+        request_rate = math.inf
+    if isinstance(request_rate, bool) or not isinstance(request_rate, (int, float)) or not request_rate > 0:
+        raise SuiteError(f"{_where(source, key + '.request_rate')}: expected requests per second > 0 or \"inf\", "
+                         f"got {table.get('request_rate')!r}")
+    burstiness = table.get("burstiness", 1.0)
+    if isinstance(burstiness, bool) or not isinstance(burstiness, (int, float)) or not 0 < burstiness < math.inf:
+        raise SuiteError(f"{_where(source, key + '.burstiness')}: expected a number > 0 (1 = Poisson), got {burstiness!r}")
+    if "burstiness" in table and math.isinf(request_rate):
+        raise SuiteError(f"{_where(source, key + '.burstiness')}: only applies with a finite request_rate")
+    warmup_requests = _int(source, key + ".warmup_requests", table.get("warmup_requests", 0), minimum=0)
     ignore_eos = table.get("ignore_eos", dataset == "random")
     if not isinstance(ignore_eos, bool):
         raise SuiteError(f"{_where(source, key + '.ignore_eos')}: expected true or false, got {ignore_eos!r}")
@@ -202,6 +236,9 @@ def _parse_workload(source: str, name: str, table: Mapping[str, Any], base_dir: 
         endpoint=endpoint,
         max_concurrency=max_concurrency,
         ignore_eos=ignore_eos,
+        request_rate=float(request_rate),
+        burstiness=float(burstiness),
+        warmup_requests=warmup_requests,
     )
 
 
@@ -293,7 +330,7 @@ def load_suite_file(path: Path) -> Suite:
 
 
 def preset_paths() -> list[Path]:
-    return sorted(PRESETS_DIR.glob("*.toml"))
+    return sorted(p for p in PRESETS_DIR.glob("*.toml") if p != WORKLOAD_PRESETS_FILE)
 
 
 def load_builtin_suite(engines: Iterable[str]) -> Suite:

@@ -74,3 +74,50 @@ def test_relative_dataset_path_is_relative_to_the_suite_file(tmp_path):
     f.write_text('model = "m"\n[workloads.s]\ndataset = "sharegpt"\nnum_prompts = 5\ndataset_path = "data/sg.json"\n'
                  '[[configs]]\nengine = "sim"\nname = "c"\n')
     assert load_suite_file(f).workloads[0].dataset_path == str(tmp_path / "data/sg.json")
+
+
+def test_the_seed_workloads_ship_as_named_presets():
+    from pytest_llmperf.suite import workload_presets
+
+    presets = workload_presets()
+    shapes = {n: (p["dataset"], p.get("input_len"), p.get("output_len"), p["num_prompts"], p["seed"])
+              for n, p in presets.items()}
+    assert shapes == {
+        "sharegpt": ("sharegpt", None, None, 1000, 42),
+        "short": ("random", 128, 4, 1000, 42),
+        "medium": ("random", 2000, 100, 500, 42),
+        "long": ("random", 4000, 200, 500, 42),
+        "very-long": ("random", 32000, 100, 100, 42),
+        "ultra-long": ("random", 128000, 100, 100, 42),
+        "gen-heavy": ("random", 1000, 2000, 100, 42),
+    }
+
+
+def test_a_workload_takes_a_preset_and_overrides_its_keys(tmp_path):
+    suite = parse_suite({**MIN, "workloads": {"w": {"preset": "long", "num_prompts": 20, "request_rate": 4,
+                                                    "burstiness": 0.5, "warmup_requests": 3}}}, "s.toml", tmp_path)
+    w = suite.workloads[0]
+    assert (w.dataset, w.input_len, w.output_len, w.num_prompts, w.seed) == ("random", 4000, 200, 20, 42)
+    assert (w.request_rate, w.burstiness, w.warmup_requests, w.ignore_eos) == (4.0, 0.5, 3, True)
+    assert w.params()["request_rate"] == 4.0 and w.params()["burstiness"] == 0.5
+    assert w.params()["warmup_requests"] == 3
+
+
+def test_default_arrivals_keep_the_stored_workload_parameters_unchanged(tmp_path):
+    suite = parse_suite({**MIN, "workloads": {"w": {"preset": "short"}}}, "s.toml", tmp_path)
+    params = suite.workloads[0].params()
+    assert params["request_rate"] == "inf" and "burstiness" not in params and "warmup_requests" not in params
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"preset": "huge"}, "workloads.w.preset: unknown preset 'huge'; valid: sharegpt, short"),
+    ({"preset": "short", "request_rate": 0}, "workloads.w.request_rate: expected requests per second > 0"),
+    ({"preset": "short", "request_rate": "fast"}, "workloads.w.request_rate"),
+    ({"preset": "short", "request_rate": 2, "burstiness": 0}, "workloads.w.burstiness"),
+    ({"preset": "short", "burstiness": 2}, "only applies with a finite request_rate"),
+    ({"preset": "short", "warmup_requests": -1}, "workloads.w.warmup_requests"),
+])
+def test_bad_arrival_keys_name_the_key(tmp_path, table, message):
+    with pytest.raises(SuiteError) as info:
+        parse_suite({**MIN, "workloads": {"w": table}}, "s.toml", tmp_path)
+    assert message in str(info.value)
