@@ -246,6 +246,11 @@ class _RunReporter:
     def __init__(self, run: "PerfRun"):
         self.run = run
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        from .progress import TerminalProgress
+
+        self.run.progress = TerminalProgress.for_config(session.config)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         result = self.run.results.get(_case_id(report.nodeid))
         if result is None:
@@ -280,6 +285,10 @@ class _RunReporter:
             tr.write_line(f"note: {note}", yellow=True, bold=True)
         if run.results:
             tr.write_line(summary_tables(run.results.values()))
+            for result in run.results.values():
+                if result.failure_reasons and result.metrics.get("failed"):
+                    tr.write_line(f"{result.id}: {result.metrics['failed']} requests failed: "
+                                  + "; ".join(result.failure_reasons), yellow=True)
         for update in run.updates:
             tr.write_line(f"baseline updated: {update.case_id} -> {update.path}")
             for line in update.lines:

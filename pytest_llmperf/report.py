@@ -31,6 +31,9 @@ class CaseResult:
     telemetry: dict[str, Any] | None = None  # GPU telemetry summary while the case ran (real GPUs only)
     telemetry_line: str = ""
     throttled: bool = False  # thermal or power clock limits were seen while it ran
+    requests: list[dict[str, Any]] | None = None  # per-request records (--save-requests)
+    result_file: str | None = None  # the case's saved result (--results-dir)
+    prompts_aligned_by: str | None = None  # how random prompts got their token lengths, when not built exactly
 
     @property
     def suspect(self) -> str | None:
@@ -76,6 +79,9 @@ class CaseResult:
             "log_path": self.log_path,
             "telemetry": self.telemetry,
             "suspect": self.suspect,
+            "result_file": self.result_file,
+            "prompts_aligned_by": self.prompts_aligned_by,
+            **({"requests": self.requests} if self.requests is not None else {}),
         }
 
 

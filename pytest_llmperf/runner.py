@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import platform
 import os
 import sys
@@ -38,6 +39,7 @@ from .topology import NodeVerdict, check_node
 
 
 TELEMETRY_INTERVAL_S = 0.5
+PROMPT_MISMATCH_LIMIT_PCT = 1.0
 
 
 class CaseFailure(AssertionError):
@@ -105,6 +107,8 @@ class PerfRun:
     node_dirty: str | None = None  # set when an engine's GPUs were not freed: nothing else may boot
     _node_verdicts: dict[str, NodeVerdict] | None = None
     _node_live: dict[str, bool] = field(default_factory=dict)
+    progress: Any = None  # the plugin's live progress line: for_case(case_id) -> callback, clear()
+    _tokenizer: Any = None
 
     def __post_init__(self) -> None:
         for case in self.cases:
@@ -227,7 +231,7 @@ class PerfRun:
                 lines.append(f"  expected to fail: {config.expected_failure}")
             for note in adapter.notes(config, launch):
                 lines.append(f"  note: {note}")
-            workloads = [c.workload for c in self.cases if c.config == config]
+            workloads = [self.effective_workload(c.workload) for c in self.cases if c.config == config]
             lines.append("  workloads: " + ", ".join(f"{w.name} ({_describe_workload(w)})" for w in workloads))
         lines.append("")
         for engine, verdict in sorted(verdicts.items()):
@@ -414,6 +418,8 @@ class PerfRun:
 
         case = Case(engine.config, workload)
         result = self.results[case.id]
+        workload = self.effective_workload(workload)
+        case = Case(engine.config, workload)
         result.engine_version = engine.version
         died = engine.process.exit_code() if engine.process is not None else None
         if died is not None:
@@ -423,7 +429,7 @@ class PerfRun:
                                       f"seen: {message}")
             result.message = message
             raise CaseFailure(message)
-        requests = build_requests(workload)
+        requests, warmup = self._requests(engine, workload, result)
         spec = LoadSpec(
             base_url=engine.base_url,
             model=engine.served_model or engine.config.model,
@@ -432,6 +438,12 @@ class PerfRun:
             max_concurrency=workload.max_concurrency,
             ignore_eos=workload.ignore_eos,
             request_timeout_s=self.settings.request_timeout_s,
+            request_rate=workload.request_rate,
+            burstiness=workload.burstiness,
+            seed=workload.seed,
+            warmup_requests=warmup,
+            client_processes=self.settings.client_processes,
+            tokenizer=self.tokenizer(),
         )
         if engine.request_fields is not None:
             sent = set(build_body(spec.endpoint, spec.model, requests[0], spec.ignore_eos, spec.extra_body))
@@ -446,17 +458,29 @@ class PerfRun:
 
             sampler = TelemetrySampler(list(engine.gpu_uuids), interval_s=TELEMETRY_INTERVAL_S)
             sampler.start()
+        progress = self.progress.for_case(case.id) if self.progress is not None else None
         try:
-            load = run_load(spec)
+            load = run_load(spec, progress)
         finally:
+            if self.progress is not None:
+                self.progress.clear()
             if sampler is not None:
                 summary = sampler.stop()
                 result.telemetry = summary.to_dict()
                 result.telemetry_line = summary.line()
                 result.throttled = bool(summary.throttled)
-        metrics = compute_metrics(load.records, load.duration_s)
+        metrics = compute_metrics(load.records, load.duration_s, self.settings.percentiles,
+                                  self.settings.goodput_slos_ms, from_schedule=spec.finite_rate)
+        self._check_prompt_lengths(case, load.records, metrics)
         result.metrics = dict(metrics)
         result.failure_reasons = failure_reasons(load.records)
+        if load.warmup_records:
+            warm_failed = sum(1 for r in load.warmup_records if not r.success)
+            result.metrics["warmup_completed"] = len(load.warmup_records) - warm_failed
+            if warm_failed:
+                self.notes.append(f"{case.id}: {warm_failed} of {len(load.warmup_records)} warm-up requests failed: "
+                                  + "; ".join(failure_reasons(load.warmup_records, limit=2)))
+        self._save_result(case, engine, spec, result, load.records)
         died = engine.process.exit_code() if engine.process is not None else None
         if died is not None:
             message = (f"the engine exited with code {died} during {case.id}; last lines of {engine.log_path}:\n"
@@ -478,6 +502,89 @@ class PerfRun:
             ), stacklevel=2)
         self._judge(case, engine, result)
         return result
+
+    def effective_workload(self, workload: Workload) -> Workload:
+        """The workload as run: --dataset-path replaces a ShareGPT workload's file."""
+        if self.settings.dataset_path is not None and workload.dataset == "sharegpt":
+            from dataclasses import replace as _replace
+
+            return _replace(workload, dataset_path=str(self.settings.dataset_path))
+        return workload
+
+    def tokenizer(self) -> Any:
+        """The tokenizer given with --tokenizer (loaded once), else the word tokenizer."""
+        if self._tokenizer is None:
+            if self.settings.tokenizer_path is not None:
+                from .hf_tokenizer import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self.settings.tokenizer_path)
+            else:
+                from .tokenizer import DEFAULT_TOKENIZER
+
+                self._tokenizer = DEFAULT_TOKENIZER
+        return self._tokenizer
+
+    def _requests(self, engine: RunningEngine, workload: Workload, result: CaseResult) -> tuple[list, list]:
+        """The workload's measured requests and its warm-up requests (another seed, same shape).
+
+        Random prompts are built with --tokenizer when given; otherwise, on a
+        server with a tokenize route (not the simulated engine, which counts
+        words as the client does), they are aligned to its token counts.
+        """
+        tokenizer = self.tokenizer()
+        requests = build_requests(workload, tokenizer, self.settings.dataset_path)
+        warmup = []
+        if workload.warmup_requests:
+            from dataclasses import replace as _replace
+
+            warm = _replace(workload, num_prompts=workload.warmup_requests, seed=workload.seed + 1_000_003)
+            warmup = build_requests(warm, tokenizer, self.settings.dataset_path)
+        if workload.dataset == "random" and self.settings.tokenizer_path is None and engine.config.engine != "sim":
+            from .loadgen.alignment import align_to_server, server_token_counter
+
+            counter = server_token_counter(engine.base_url, engine.served_model or engine.config.model,
+                                           timeout_s=min(self.settings.request_timeout_s, 300.0))
+            if counter is not None:
+                requests = align_to_server(requests, counter, workload.seed)
+                warmup = align_to_server(warmup, counter, workload.seed + 1) if warmup else warmup
+                result.prompts_aligned_by = "server /tokenize"
+            else:
+                result.prompts_aligned_by = "word tokenizer (the server has no /tokenize; give --tokenizer)"
+        return requests, warmup
+
+    def _check_prompt_lengths(self, case: Case, records: list, metrics: dict) -> None:
+        """Compare the prompt tokens the server reported with the dataset's; flag a gap over 1%."""
+        from .loadgen.alignment import prompt_length_mismatch
+
+        ok = [r for r in records if r.success]
+        mismatch_pct, compared = prompt_length_mismatch([r.prompt_len for r in ok], [r.input_tokens for r in ok])
+        if not compared:
+            return
+        metrics["prompt_tokens_mismatch_pct"] = mismatch_pct
+        if mismatch_pct > PROMPT_MISMATCH_LIMIT_PCT:
+            template = " (on the chat endpoint the chat template's tokens count too)" \
+                if case.workload.endpoint == "chat" else ""
+            self.notes.append(
+                f"{case.id}: the server counted prompts {mismatch_pct:.1f}% away from the workload's token lengths "
+                f"(mean over {compared} requests){template}; give --tokenizer with the model's tokenizer.json "
+                f"for exact lengths")
+
+    def _save_result(self, case: Case, engine: RunningEngine, spec: Any, result: CaseResult, records: list) -> None:
+        """The per-case result in the reference layout (--results-dir) and per-request records (--save-requests)."""
+        from .results import request_records, result_json, result_file_name
+
+        if self.settings.save_requests:
+            result.requests = request_records(records)
+        if self.settings.results_dir is None:
+            return
+        data = result_json(case, engine.config.engine, spec, result.metrics, self.settings.percentiles,
+                           records if self.settings.save_requests else None,
+                           tokenizer_id=getattr(self.tokenizer(), "name", "word"))
+        from .report import write_json
+
+        path = Path(self.settings.results_dir) / result_file_name(case)
+        write_json(path, data)
+        result.result_file = str(path)
 
     def _judge(self, case: Case, engine: RunningEngine, result: CaseResult) -> None:
         config, workload = case.config, case.workload
@@ -569,17 +676,21 @@ class PerfRun:
         }
 
 
-def build_requests(workload: Workload) -> list:
-    """The workload's requests, from its dataset."""
+def build_requests(workload: Workload, tokenizer: Any = None, dataset_path: Path | None = None) -> list:
+    """The workload's requests, from its dataset (``dataset_path`` overrides a ShareGPT workload's file)."""
     from .loadgen import datasets
+    from .tokenizer import DEFAULT_TOKENIZER
 
+    tokenizer = tokenizer or DEFAULT_TOKENIZER
     if workload.dataset == "random":
         assert workload.input_len is not None and workload.output_len is not None
         return datasets.random_requests(
-            workload.num_prompts, workload.input_len, workload.output_len, workload.seed, workload.range_ratio
+            workload.num_prompts, workload.input_len, workload.output_len, workload.seed, workload.range_ratio,
+            tokenizer=tokenizer,
         )
-    path = Path(workload.dataset_path) if workload.dataset_path else datasets.SHAREGPT_SAMPLE_PATH
-    return datasets.sharegpt_requests(path, workload.num_prompts, workload.seed, workload.output_len)
+    path = dataset_path or (Path(workload.dataset_path) if workload.dataset_path else datasets.SHAREGPT_SAMPLE_PATH)
+    return datasets.sharegpt_requests(path, workload.num_prompts, workload.seed, workload.output_len,
+                                      tokenizer=tokenizer)
 
 
 def _describe_workload(workload: Workload) -> str:

@@ -77,6 +77,26 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("gpu_free_timeout", "--gpu-free-timeout", "seconds to wait, after an engine stops, until NVML shows "
                "its GPUs freed (default 300)", env="LLMPERF_GPU_FREE_TIMEOUT", ini="llmperf_gpu_free_timeout",
                metavar="SECONDS"),
+    OptionSpec("goodput", "--goodput", "count requests meeting every service-level limit, in ms, as request_goodput "
+               "(e.g. \"ttft:2000 tpot:80\"; names: ttft, tpot, e2el)", env="LLMPERF_GOODPUT", ini="llmperf_goodput",
+               metavar="NAME:MS[ ...]"),
+    OptionSpec("percentiles", "--percentiles", "latency percentiles to report for TTFT, TPOT, ITL and E2E latency "
+               "(default 99)", env="LLMPERF_PERCENTILES", ini="llmperf_percentiles", metavar="P[,P...]"),
+    OptionSpec("dataset_path", "--dataset-path", "a ShareGPT-format JSON file for every sharegpt workload (default: "
+               "the workload's dataset_path, else the small bundled sample)", env="LLMPERF_DATASET_PATH",
+               ini="llmperf_dataset_path", metavar="FILE"),
+    OptionSpec("tokenizer", "--tokenizer", "the model's tokenizer.json (or its directory) to build random prompts of "
+               "exact token lengths and count output text (needs the tokenizers package); without it prompts are "
+               "aligned through the server's /tokenize when it has one", env="LLMPERF_TOKENIZER",
+               ini="llmperf_tokenizer", metavar="PATH"),
+    OptionSpec("results_dir", "--results-dir", "write each case's result as JSON in the reference benchmark's "
+               "--save-result layout, one file per case", env="LLMPERF_RESULTS_DIR", ini="llmperf_results_dir",
+               metavar="DIR"),
+    OptionSpec("save_requests", "--save-requests", "add every request's record (start, TTFT, ITLs, tokens, error) "
+               "to the results files and the JSON report", is_flag=True),
+    OptionSpec("client_processes", "--client-processes", "spread each case's streams over N client processes "
+               "(default 1; for loads one event loop cannot keep up with)", env="LLMPERF_CLIENT_PROCESSES",
+               ini="llmperf_client_processes", metavar="N"),
     OptionSpec("log_dir", "--log-dir", "directory for engine logs (default: a directory under pytest's basetemp)",
                env="LLMPERF_LOG_DIR", ini="llmperf_log_dir", metavar="DIR"),
 )
@@ -106,6 +126,13 @@ class Settings:
     dry_run: bool = False
     gpu_snapshot: Path | None = None
     gpu_free_timeout_s: float = DEFAULT_GPU_FREE_TIMEOUT_S
+    goodput_slos_ms: Mapping[str, float] | None = None
+    percentiles: tuple[float, ...] = (99.0,)
+    dataset_path: Path | None = None
+    tokenizer_path: Path | None = None
+    results_dir: Path | None = None
+    save_requests: bool = False
+    client_processes: int = 1
 
     @property
     def active(self) -> bool:
@@ -219,6 +246,11 @@ def resolve(
     timeout = convert("startup_timeout", _positive_float)
     request_timeout = convert("request_timeout", _positive_float)
     gpu_free_timeout = convert("gpu_free_timeout", _positive_float)
+    from .metrics import parse_goodput, parse_percentiles
+
+    goodput = convert("goodput", parse_goodput)
+    percentiles = convert("percentiles", parse_percentiles)
+    client_processes = convert("client_processes", _positive_int)
     from .engines.external import normalize_endpoint
 
     endpoint = None
@@ -237,6 +269,13 @@ def resolve(
 
     chat_template = existing_file("chat_template")
     gpu_snapshot = existing_file("gpu_snapshot")
+    dataset_path = existing_file("dataset_path")
+    tokenizer_path = convert("tokenizer", str, path_base=True)
+    if tokenizer_path is not None and not tokenizer_path.exists():
+        raise SettingsError(f"--tokenizer: {tokenizer_path} does not exist (from {pick(_spec('tokenizer'))[1]})")  # type: ignore[index]
+    results_dir = convert("results_dir", str, path_base=True)
+    if cli.get("save_requests") and results_dir is None and convert("report_json", str, path_base=True) is None:
+        raise SettingsError("--save-requests adds per-request records to the results: give --results-dir or --report-json")
     if cli.get("dry_run") and not engines:
         raise SettingsError("--dry-run shows what --engine would run: give --engine too")
     if cli.get("dry_run") and cli.get("update_baselines"):
@@ -266,4 +305,15 @@ def resolve(
         dry_run=bool(cli.get("dry_run")),
         gpu_snapshot=gpu_snapshot,
         gpu_free_timeout_s=gpu_free_timeout if gpu_free_timeout is not None else DEFAULT_GPU_FREE_TIMEOUT_S,
+        goodput_slos_ms=goodput,
+        percentiles=percentiles if percentiles is not None else (99.0,),
+        dataset_path=dataset_path,
+        tokenizer_path=tokenizer_path,
+        results_dir=results_dir,
+        save_requests=bool(cli.get("save_requests")),
+        client_processes=client_processes if client_processes is not None else 1,
     )
+
+
+def _spec(dest: str) -> OptionSpec:
+    return next(s for s in OPTIONS if s.dest == dest)

@@ -267,3 +267,55 @@ def test_improvement_passes_flagged_and_file_tolerances_override(project):
     path.write_text(json.dumps(data))
     tolerant = run(project, "--engine=sim", f"--baseline-dir={bdir}", "--sim-slowdown=10", "-k", "vllm and random")
     tolerant.assert_outcomes(passed=1, deselected=3)
+
+
+def test_measurement_options_reach_the_results(pytester, model):
+    pytester.makefile(".toml", suite=f'''
+model = "{model}"
+gpus = "h200x8"
+
+[workloads.paced]
+dataset = "random"
+input_len = 32
+output_len = 6
+num_prompts = 12
+request_rate = 40
+burstiness = 2
+warmup_requests = 2
+
+[workloads.chat-sharegpt]
+preset = "sharegpt"
+num_prompts = 8
+output_len = 6
+endpoint = "completions"
+
+[[configs]]
+engine = "sim"
+name = "vllm-tp8"
+profile = "vllm-tp8"
+''')
+    result = run(pytester, "--engine=sim", f"--gate={NO_TIMING},request_goodput:50", "--update-baselines",
+                 "--goodput=ttft:60000 tpot:60000", "--percentiles=50,90", "--results-dir=res", "--save-requests",
+                 "--report-json=r.json", "--client-processes=2")
+    result.assert_outcomes(passed=2)
+    assert sim_processes(model) == []
+    report = json.loads((pytester.path / "r.json").read_text())
+    paced, sharegpt = report["cases"]
+    m = paced["metrics"]
+    assert m["completed"] == 12 and m["warmup_completed"] == 2 and m["total_input_tokens"] == 12 * 32
+    assert m["request_goodput"] == pytest.approx(12 / m["duration"])  # limits no request can miss
+    assert {"p50_ttft_ms", "p90_tpot_ms", "mean_ttft_from_schedule_ms", "p90_send_delay_ms"} <= set(m)
+    assert "p99_ttft_ms" not in m
+    assert m["prompt_tokens_mismatch_pct"] == 0.0  # the sim counts prompts as the client built them
+    starts = [r["scheduled_s"] for r in paced["requests"]]
+    assert len(paced["requests"]) == 12 and starts == sorted(starts) and starts[-1] > 0
+    assert "mean_ttft_from_schedule_ms" not in sharegpt["metrics"]  # infinite rate: no schedule to measure from
+    saved = json.loads((pytester.path / "res" / "sim-vllm-tp8-paced.json").read_text())
+    assert saved["request_rate"] == 40 and saved["burstiness"] == 2 and saved["num_prompts"] == 12
+    assert saved["completed"] == 12 and len(saved["ttfts"]) == 12 and len(saved["itls"][0]) == 5
+    assert saved["total_token_throughput"] == m["total_token_throughput"]
+    completions = json.loads((pytester.path / "res" / "sim-vllm-tp8-chat-sharegpt.json").read_text())
+    assert completions["endpoint_type"] == "openai" and completions["completed"] == 8
+    baseline = json.loads(next((pytester.path / "baselines").rglob("vllm-tp8.json")).read_text())
+    assert baseline["cases"]["paced"]["workload"]["request_rate"] == 40
+    assert baseline["cases"]["paced"]["workload"]["warmup_requests"] == 2

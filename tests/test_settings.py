@@ -128,3 +128,37 @@ def test_an_exported_endpoint_is_unused_by_other_engines_and_dry_run_needs_an_en
 def test_missing_files_name_their_source(tmp_path):
     with pytest.raises(SettingsError, match=r"--chat-template: .*t.jinja is not a file \(from environment LLMPERF_CHAT_TEMPLATE\)"):
         make({}, {"LLMPERF_CHAT_TEMPLATE": str(tmp_path / "t.jinja")})
+
+
+def test_measurement_options(tmp_path):
+    data = tmp_path / "sg.json"
+    data.write_text("[]")
+    s = make({"goodput": "ttft:2000 tpot:80", "percentiles": "50,90,99", "dataset_path": str(data),
+              "client_processes": "3", "results_dir": "out", "save_requests": True})
+    assert s.goodput_slos_ms == {"ttft": 2000.0, "tpot": 80.0}
+    assert s.percentiles == (50.0, 90.0, 99.0)
+    assert s.dataset_path == data and s.client_processes == 3
+    assert s.results_dir == CWD / "out" and s.save_requests
+    d = make()
+    assert d.goodput_slos_ms is None and d.percentiles == (99.0,) and d.client_processes == 1
+    assert d.results_dir is None and not d.save_requests and d.tokenizer_path is None
+    assert make(env={"LLMPERF_PERCENTILES": "95"}).percentiles == (95.0,)
+    assert make(ini={"llmperf_goodput": "e2el:500"}).goodput_slos_ms == {"e2el": 500.0}
+
+
+@pytest.mark.parametrize("cli, env, message", [
+    ({"goodput": "itl:4"}, {}, "--goodput: expected NAME:MS with NAME among ttft, tpot, e2el, got 'itl:4' (from command line --goodput)"),
+    ({}, {"LLMPERF_PERCENTILES": "200"}, "--percentiles: a percentile must be within (0, 100], got '200' (from environment LLMPERF_PERCENTILES)"),
+    ({"client_processes": "0"}, {}, "--client-processes: expected a positive integer"),
+    ({"dataset_path": "/nope/sg.json"}, {}, "--dataset-path: /nope/sg.json is not a file"),
+    ({"tokenizer": "/nope/tokenizer.json"}, {}, "--tokenizer: /nope/tokenizer.json does not exist (from command line --tokenizer)"),
+    ({"save_requests": True}, {}, "--save-requests adds per-request records to the results: give --results-dir or --report-json"),
+])
+def test_bad_measurement_options_name_option_and_source(cli, env, message):
+    with pytest.raises(SettingsError) as info:
+        make(cli, env)
+    assert message in str(info.value)
+
+
+def test_save_requests_with_a_report_only():
+    assert make({"save_requests": True, "report_json": "r.json"}).save_requests

@@ -1,0 +1,83 @@
+"""The live progress line of a running case.
+
+``progress_text`` is pure. ``TerminalProgress`` is the edge: it draws the
+line at the end of pytest's current terminal line, only on a terminal, only
+once a case has run for a few seconds, and puts pytest's own line back
+when the case ends, so the output reads as if the line had never been there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .loadgen.run import Progress
+
+SHOW_AFTER_S = 3.0
+
+
+def progress_text(case_id: str, progress: Progress, tokens_per_s: float | None) -> str:
+    """``[sim/vllm-tp8/short 523/1000 done, 2 failed, 12,345 tok/s, 14 s]``."""
+    rate = "-" if tokens_per_s is None else f"{tokens_per_s:,.0f}"
+    failed = f", {progress.failed} failed" if progress.failed else ""
+    return (f"[{case_id} {progress.done}/{progress.total} done{failed}, {rate} output tok/s, "
+            f"{progress.elapsed_s:.0f} s]")
+
+
+class TerminalProgress:
+    """Draws one case's progress after pytest's current line; ``clear`` restores the line."""
+
+    def __init__(self, writer: Any, suspend_capture: Callable[[], Any], show_after_s: float = SHOW_AFTER_S):
+        self._tw = writer
+        self._suspend = suspend_capture
+        self._show_after_s = show_after_s
+        self._drawn = 0
+        self._last: Progress | None = None
+
+    @classmethod
+    def for_config(cls, config: Any) -> "TerminalProgress | None":
+        """A progress line for this session, or None when output is not an interactive terminal."""
+        tr = config.pluginmanager.getplugin("terminalreporter")
+        capman = config.pluginmanager.getplugin("capturemanager")
+        tw = getattr(tr, "_tw", None)
+        file = getattr(tw, "_file", None)
+        if tw is None or capman is None or not hasattr(tw, "_current_line") or config.option.verbose < 0:
+            return None
+        if not (hasattr(file, "isatty") and file.isatty()):
+            return None
+        return cls(tw, capman.global_and_fixture_disabled)
+
+    def for_case(self, case_id: str) -> Callable[[Progress], None]:
+        self._last = None
+
+        def update(progress: Progress) -> None:
+            last, self._last = self._last, progress
+            if progress.elapsed_s < self._show_after_s:
+                return
+            rate = None
+            if last is not None and progress.elapsed_s > last.elapsed_s:
+                rate = (progress.output_tokens - last.output_tokens) / (progress.elapsed_s - last.elapsed_s)
+            self._draw(progress_text(case_id, progress, rate))
+
+        return update
+
+    def _draw(self, text: str) -> None:
+        line = self._tw._current_line
+        room = max(self._tw.fullwidth - len(line) - 2, 0)
+        text = text[:room]
+        with self._suspend():
+            self._write("\r" + line + " " + text + " " * max(self._drawn - len(text), 0))
+        self._drawn = len(text)
+
+    def clear(self) -> None:
+        """Erase the progress text, leaving pytest's line as it was."""
+        if not self._drawn:
+            return
+        line = self._tw._current_line
+        with self._suspend():
+            self._write("\r" + line + " " * (self._drawn + 1) + "\r" + line)
+        self._drawn = 0
+
+    def _write(self, text: str) -> None:
+        line = self._tw._current_line
+        self._tw.write(text, flush=True)
+        self._tw._current_line = line  # what pytest counts as its line is unchanged
