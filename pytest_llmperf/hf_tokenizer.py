@@ -29,6 +29,26 @@ class ModelTokenizer:
         self._ids = [i for i in range(tokenizer.get_vocab_size(with_added_tokens=False)) if i not in special]
         if not self._ids:
             raise TokenizerError(f"tokenizer {name} has no ordinary tokens to build prompts from")
+        self._words = self._single_token_words()
+
+    def _single_token_words(self) -> list[str]:
+        """Pieces ``" word"`` that encode to one token each, alone and after each other.
+
+        A space before a run of letters starts a new pre-token in the common
+        tokenizers (byte-level BPE, SentencePiece), so a text of such pieces
+        has exactly as many tokens as pieces: no merges across them.
+        """
+        pieces = sorted({" " + text.strip() for text in
+                         (self._tok.decode([i], skip_special_tokens=True) for i in self._ids)
+                         if text.strip().isascii() and text.strip().isalpha()})
+        if not pieces:
+            return []
+        encoded = self._tok.encode_batch(pieces, add_special_tokens=False)
+        words = [p for p, enc in zip(pieces, encoded) if len(enc.ids) == 1]
+        if len(words) < 16:
+            return []
+        probe = "".join(words[:64])
+        return words if self.count(probe) == min(len(words), 64) else []
 
     def count(self, text: str) -> int:
         """Number of tokens in ``text``."""
@@ -37,14 +57,19 @@ class ModelTokenizer:
     def random_text(self, rng: random.Random, num_tokens: int) -> str:
         """Text that encodes to exactly ``num_tokens`` tokens, drawn from ``rng``.
 
-        Random token ids rarely survive decode and re-encode unchanged (pieces
-        merge or split), so the text is re-encoded and the ids trimmed or
-        topped up until the count holds.
+        Built from single-token words when the tokenizer has them (checked
+        once more on the whole text). Otherwise random token ids are decoded,
+        re-encoded, and trimmed or topped up until the count holds, since ids
+        rarely survive that round trip unchanged.
         """
         if num_tokens < 0:
             raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
         if num_tokens == 0:
             return ""
+        if self._words:
+            text = "".join(rng.choices(self._words, k=num_tokens))
+            if self.count(text) == num_tokens:
+                return text
         ids = rng.choices(self._ids, k=num_tokens)
         for _ in range(MAX_ALIGN_TRIES):
             text = self._tok.decode(ids, skip_special_tokens=True)

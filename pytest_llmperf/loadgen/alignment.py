@@ -18,26 +18,40 @@ MAX_ALIGN_STEPS = 12
 CountTokens = Callable[[str], int]
 
 
+_BY_LENGTH = sorted({len(w): w for w in VOCAB}.items())  # one word of each length, shortest first
+
+
 def _adjust(text: str, target: int, count: CountTokens, rng: random.Random) -> tuple[str, int]:
-    """``text`` grown or cut word by word until ``count`` says ``target`` (or as close as it gets)."""
-    best_text, best_count = text, count(text)
-    current, tokens = best_text, best_count
-    for step in range(MAX_ALIGN_STEPS):
+    """``text`` grown or cut until ``count`` says ``target``, or the closest text seen.
+
+    Big strides first (words per token estimated from the counts so far),
+    then one word at a time; when single steps jump over the target, the
+    last word is swapped for words of other lengths.
+    """
+    words = text.split(" ")
+    tokens = count(text)
+    best = (abs(tokens - target), text, tokens)
+    seen: set[int] = set()
+    swap = 0
+    for step in range(MAX_ALIGN_STEPS * 3):
         if tokens == target:
-            return current, tokens
-        words = current.split(" ")
+            return " ".join(words), tokens
         per_word = max(tokens / max(len(words), 1), 1e-6)
-        # big strides first, then one word at a time near the target
-        stride = max(1, math.floor(abs(target - tokens) / per_word)) if step < MAX_ALIGN_STEPS // 2 else 1
-        if tokens < target:
+        coarse = step < MAX_ALIGN_STEPS // 2
+        stride = max(1, math.floor(abs(target - tokens) / per_word)) if coarse else 1
+        if not coarse and len(words) in seen and len(words) > 1 and swap < len(_BY_LENGTH):
+            words[-1] = _BY_LENGTH[swap][1]  # single steps overshoot: change the last word's length
+            swap += 1
+        elif tokens < target:
             words.extend(rng.choices(VOCAB, k=stride))
         else:
             del words[max(len(words) - stride, 1):]
+        seen.add(len(words))
         current = " ".join(words)
         tokens = count(current)
-        if abs(tokens - target) < abs(best_count - target):
-            best_text, best_count = current, tokens
-    return best_text, best_count
+        if abs(tokens - target) < best[0]:
+            best = (abs(tokens - target), current, tokens)
+    return best[1], best[2]
 
 
 def align_to_server(requests: Sequence[SampleRequest], count_tokens: CountTokens, seed: int = 0) -> list[SampleRequest]:
