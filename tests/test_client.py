@@ -241,3 +241,64 @@ def test_a_stop_signal_during_the_load_surfaces_as_keyboard_interrupt_and_handle
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+CHUNK_SEQUENCES = {
+    "vllm-reasoning": [
+        {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        *[{"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+           "choices": [{"index": 0, "delta": {"reasoning": t}, "finish_reason": None}]} for t in ["Let", " me", " think"]],
+        *[{"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+           "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}
+          for t in ["He", 'said "hi"', "line\nbreak", "caf\u00e9", "", " ok"]],
+        {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m",
+         "choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}]},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 12}},
+    ],
+    "sglang": [
+        {"choices": [{"index": 0, "delta": {"reasoning_content": None, "role": "assistant", "content": ""}}], "usage": None},
+        *[{"choices": [{"index": 0, "delta": {"reasoning_content": None, "content": t}}], "usage": None}
+          for t in ["a", "b", "", "c"]],
+        {"choices": [{"index": 0, "delta": {"reasoning_content": None}, "finish_reason": "stop"}], "usage": None},
+    ],
+    "trtllm": [
+        {"choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        *[{"choices": [{"index": 0, "delta": {"content": "", "reasoning_content": t}}]} for t in ["x", "y"]],
+        *[{"choices": [{"index": 0, "delta": {"content": t, "reasoning_content": ""}}]} for t in ["p", "q"]],
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]},
+        {"choices": [{"index": 0, "delta": {"content": "r", "reasoning_content": ""}}]},
+        {"error": {"message": "later failure"}},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHUNK_SEQUENCES))
+@pytest.mark.parametrize("separators", [(",", ":"), (", ", ": ")])
+def test_the_fast_path_decides_exactly_like_the_full_parse(name, separators):
+    import json as _json
+
+    payloads = [_json.dumps(c, separators=separators).encode() for c in CHUNK_SEQUENCES[name]]
+    fast = StreamAccumulator(REQ, start_s=0.0, chat=True)
+    slow = StreamAccumulator(REQ, start_s=0.0, chat=True)
+    for i, p in enumerate(payloads):
+        fast.on_payload(p, float(i))
+        slow.on_event("", p.decode(), float(i))
+    assert list(fast.chunk_times_s) == list(slow.chunk_times_s)
+    assert fast.record() == slow.record()
+    assert "".join(fast._text) == "".join(slow._text)
+    if separators == (",", ":") and name != "trtllm":
+        assert fast._template is not None  # the compact layout is learned
+
+
+def test_completions_fast_path_counts_every_chunk_with_choices():
+    import json as _json
+
+    chunks = [{"id": "x", "choices": [{"index": 0, "text": t, "finish_reason": None}]} for t in ["a", " b", "", " c"]]
+    chunks.append({"id": "x", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 3}})
+    fast = StreamAccumulator(REQ, start_s=0.0, chat=False)
+    for i, c in enumerate(chunks):
+        fast.on_payload(_json.dumps(c, separators=(",", ":")).encode(), float(i + 1))
+    rec = fast.record()
+    assert list(fast.chunk_times_s) == [1.0, 2.0, 3.0, 4.0] and rec.output_tokens == 3

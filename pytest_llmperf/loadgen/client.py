@@ -190,15 +190,28 @@ class StreamAccumulator:
         self.prompt_tokens: int | None = None
         self.done = False
         self.error = ""
+        self._template: tuple[bytes, bytes] | None = None
 
     def on_payload(self, payload: bytes, now_s: float) -> None:
         """Take the payload of a plain ``data:`` event; the hot path of ``on_event``.
 
         Decides exactly as ``on_event`` does, with fewer steps for the common
-        chunk; anything unusual goes to ``on_event``.
+        chunk; anything unusual goes to ``on_event``. Servers repeat one
+        chunk layout with only the text changing, so once a text chunk has
+        been parsed, its bytes before and after the text become a template:
+        a payload with the same bytes around a plain, non-empty text (no
+        quote, no escape) is the same JSON with another text, and is taken
+        without parsing.
         """
         if self.error:
             return
+        template = self._template
+        if template is not None and payload.startswith(template[0]) and payload.endswith(template[1]):
+            text = payload[len(template[0]):len(payload) - len(template[1])]
+            if text and b'"' not in text and b"\\" not in text:
+                self.chunk_times_s.append(now_s)
+                self._keep_text(text.decode("utf-8", errors="replace"))
+                return
         try:
             chunk = _loads(payload)
         except ValueError:
@@ -227,6 +240,30 @@ class StreamAccumulator:
         usage = chunk.get("usage")
         if usage and type(usage) is dict:
             self._take_usage(usage)
+        elif choices and type(choices) is list and type(choices[0]) is dict:
+            self._learn(payload, choices[0])
+
+    def _learn(self, payload: bytes, choice: Mapping[str, Any]) -> None:
+        """Keep ``payload``'s layout as the template when exactly one plain text field carried its output."""
+        if self.chat:
+            delta = choice.get("delta")
+            if type(delta) is not dict or delta.get("tool_calls") or delta.get("function_call"):
+                return
+            keys = [k for k in ("content", "reasoning_content", "reasoning") if delta.get(k)]
+            if len(keys) != 1 or type(delta[keys[0]]) is not str:
+                return
+            key = keys[0]
+        else:
+            if type(choice.get("text")) is not str or not choice["text"]:
+                return
+            key = "text"
+        needle = b'"' + key.encode() + b'":"'
+        if payload.count(needle) != 1:
+            return
+        start = payload.index(needle) + len(needle)
+        end = payload.find(b'"', start)
+        if end > start and b"\\" not in payload[start:end]:
+            self._template = (payload[:start], payload[end:])
 
     def _keep_text(self, text: str) -> None:
         self._text.append(text)
