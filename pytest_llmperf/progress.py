@@ -13,6 +13,7 @@ from typing import Any, Callable
 from .loadgen.run import Progress
 
 SHOW_AFTER_S = 3.0
+RATE_WINDOW_S = 2.0  # the current tok/s is taken over this much recent time
 
 
 def progress_text(case_id: str, progress: Progress, tokens_per_s: float | None) -> str:
@@ -31,7 +32,6 @@ class TerminalProgress:
         self._suspend = suspend_capture
         self._show_after_s = show_after_s
         self._drawn = 0
-        self._last: Progress | None = None
 
     @classmethod
     def for_config(cls, config: Any) -> "TerminalProgress | None":
@@ -47,15 +47,18 @@ class TerminalProgress:
         return cls(tw, capman.global_and_fixture_disabled)
 
     def for_case(self, case_id: str) -> Callable[[Progress], None]:
-        self._last = None
+        history: list[Progress] = []
 
         def update(progress: Progress) -> None:
-            last, self._last = self._last, progress
+            history.append(progress)
+            while len(history) > 2 and progress.elapsed_s - history[1].elapsed_s >= RATE_WINDOW_S:
+                history.pop(0)
             if progress.elapsed_s < self._show_after_s:
                 return
+            first = history[0]
             rate = None
-            if last is not None and progress.elapsed_s > last.elapsed_s:
-                rate = (progress.output_tokens - last.output_tokens) / (progress.elapsed_s - last.elapsed_s)
+            if progress.elapsed_s > first.elapsed_s:
+                rate = (progress.output_tokens - first.output_tokens) / (progress.elapsed_s - first.elapsed_s)
             self._draw(progress_text(case_id, progress, rate))
 
         return update

@@ -64,3 +64,12 @@ def test_x(request):
     assert TerminalProgress.for_config(request.config) is None
 """)
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_the_rate_is_taken_over_the_last_two_seconds():
+    tw = Writer("")
+    bar = TerminalProgress(tw, contextlib.nullcontext, show_after_s=0)
+    update = bar.for_case("c")
+    for i in range(9):  # 100 tokens per half second, then nothing for the last second
+        update(Progress(0, 0, 1, min(i, 6) * 100, i * 0.5))
+    assert "100 output tok/s" in screen(tw._file.getvalue())  # 200 tokens over the last 2 s
