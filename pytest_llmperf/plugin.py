@@ -83,6 +83,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.num_prompts:
         suite = suite.with_num_prompts(settings.num_prompts)
     run = PerfRun(settings, suite, suite.cases(settings.engines))
+    if settings.tokenizer_path is not None:
+        try:
+            run.tokenizer()  # a bad tokenizer.json is a usage error, before anything boots
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
     config.stash[RUN_KEY] = run
     config.pluginmanager.register(_RunReporter(run), "llmperf-run")
     atexit.register(_stop_engines)

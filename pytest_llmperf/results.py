@@ -31,9 +31,9 @@ def result_file_name(case: Case) -> str:
 
 
 def request_records(records: Sequence[RequestRecord], origin_s: float | None = None) -> list[dict[str, Any]]:
-    """Every request as a plain dict; times in seconds from the first request's start."""
+    """Every request as a plain dict; times in seconds from the run's start (the first schedule or send)."""
     if origin_s is None:
-        origin_s = min((r.start_s for r in records), default=0.0)
+        origin_s = min((t for r in records for t in (r.start_s, r.scheduled_s) if t is not None), default=0.0)
     out = []
     for r in records:
         out.append({

@@ -88,3 +88,52 @@ def test_bad_load_specs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LoadSpec(base_url="http://127.0.0.1:1", model="m", requests=requests(1), **kwargs)
     assert math.isinf(LoadSpec(base_url="http://127.0.0.1:1", model="m", requests=requests(1)).request_rate)
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_retried_once_on_a_new_one():
+    """The server answers one request per connection and drops the next one unanswered."""
+    import socket
+    import threading
+
+    body = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+            b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1}}\n\ndata: [DONE]\n\n')
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    connections = []
+
+    def read_request(conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = conn.recv(65536)
+            if not more:
+                return False
+            data += more
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+        while len(rest) < length:
+            rest += conn.recv(65536)
+        return True
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(conn)
+            if read_request(conn):
+                conn.sendall(reply)
+                read_request(conn)  # the second request on this connection: dropped unanswered
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        spec = LoadSpec(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}", model="m", requests=requests(3),
+                        max_concurrency=1)
+        result = run_load(spec)
+    finally:
+        listener.close()
+    assert [r.success for r in result.records] == [True] * 3, [r.error for r in result.records]
+    assert len(connections) == 3  # each reuse failed once and was retried on a fresh connection

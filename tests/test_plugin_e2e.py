@@ -319,3 +319,12 @@ profile = "vllm-tp8"
     baseline = json.loads(next((pytester.path / "baselines").rglob("vllm-tp8.json")).read_text())
     assert baseline["cases"]["paced"]["workload"]["request_rate"] == 40
     assert baseline["cases"]["paced"]["workload"]["warmup_requests"] == 2
+
+
+def test_a_bad_tokenizer_file_is_a_usage_error_before_anything_boots(project, model):
+    bad = project.path / "tokenizer.json"
+    bad.write_text('{"not": "a tokenizer"}')
+    result = run(project, "--engine=sim", f"--tokenizer={bad}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--tokenizer: *tokenizer.json is not a tokenizer.json the tokenizers library can read*"])
+    assert sim_processes(model) == []

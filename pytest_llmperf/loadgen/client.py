@@ -436,6 +436,9 @@ async def _exchange(protocol: StreamProtocol, request_bytes: bytes, acc: StreamA
     timer = asyncio.get_running_loop().call_later(max(timeout_s, 0.0), protocol.abort, _TIMEOUT)
     try:
         response = await protocol.exchange(request_bytes, on_head, on_body)
+    except BaseException:  # cancelled (a stop signal): drop the connection, the server stops streaming
+        protocol.abort("cancelled")
+        raise
     finally:
         timer.cancel()
     if acc.error:
