@@ -70,11 +70,12 @@ def test_a_concurrency_limit_is_shared_out_between_client_processes(limit, worke
 
 
 def test_client_processes_share_the_clock_and_merge_in_order():
+    reqs = [SampleRequest(f"r{i} x", 2, i + 1) for i in range(7)]  # request i asks for i + 1 tokens
     with StreamServer(reply) as server:
-        spec = LoadSpec(base_url=server.base_url, model="m", requests=requests(7, out=3), client_processes=2)
+        spec = LoadSpec(base_url=server.base_url, model="m", requests=reqs, client_processes=2)
         result = run_load(spec)
     assert [r.success for r in result.records] == [True] * 7
-    assert [r.output_tokens for r in result.records] == [3] * 7
+    assert [r.output_tokens for r in result.records] == [1, 2, 3, 4, 5, 6, 7]  # back in the spec's order
     assert sorted(b["messages"][0]["content"] for b in server.bodies) == sorted(f"r{i} x" for i in range(7))
     assert len({r.scheduled_s for r in result.records}) == 1  # one start instant for both processes
     assert result.duration_s >= max(r.start_s + r.latency_s for r in result.records) - result.records[0].scheduled_s

@@ -261,7 +261,6 @@ async def _run_in_workers(spec: LoadSpec, offsets_s: list[float],
     workers = min(spec.client_processes, len(spec.requests))
     counters = ctx.Array("q", 3 * workers, lock=False)
     shares = [list(range(w, len(spec.requests), workers)) for w in range(workers)]
-    light = replace(spec, warmup_requests=())
     procs, pipes = [], []
     loop = asyncio.get_running_loop()
     try:
@@ -269,7 +268,9 @@ async def _run_in_workers(spec: LoadSpec, offsets_s: list[float],
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker_main, name=f"llmperf-client-{w}", daemon=True,
-                args=(child_end, light, idx, [offsets_s[i] for i in idx],
+                # each worker gets its own requests only (prompts can be megabytes each)
+                args=(child_end, replace(spec, requests=[spec.requests[i] for i in idx], warmup_requests=()),
+                      list(range(len(idx))), [offsets_s[i] for i in idx],
                       _limit_share(spec.max_concurrency, w, workers), counters, w),
             )
             proc.start()
@@ -301,8 +302,8 @@ async def _run_in_workers(spec: LoadSpec, offsets_s: list[float],
                 raise RuntimeError(f"client process {w} failed: {detail}")
             got, worker_end_s = detail
             end_s = max(end_s, worker_end_s)
-            for i, rec in got:
-                records[i] = rec
+            for local, rec in got:
+                records[shares[w][local]] = rec
         missing = [i for i, rec in enumerate(records) if rec is None]
         if missing:
             raise RuntimeError(f"client processes lost {len(missing)} requests (first: #{missing[0]})")
