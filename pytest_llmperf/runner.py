@@ -695,6 +695,14 @@ def build_requests(workload: Workload, tokenizer: Any = None, dataset_path: Path
 
 def _describe_workload(workload: Workload) -> str:
     if workload.dataset == "random":
-        return f"random {workload.input_len}/{workload.output_len} x {workload.num_prompts}"
-    source = Path(workload.dataset_path).name if workload.dataset_path else "bundled sample"
-    return f"{workload.dataset} x {workload.num_prompts} from {source}"
+        text = f"random {workload.input_len}/{workload.output_len} x {workload.num_prompts}"
+    else:
+        source = Path(workload.dataset_path).name if workload.dataset_path else "bundled sample"
+        text = f"{workload.dataset} x {workload.num_prompts} from {source}"
+    if not math.isinf(workload.request_rate):
+        text += f" at {workload.request_rate:g} req/s (burstiness {workload.burstiness:g})"
+    if workload.max_concurrency:
+        text += f", at most {workload.max_concurrency} in flight"
+    if workload.warmup_requests:
+        text += f", {workload.warmup_requests} warm-up"
+    return text

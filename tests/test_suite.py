@@ -121,3 +121,16 @@ def test_bad_arrival_keys_name_the_key(tmp_path, table, message):
     with pytest.raises(SuiteError) as info:
         parse_suite({**MIN, "workloads": {"w": table}}, "s.toml", tmp_path)
     assert message in str(info.value)
+
+
+def test_dry_runs_describe_the_arrivals(tmp_path):
+    from pytest_llmperf.runner import _describe_workload
+
+    suite = parse_suite({**MIN, "workloads": {
+        "a": {"preset": "long"},
+        "b": {"preset": "sharegpt", "request_rate": 2.5, "burstiness": 0.5, "max_concurrency": 16, "warmup_requests": 4},
+    }}, "s.toml", tmp_path)
+    a, b = suite.workloads
+    assert _describe_workload(a) == "random 4000/200 x 500"
+    assert _describe_workload(b) == ("sharegpt x 1000 from bundled sample at 2.5 req/s (burstiness 0.5), "
+                                     "at most 16 in flight, 4 warm-up")
