@@ -33,10 +33,17 @@ class WordTokenizer:
         if not vocab or any((not w) or any(ch.isspace() for ch in w) for w in vocab):
             raise ValueError("vocabulary words must be non-empty and contain no whitespace")
         self.vocab = tuple(vocab)
+        self.unk_id = len(self.vocab)
+        self._ids = {word: i for i, word in enumerate(self.vocab)}
 
     def count(self, text: str) -> int:
         """Number of tokens in ``text``."""
         return len(text.split())
+
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text``: each word's vocabulary index, ``unk_id`` for a word outside it."""
+        ids, unk = self._ids, self.unk_id
+        return [ids.get(word, unk) for word in text.split()]
 
     def random_text(self, rng: random.Random, num_tokens: int) -> str:
         """Text of exactly ``num_tokens`` tokens drawn from ``rng``."""

@@ -1,12 +1,15 @@
 """Random and ShareGPT datasets: lengths, determinism, the reference's filters, errors."""
 
 import json
+import random
+import re
 import statistics
 
 import pytest
 
 from pytest_llmperf.loadgen.datasets import (
     SHAREGPT_SAMPLE_PATH,
+    SHAREGPT_SHAPE,
     SampleRequest,
     length_range,
     random_requests,
@@ -165,3 +168,79 @@ def test_sample_generator_is_deterministic(tmp_path):
     out = tmp_path / "sample.json"
     subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, capture_output=True)
     assert out.read_bytes() == SHAREGPT_SAMPLE_PATH.read_bytes()
+
+
+def reference_sharegpt(data, num_prompts, seed, output_len=None):
+    """The reference's procedure, written out plainly from the metrics reference ("Datasets")."""
+    pairs = [(e["conversations"][0]["value"], e["conversations"][1]["value"]) for e in data
+             if len(e["conversations"]) >= 2]
+    random.Random(seed).shuffle(pairs)
+    out = []
+    for prompt, completion in pairs:
+        if len(out) == num_prompts:
+            break
+        p = len(prompt.split())
+        o = output_len if output_len is not None else len(completion.split())
+        if p < 4 or (output_len is None and o < 4) or p > 1024 or p + o > 2048:
+            continue
+        out.append((prompt, p, o))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 42])
+@pytest.mark.parametrize("output_len", [None, 300])
+def test_sharegpt_order_matches_the_reference_procedure(tmp_path, seed, output_len):
+    # Filtered-out conversations keep their place in the shuffle: filters apply after it.
+    lens = [(10, 20), (3, 20), (10, 3), (1025, 5), (1000, 1049), (4, 4), (50, 60), (1, 1), (700, 900), (8, 2000)]
+    data = [convo(p, o, tag=f"c{i}") for i, (p, o) in enumerate(lens)] + [convo(9, tag="single")]
+    path = write(tmp_path, data)
+    expected = reference_sharegpt(data, 5, seed, output_len)
+    got = sharegpt_requests(path, num_prompts=5, seed=seed, output_len=output_len)
+    assert [(r.prompt, r.prompt_len, r.expected_output_len) for r in got] == expected
+    assert len(expected) == 5
+
+
+def test_sharegpt_lengths_are_turn_0_and_turn_1_counts(tmp_path):
+    data = [{"conversations": [{"from": "human", "value": "how are you doing today"},
+                               {"from": "gpt", "value": "fine thanks and you, my friend?"},
+                               {"from": "human", "value": "ignored " * 50}]}]
+    (req,) = sharegpt_requests(write(tmp_path, data), num_prompts=1, seed=0)
+    assert req == SampleRequest("how are you doing today", 5, 6)
+    (fixed,) = sharegpt_requests(write(tmp_path, data), num_prompts=1, seed=0, output_len=2)
+    assert fixed == SampleRequest("how are you doing today", 5, 2)  # no minimum on a fixed output length
+
+
+@pytest.mark.parametrize("data, found", [
+    ([{"instruction": "x", "input": "", "output": "y"}], r"an object with keys \['input', 'instruction', 'output'\]"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], r"an object with keys \['messages'\]"),
+    ([{"conversations": [{"role": "user", "content": "hi there you all"}]}],
+     r"""turns without a text "value" \(found \['content', 'role'\]\)"""),
+    ([{"conversations": {"0": "a"}}], r'"conversations" is a dict'),
+    ([{"conversations": []}], r'an empty "conversations" list'),
+    (["just text", "more text"], r"the first entry is a str"),
+])
+def test_a_file_in_another_format_says_what_was_expected(tmp_path, data, found):
+    path = write(tmp_path, data, name="other.json")
+    with pytest.raises(ValueError) as info:
+        sharegpt_requests(path, 1, 0)
+    message = str(info.value)
+    assert f"ShareGPT dataset {path} is not in ShareGPT format: expected a JSON list of entries " in message
+    assert SHAREGPT_SHAPE in message
+    assert SHAREGPT_SHAPE.startswith('{"conversations": [{"from": "human", "value": <prompt>}, {"from": "gpt"')
+    assert re.search(found, message), message
+
+
+def test_an_empty_or_undecodable_file_names_the_file(tmp_path):
+    path = write(tmp_path, [], name="empty.json")
+    with pytest.raises(ValueError, match=f"ShareGPT dataset {path} is an empty list: expected entries " + r'\{"conv'):
+        sharegpt_requests(path, 1, 0)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe[\x00]")
+    with pytest.raises(ValueError, match=f"ShareGPT dataset {binary} is not UTF-8 text .*expected a JSON file"):
+        sharegpt_requests(binary, 1, 0)
+
+
+def test_one_conversation_among_other_entries_is_enough_for_the_format(tmp_path):
+    data = [{"instruction": "x"}, "junk", convo(6, 7, tag="ok")]
+    (req,) = sharegpt_requests(write(tmp_path, data), 1, 0)
+    assert (req.prompt_len, req.expected_output_len) == (6, 7)

@@ -240,6 +240,10 @@ def test_the_next_configuration_waits_for_the_gpus_to_be_freed(pytester, node, m
     result = run(pytester, "--suite=suite.toml", "--engine=vllm,trtllm", f"--gate={NO_TIMING}", "--report-json=r.json")
     result.assert_outcomes(failed=2)  # both measured (no baselines here)
     assert [c["metrics"]["completed"] for c in report(pytester)["cases"]] == [6, 6]
+    # random prompts are aligned through vLLM's /tokenize; TRT-LLM has none, and the report says so
+    assert [c["prompts_aligned_by"] for c in report(pytester)["cases"]] == [
+        "server /tokenize", "word tokenizer (the server has no /tokenize; give --tokenizer)"]
+    assert [c["metrics"]["prompt_tokens_mismatch_pct"] for c in report(pytester)["cases"]] == [0.0, 0.0]
     first, second = sorted((node / "procs").glob("*.json"), key=lambda p: p.stat().st_mtime)
     released_at = json.loads(first.read_text())["dead_at"] + 1.0
     assert second.stat().st_mtime >= released_at  # trtllm booted only once vllm's GPUs were freed

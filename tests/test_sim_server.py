@@ -295,3 +295,82 @@ def test_cli_unknown_profile_says_what_exists():
                           cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "unknown sim profile 'nope'" in proc.stderr and "vllm-tp8" in proc.stderr
+
+
+# ---------------------------------------------------------------- /tokenize
+def tokenize(url: str, body) -> requests.Response:
+    return requests.post(url + "/tokenize", json=body, timeout=10)
+
+
+def test_tokenize_counts_in_word_tokens(sim):
+    from pytest_llmperf.tokenizer import VOCAB
+
+    resp = tokenize(sim.url, {"model": MODEL, "prompt": "ba  be\nzus nope"})
+    assert resp.status_code == 200
+    assert resp.json() == {"count": 4, "tokens": [0, 4, 279, len(VOCAB)], "max_model_len": 4096}
+    assert tokenize(sim.url, {"prompt": ""}).json() == {"count": 0, "tokens": [], "max_model_len": 4096}
+    assert tokenize(sim.url, {"prompt": "a b", "add_special_tokens": False}).json()["count"] == 2
+
+
+def test_tokenize_agrees_with_the_usage_of_a_completion(sim):
+    import random
+
+    prompt = DEFAULT_TOKENIZER.random_text(random.Random(9), 123) + " and, some; punctuation!"
+    counted = tokenize(sim.url, {"prompt": prompt}).json()["count"]
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 1, "ignore_eos": True}
+    usage = requests.post(sim.url + "/v1/completions", json=body, timeout=10).json()["usage"]
+    assert counted == usage["prompt_tokens"] == 126
+
+
+def test_tokenize_messages_count_like_the_chat_route(sim):
+    messages = [{"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "one two three"}]}]
+    assert tokenize(sim.url, {"messages": messages}).json()["count"] == 5
+    chat_usage = requests.post(sim.url + "/v1/chat/completions", timeout=10,
+                               json={"messages": messages, "max_tokens": 1, "ignore_eos": True}).json()["usage"]
+    assert chat_usage["prompt_tokens"] == 5
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    ({"prompt": "hi", "model": "other/model"}, 404, "The model `other/model` does not exist."),
+    ({}, 400, "prompt must be a string, got None"),
+    ({"prompt": 5}, 400, "prompt must be a string, got 5"),
+    ({"prompt": ["a", "b"]}, 400, "prompt must be a string"),
+    ({"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, 400, "either prompt or messages, not both"),
+    ({"messages": []}, 400, "messages must be a non-empty list"),
+    ({"prompt": "a", "add_special_tokens": "no"}, 400, "add_special_tokens must be a boolean, got 'no'"),
+    ([1, 2], 400, "request body must be a JSON object, got list"),
+])
+def test_tokenize_rejects_bad_bodies_with_a_json_error(sim, body, status, fragment):
+    resp = tokenize(sim.url, body)
+    assert resp.status_code == status
+    err = resp.json()["error"]
+    assert fragment in err["message"] and err["code"] == status
+
+
+def test_tokenize_rejects_a_body_that_is_not_json(sim):
+    resp = requests.post(sim.url + "/tokenize", data=b"{oops", timeout=10)
+    assert resp.status_code == 400 and "request body must be a JSON object" in resp.json()["error"]["message"]
+
+
+def test_tokenize_route_serves_the_alignment_client(sim):
+    from pytest_llmperf.loadgen.alignment import align_to_server, server_token_counter
+    from pytest_llmperf.loadgen.datasets import random_requests
+
+    count = server_token_counter(sim.url, MODEL, timeout_s=10)
+    assert count is not None and count("x y z") == 3
+    reqs = random_requests(4, 40, 2, seed=1)
+    assert align_to_server(reqs, count, seed=1) == reqs  # the sim counts as the client does: nothing to change
+    assert sim.call(lambda: sim.server.engine.num_requests) == 0  # counting admits nothing into the engine
+
+
+def test_a_server_can_leave_tokenize_out(profile_path, monkeypatch):
+    from pytest_llmperf.loadgen.alignment import server_token_counter
+
+    monkeypatch.setattr(SimServer, "tokenize_route", False)  # as a subclass imitating such an engine would
+    srv = ThreadedServer(profile_path)
+    try:
+        assert tokenize(srv.url, {"prompt": "a"}).status_code in (404, 405)
+        assert server_token_counter(srv.url, MODEL, timeout_s=10) is None
+    finally:
+        srv.close()

@@ -77,23 +77,58 @@ def random_requests(
     return requests
 
 
+SHAREGPT_SHAPE = '{"conversations": [{"from": "human", "value": <prompt>}, {"from": "gpt", "value": <reply>}, ...]}'
+
+
 def _turn_text(turn: Any) -> str | None:
     if isinstance(turn, dict) and isinstance(turn.get("value"), str):
         return turn["value"]
     return None
 
 
+def _describe_entry(entry: Any) -> str:
+    """What an entry that is not a ShareGPT conversation holds, for the error message."""
+    if not isinstance(entry, dict):
+        return f"a {type(entry).__name__}"
+    if "conversations" not in entry:
+        return f"an object with keys {sorted(entry)[:8]}"
+    turns = entry["conversations"]
+    if not isinstance(turns, list):
+        return f'an object whose "conversations" is a {type(turns).__name__}'
+    if not turns:
+        return 'an object with an empty "conversations" list'
+    bad = next((t for t in turns if _turn_text(t) is None), None)
+    keys = sorted(bad) if isinstance(bad, dict) else type(bad).__name__
+    return f'an object whose "conversations" holds turns without a text "value" (found {keys})'
+
+
+def _is_conversation(entry: Any) -> bool:
+    turns = entry.get("conversations") if isinstance(entry, dict) else None
+    return isinstance(turns, list) and bool(turns) and all(_turn_text(t) is not None for t in turns)
+
+
 def load_sharegpt(path: str | os.PathLike[str]) -> list[Any]:
-    """The parsed file: a JSON list of conversations."""
+    """The parsed file: a JSON list of conversations.
+
+    A list in which no entry is a conversation (another dataset format) is
+    rejected here, naming the file, the shape expected and what was found.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ShareGPT dataset not found: expected a JSON file at {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"ShareGPT dataset {path} is not UTF-8 text ({exc}): expected a JSON file") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"ShareGPT dataset {path} is not valid JSON: {exc}") from None
     if not isinstance(data, list):
         raise ValueError(f"ShareGPT dataset {path} must be a JSON list of conversations, found a {type(data).__name__}")
+    if not data:
+        raise ValueError(f"ShareGPT dataset {path} is an empty list: expected entries {SHAREGPT_SHAPE}")
+    if not any(_is_conversation(entry) for entry in data):
+        raise ValueError(f"ShareGPT dataset {path} is not in ShareGPT format: expected a JSON list of entries "
+                         f"{SHAREGPT_SHAPE}; found none (the first entry is {_describe_entry(data[0])})")
     return data
 
 
@@ -145,7 +180,7 @@ def sharegpt_requests(
     if not chosen:
         raise ValueError(
             f"no usable conversation in ShareGPT dataset {path}: expected entries "
-            f'{{"conversations": [{{"value": <prompt>}}, {{"value": <reply>}}, ...]}} with a prompt of '
+            f"{SHAREGPT_SHAPE} with a prompt of "
             f"{MIN_PROMPT_TOKENS}-{MAX_PROMPT_TOKENS} tokens and prompt + reply <= {MAX_TOTAL_TOKENS} tokens "
             f"({len(data)} entries, {len(pairs)} with two text turns)"
         )

@@ -117,6 +117,9 @@ def _message_text(messages: Any) -> str:
 class SimServer:
     """The HTTP front of one simulated engine."""
 
+    tokenize_route = True
+    """Serve vLLM's ``POST /tokenize`` (subclasses imitating an engine without one turn it off)."""
+
     def __init__(self, profile: Profile, served_model_name: str | None = None, slowdown: float = 1.0):
         self.profile = profile
         self.model_name = served_model_name or profile.model
@@ -137,6 +140,8 @@ class SimServer:
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_post("/v1/completions", self.handle_completions)
         app.router.add_get("/v1/models", self.handle_models)
+        if self.tokenize_route:
+            app.router.add_post("/tokenize", self.handle_tokenize)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/version", self.handle_version)
         app.router.add_get("/metrics", self.handle_metrics)
@@ -416,6 +421,34 @@ class SimServer:
             obj = "text_completion"
         return {"id": rid, "object": obj, "created": int(time.time()), "model": self.model_name,
                 "choices": [choice], "usage": usage}
+
+    def _tokenize_text(self, body: dict) -> str:
+        """The text a ``/tokenize`` body asks to count: its ``prompt``, or its chat ``messages`` joined."""
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+        add_special = body.get("add_special_tokens", True)
+        if not isinstance(add_special, bool):  # the word tokenizer has no special tokens: accepted, no effect
+            raise ApiError(400, f"add_special_tokens must be a boolean, got {add_special!r}",
+                           param="add_special_tokens")
+        if "prompt" in body and "messages" in body:
+            raise ApiError(400, "give either prompt or messages, not both", param="prompt")
+        if "messages" in body:
+            return _message_text(body["messages"])
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            raise ApiError(400, f"prompt must be a string, got {prompt!r:.80}", param="prompt")
+        return prompt
+
+    async def handle_tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/tokenize``: the token ids and count of a prompt, in the sim's word tokens."""
+        try:
+            text = self._tokenize_text(await self._read_json(request))
+        except ApiError as err:
+            return err.response()
+        tokens = DEFAULT_TOKENIZER.encode(text)
+        return web.json_response({"count": len(tokens), "tokens": tokens,
+                                  "max_model_len": self.profile.max_context_tokens})
 
     async def handle_models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{

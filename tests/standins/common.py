@@ -196,6 +196,7 @@ class Personality:
     server_info: dict[str, Any] | None = None  # SGLang's /get_server_info (server args)
     metrics: str = "prometheus"  # "prometheus" | "json" | "none"
     metrics_prefix: str = "vllm"
+    tokenize_route: bool = True  # POST /tokenize (vLLM and SGLang have it; TRT-LLM's server does not)
 
 
 class StandinServer(SimServer):
@@ -205,6 +206,7 @@ class StandinServer(SimServer):
                  model_path: str):
         super().__init__(profile, served_model_name, slowdown)
         self.personality = personality
+        self.tokenize_route = personality.tokenize_route
         self.model_path = model_path
         self.ready = True  # False: /health answers 503 (SGLang's warm-up)
 

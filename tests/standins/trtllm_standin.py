@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
              f"loading {args.model}")
     personality = Personality(engine="trtllm", version=version, owned_by="tensorrt_llm",
                               strict_fields=STRICT_FIELDS, required_fields=REQUIRED_FIELDS, flat_errors=True,
-                              metrics="json")
+                              metrics="json", tokenize_route=False)
     return run(Launch(profile=profile, personality=personality, log=log, model_path=args.model,
                       served_model_name=served_name(args.model), host=args.host, port=args.port,
                       bind_before_loading=True))
