@@ -122,22 +122,29 @@ def _user_agent() -> str:
     return f"pytest-llmperf/{__version__}"
 
 
-async def _drive(spec: LoadSpec, indices: Sequence[int], offsets_s: Sequence[float], t0_s: float,
-                 limit: int | None, tally: _Tally | None = None) -> tuple[list[tuple[int, RequestRecord]], float]:
-    """Send requests ``indices`` of ``spec`` at ``t0_s + offset``; (records by index, end time)."""
-    chat = is_chat_endpoint(spec.endpoint)
+def _prepare(spec: LoadSpec, indices: Sequence[int]) -> list[bytes]:
+    """The bytes of each request, encoded before the clock starts (long prompts take a while)."""
     target = Target.from_url(spec.url)
     user_agent = _user_agent()
-    pool = ConnectionPool(target)
+    headers = dict(spec.headers)
+    return [build_post(target, encode_body(build_body(spec.endpoint, spec.model, spec.requests[i], spec.ignore_eos,
+                                                      spec.extra_body)), user_agent, headers) for i in indices]
+
+
+async def _drive(spec: LoadSpec, indices: Sequence[int], prepared: list[bytes], offsets_s: Sequence[float],
+                 t0_s: float | None, limit: int | None,
+                 tally: _Tally | None = None) -> tuple[list[tuple[int, RequestRecord]], float, float]:
+    """Send requests ``indices`` of ``spec`` at ``t0_s + offset`` (``t0_s`` None: now).
+
+    Returns the records by index, the start instant and the end time.
+    """
+    chat = is_chat_endpoint(spec.endpoint)
+    pool = ConnectionPool(Target.from_url(spec.url))
     limiter = asyncio.Semaphore(limit) if limit else None
     results: list[tuple[int, RequestRecord]] = []
     tally = tally or _Tally()
-
-    def payload(i: int) -> bytes:
-        body = build_body(spec.endpoint, spec.model, spec.requests[i], spec.ignore_eos, spec.extra_body)
-        return build_post(target, encode_body(body), user_agent, dict(spec.headers))
-
-    prepared = [payload(i) for i in indices]  # encoded before the clock starts
+    if t0_s is None:
+        t0_s = CLOCK()
 
     async def one(i: int, request_bytes: bytes, due_s: float) -> None:
         if limiter is not None:
@@ -168,7 +175,7 @@ async def _drive(spec: LoadSpec, indices: Sequence[int], offsets_s: Sequence[flo
         for task in tasks:
             task.cancel()
         pool.close()
-    return results, end_s
+    return results, t0_s, end_s
 
 
 def _limit_share(limit: int | None, worker: int, workers: int) -> int | None:
@@ -183,19 +190,22 @@ async def run_load_async(spec: LoadSpec, progress: ProgressCallback | None = Non
     warmup: list[RequestRecord] = []
     if spec.warmup_requests:
         warm = replace(spec, requests=list(spec.warmup_requests), warmup_requests=(), client_processes=1)
-        got, _ = await _drive(warm, range(len(warm.requests)), [0.0] * len(warm.requests), CLOCK(),
-                              spec.max_concurrency)
+        every = range(len(warm.requests))
+        got, _, _ = await _drive(warm, every, _prepare(warm, every), [0.0] * len(warm.requests), None,
+                                 spec.max_concurrency)
         warmup = [rec for _, rec in sorted(got, key=lambda p: p[0])]
     offsets_s = send_offsets_s(len(spec.requests), spec.request_rate, spec.burstiness, spec.seed)
     if spec.client_processes > 1 and len(spec.requests) > 1:
         records, duration_s = await _run_in_workers(spec, offsets_s, progress)
     else:
         tally = _Tally()
-        t0_s = CLOCK()
+        every = range(len(spec.requests))
+        prepared = _prepare(spec, every)
+        t0_s = CLOCK()  # just before the first dispatch
         reporter = _report_progress(progress, lambda: (tally.done, tally.failed, tally.output_tokens()),
                                     len(spec.requests), t0_s)
         try:
-            got, end_s = await _drive(spec, range(len(spec.requests)), offsets_s, t0_s, spec.max_concurrency, tally)
+            got, t0_s, end_s = await _drive(spec, every, prepared, offsets_s, t0_s, spec.max_concurrency, tally)
         finally:
             if reporter is not None:
                 reporter.cancel()
@@ -224,13 +234,14 @@ def _worker_main(conn: Any, spec: LoadSpec, indices: list[int], offsets_s: list[
     """A client process: wait for the start instant, drive its share, send back the records."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a run stops
     try:
+        prepared = _prepare(spec, indices)
         conn.send(("ready", None))
         kind, t0_s = conn.recv()
         if kind != "go":
             return
         tally = _Tally()
 
-        async def main() -> tuple[list[tuple[int, RequestRecord]], float]:
+        async def main() -> tuple[list[tuple[int, RequestRecord]], float, float]:
             async def publish() -> None:
                 while True:
                     counters[3 * slot], counters[3 * slot + 1] = tally.done, tally.failed
@@ -239,7 +250,7 @@ def _worker_main(conn: Any, spec: LoadSpec, indices: list[int], offsets_s: list[
 
             publisher = asyncio.ensure_future(publish())
             try:
-                return await _drive(spec, indices, offsets_s, t0_s, limit, tally)
+                return await _drive(spec, indices, prepared, offsets_s, t0_s, limit, tally)
             finally:
                 publisher.cancel()
 
@@ -300,7 +311,7 @@ async def _run_in_workers(spec: LoadSpec, offsets_s: list[float],
         for w, (kind, detail) in enumerate(outcomes):
             if kind != "done":
                 raise RuntimeError(f"client process {w} failed: {detail}")
-            got, worker_end_s = detail
+            got, _, worker_end_s = detail
             end_s = max(end_s, worker_end_s)
             for local, rec in got:
                 records[shares[w][local]] = rec
