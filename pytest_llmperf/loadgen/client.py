@@ -148,7 +148,8 @@ def _chunk_text(chunk: Mapping[str, Any], chat: bool) -> str:
     if not isinstance(choice, dict):
         return ""
     if not chat:
-        return choice.get("text") or ""
+        text = choice.get("text")
+        return text if isinstance(text, str) else ""
     delta = choice.get("delta") or {}
     parts = (delta.get(key) for key in ("reasoning_content", "reasoning", "content"))
     return "".join(p for p in parts if isinstance(p, str))
@@ -392,10 +393,12 @@ async def _attempt(pool: ConnectionPool, protocol: StreamProtocol | None, reques
             return acc.record(f"transport error: cannot connect to {target.host}:{target.port}: "
                               f"{type(exc).__name__}: {exc}")
     error, reusable = await _exchange(protocol, request_bytes, acc, timeout_s - (CLOCK() - start_s))
-    if error and reused and not last and protocol.bytes_seen == 0 and not acc.error:
-        return None  # a stale keep-alive connection
-    if reusable and not error:
-        pool.give_back(protocol)
+    if error and error != _TIMEOUT and reused and not last and protocol.bytes_seen == 0 and not acc.error:
+        return None  # a stale keep-alive connection: closed before any response
+    if reusable and not acc.error and (not error or not error.startswith(("transport error", _TIMEOUT))):
+        pool.give_back(protocol)  # a complete response, 200 or not, on a kept-alive connection
+    elif protocol.transport is not None and not protocol.closed:
+        protocol.transport.close()
     if error == _TIMEOUT:
         error = f"timed out after {timeout_s:g} s"
     return acc.record(error)

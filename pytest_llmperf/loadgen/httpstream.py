@@ -128,7 +128,7 @@ class StreamProtocol(asyncio.Protocol):
         self.closed = True
         if self._future is None or self._future.done():
             return
-        if self._state == _UNTIL_CLOSE:
+        if self._state == _UNTIL_CLOSE and exc is None:
             self._finish(reusable=False)
             return
         if self._state == _HEAD:
@@ -156,10 +156,13 @@ class StreamProtocol(asyncio.Protocol):
     # -- driving one exchange
     def exchange(self, request: bytes, on_head: OnHead, on_body: OnBody) -> "asyncio.Future[Response]":
         """Send ``request``; the future resolves once the response ended (never raises)."""
-        assert self.transport is not None and not self.closed
         loop = asyncio.get_running_loop()
         self._future = loop.create_future()
         self._response = Response()
+        if self.transport is None or self.closed:  # closed between connecting and sending
+            self._response.error = "the server closed the connection before the request was sent"
+            self._future.set_result(self._response)
+            return self._future
         self._on_head, self._on_body = on_head, on_body
         self._state = _HEAD
         self._buffer = b""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import threading
 from dataclasses import dataclass, field, replace
@@ -140,7 +141,7 @@ async def _drive(spec: LoadSpec, indices: Sequence[int], prepared: list[bytes], 
     """
     chat = is_chat_endpoint(spec.endpoint)
     pool = ConnectionPool(Target.from_url(spec.url))
-    limiter = asyncio.Semaphore(limit) if limit else None
+    limiter = asyncio.Semaphore(limit) if limit is not None else None
     results: list[tuple[int, RequestRecord]] = []
     tally = tally or _Tally()
     if t0_s is None:
@@ -233,6 +234,7 @@ def _worker_main(conn: Any, spec: LoadSpec, indices: list[int], offsets_s: list[
                  counters: Any, slot: int) -> None:
     """A client process: wait for the start instant, drive its share, send back the records."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when a run stops
+    parent_pid = os.getppid()
     try:
         prepared = _prepare(spec, indices)
         conn.send(("ready", None))
@@ -244,6 +246,8 @@ def _worker_main(conn: Any, spec: LoadSpec, indices: list[int], offsets_s: list[
         async def main() -> tuple[list[tuple[int, RequestRecord]], float, float]:
             async def publish() -> None:
                 while True:
+                    if os.getppid() != parent_pid:  # the parent died (killed): stop sending
+                        os._exit(1)  # the kernel closes its connections
                     counters[3 * slot], counters[3 * slot + 1] = tally.done, tally.failed
                     counters[3 * slot + 2] = tally.output_tokens()
                     await asyncio.sleep(PROGRESS_INTERVAL_S / 2)
@@ -269,7 +273,8 @@ async def _run_in_workers(spec: LoadSpec, offsets_s: list[float],
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    workers = min(spec.client_processes, len(spec.requests))
+    # every worker needs at least one slot of a concurrency limit
+    workers = min(spec.client_processes, len(spec.requests), spec.max_concurrency or len(spec.requests))
     counters = ctx.Array("q", 3 * workers, lock=False)
     shares = [list(range(w, len(spec.requests), workers)) for w in range(workers)]
     procs, pipes = [], []
