@@ -395,8 +395,8 @@ async def _attempt(pool: ConnectionPool, protocol: StreamProtocol | None, reques
     error, reusable = await _exchange(protocol, request_bytes, acc, timeout_s - (CLOCK() - start_s))
     if error and error != _TIMEOUT and reused and not last and protocol.bytes_seen == 0 and not acc.error:
         return None  # a stale keep-alive connection: closed before any response
-    if reusable and not acc.error and (not error or not error.startswith(("transport error", _TIMEOUT))):
-        pool.give_back(protocol)  # a complete response, 200 or not, on a kept-alive connection
+    if reusable:  # _exchange says so only for a complete response, 200 or not, on a kept-alive connection
+        pool.give_back(protocol)
     elif protocol.transport is not None and not protocol.closed:
         protocol.transport.close()
     if error == _TIMEOUT:
