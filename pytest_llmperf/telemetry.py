@@ -3,7 +3,8 @@
 ``TelemetrySampler`` reads NVML (GPUs named by UUID) on a daemon thread every
 ``interval_s``; ``stop()`` returns a ``TelemetrySummary``. A failed reading is
 counted and kept as text, never raised from the thread. ``summarize`` is the
-pure maths over the samples. ``pynvml`` is imported lazily, in ``start()``.
+pure maths over the samples. NVML is reached through ``node.nvml`` (its
+session and its error classification); ``pynvml`` is imported lazily, in ``start()``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .node.nvml import NoGpuDriver, describe_error, import_nvml, is_unsupported, nvml_session
 
 # NVML clock-event ("throttle") reason bits and our names for them.
 CLOCK_EVENT_REASONS: dict[int, str] = {
@@ -28,8 +31,6 @@ CLOCK_EVENT_REASONS: dict[int, str] = {
 # The reasons that mean the GPU ran slower than it could (a regression may be the node's).
 THROTTLE_REASONS = frozenset({"sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake"})
 MAX_ERROR_MESSAGES = 10
-_NVML_ERROR_NOT_SUPPORTED = 3
-_NVML_ERROR_FUNCTION_NOT_FOUND = 13
 
 
 def reason_names(mask: int) -> list[str]:
@@ -179,11 +180,6 @@ def summarize(samples: Iterable[TelemetrySample | Mapping[str, Any]], interval_s
     )
 
 
-def _unsupported(exc: BaseException) -> bool:
-    code = getattr(exc, "value", None)
-    return code in (_NVML_ERROR_NOT_SUPPORTED, _NVML_ERROR_FUNCTION_NOT_FOUND)
-
-
 class TelemetrySampler:
     """Samples GPUs (by UUID) on a daemon thread every ``interval_s`` until ``stop()``.
 
@@ -228,9 +224,7 @@ class TelemetrySampler:
             raise RuntimeError("telemetry sampler already started")
         if self._nvml is None:
             try:
-                from .topology import _import_nvml
-
-                self._nvml = _import_nvml()
+                self._nvml = import_nvml()
             except Exception as exc:
                 self._error(f"NVML unavailable: {exc}")
         self._thread = threading.Thread(target=self._run, name="llmperf-telemetry", daemon=True)
@@ -262,35 +256,30 @@ class TelemetrySampler:
                 self._messages.append(text)
 
     def _run(self) -> None:
-        nvml = self._nvml
-        if nvml is None:
+        if self._nvml is None:
             return
         try:
-            nvml.nvmlInit()
-        except Exception as exc:
-            self._error(f"nvmlInit: {exc or type(exc).__name__}")
-            return
-        try:
-            handles: dict[str, tuple[Any, int | str] | None] = {u: None for u in self.uuids}
-            t0 = self._clock()
-            while True:
-                self._round(nvml, handles, self._clock() - t0)
-                if self._stop.wait(self.interval_s):
-                    break
+            with nvml_session(self._nvml, on_shutdown_error=self._shutdown_error) as nvml:
+                handles: dict[str, tuple[Any, int | str] | None] = {u: None for u in self.uuids}
+                t0 = self._clock()
+                while True:
+                    self._round(nvml, handles, self._clock() - t0)
+                    if self._stop.wait(self.interval_s):
+                        break
+        except NoGpuDriver as exc:
+            self._error(f"nvmlInit: {exc.nvml_error or exc}")
         except Exception as exc:  # never raise from the thread
             self._error(f"telemetry stopped: {type(exc).__name__}: {exc}")
-        finally:
-            try:
-                nvml.nvmlShutdown()
-            except Exception as exc:
-                self._error(f"nvmlShutdown: {exc or type(exc).__name__}")
+
+    def _shutdown_error(self, exc: BaseException) -> None:
+        self._error(f"nvmlShutdown: {describe_error(exc)}")
 
     def _read(self, label: int | str, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
         except Exception as exc:
-            if not _unsupported(exc):
-                self._error(f"GPU {label} {what}: {exc or type(exc).__name__}")
+            if not is_unsupported(exc, self._nvml):
+                self._error(f"GPU {label} {what}: {describe_error(exc)}")
             return None
 
     def _reasons(self, nvml: Any, handle: Any, label: int | str) -> int | None:
@@ -303,9 +292,9 @@ class TelemetrySampler:
             try:
                 value = fn(handle)
             except Exception as exc:
-                if _unsupported(exc):
+                if is_unsupported(exc, nvml):
                     continue  # older driver: try the older name
-                self._error(f"GPU {label} clock-event reasons: {exc or type(exc).__name__}")
+                self._error(f"GPU {label} clock-event reasons: {describe_error(exc)}")
                 return None
             self._reasons_fn = name
             return int(value)
@@ -318,7 +307,7 @@ class TelemetrySampler:
                 try:
                     handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
                 except Exception as exc:
-                    self._error(f"GPU {uuid}: {exc or type(exc).__name__}")
+                    self._error(f"GPU {uuid}: {describe_error(exc)}")
                     continue
                 try:
                     label: int | str = int(nvml.nvmlDeviceGetIndex(handle))

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from fakenvml.pynvml import make_module
+from pytest_llmperf.node.snapshot import NODES_DIR, SIM_NODE_SNAPSHOT
 from pytest_llmperf.telemetry import (
     CLOCK_EVENT_REASONS,
     THROTTLE_REASONS,
@@ -22,7 +23,6 @@ from pytest_llmperf.telemetry import (
     reason_names,
     summarize,
 )
-from pytest_llmperf.topology import NODES_DIR, SIM_NODE_SNAPSHOT, load_snapshot
 
 
 def sample(t, gpu, **values):
@@ -118,7 +118,7 @@ def test_summary_from_dicts_and_to_dict_units():
 # ----------------------------------------------------------------- the sampler on a fake NVML
 @pytest.fixture
 def hgx():
-    return load_snapshot(SIM_NODE_SNAPSHOT)
+    return json.loads(SIM_NODE_SNAPSHOT.read_text())
 
 
 def wait_for(predicate, timeout_s=10.0):
@@ -194,6 +194,36 @@ def test_no_driver_is_an_error_not_an_exception(hgx):
     assert summary.line() == "no GPU samples (1 sampling error)"
 
 
+def test_a_failed_shutdown_is_counted(hgx):
+    node = dict(copy.deepcopy(hgx), fail={"nvmlShutdown": 15})
+    sampler = TelemetrySampler([hgx["gpus"][0]["uuid"]], interval_s=0.01, nvml=make_module(node)).start()
+    summary = sampler.stop()
+    assert summary.samples >= 1 and summary.errors == 1 and summary.error_messages == ("nvmlShutdown: GPU is lost",)
+
+
+def test_unsupported_is_told_by_error_class_as_well_as_by_code(hgx):
+    node = copy.deepcopy(hgx)
+    fake = make_module(node)
+
+    class NotSupported(Exception):  # bindings whose errors carry no code
+        pass
+
+    class Bindings:
+        NVMLError_NotSupported = NotSupported
+
+        def __getattr__(self, name):
+            return getattr(fake, name)
+
+        def nvmlDeviceGetUtilizationRates(self, handle):
+            raise NotSupported("Not Supported")
+
+    sampler = TelemetrySampler([node["gpus"][0]["uuid"]], interval_s=0.01, nvml=Bindings())
+    with sampler:
+        wait_for(lambda: len(sampler.samples) >= 1)
+    summary = sampler.stop()
+    assert summary.errors == 0 and summary.utilization_pct_mean is None and summary.sm_clock_mhz_mean is not None
+
+
 def test_missing_pynvml_is_an_error_not_an_exception(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)
     sampler = TelemetrySampler(["GPU-0"], interval_s=0.01)
@@ -206,7 +236,7 @@ def test_missing_pynvml_is_an_error_not_an_exception(monkeypatch):
 def test_sampler_rejects_a_bad_interval_and_double_start():
     with pytest.raises(ValueError, match="positive"):
         TelemetrySampler(["GPU-0"], interval_s=0)
-    node = load_snapshot(NODES_DIR / "h200x1-vm.json")
+    node = json.loads((NODES_DIR / "h200x1-vm.json").read_text())
     sampler = TelemetrySampler([node["gpus"][0]["uuid"]], interval_s=0.01, nvml=make_module(node)).start()
     try:
         with pytest.raises(RuntimeError, match="already started"):
