@@ -1,7 +1,7 @@
 """GPU specs such as ``h200x8``: what a suite's node must be.
 
 Pure: parsing and the table of known products. The NVML probe and the
-checks against a node live in ``topology``.
+checks against a node live in ``node/``.
 """
 
 from __future__ import annotations

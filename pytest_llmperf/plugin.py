@@ -64,7 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
             if engine_config.engine in settings.engines:
                 get_adapter(engine_config.engine).validate(engine_config)
         if settings.gpu_snapshot is not None:
-            from .topology import load_snapshot
+            from .node.snapshot import load_snapshot
 
             load_snapshot(settings.gpu_snapshot)
             real = sorted({c.engine for c in suite.configs if c.engine in settings.engines

@@ -10,7 +10,6 @@ import contextlib
 import datetime as _dt
 import math
 import platform
-import os
 import sys
 import time
 import warnings
@@ -35,7 +34,8 @@ from .engines.base import LOCALHOST, PORT_PLACEHOLDER, EngineProcess, EngineStar
 from .report import CaseResult
 from .settings import Settings
 from .suite import Case, EngineConfig, Suite, Workload
-from .topology import NodeVerdict, check_node
+from .node.check import NodeVerdict, check_node
+from .node.freed import GpusBefore, GpusNotFreed, record_gpus_before, wait_gpus_freed
 
 
 TELEMETRY_INTERVAL_S = 0.5
@@ -131,56 +131,41 @@ class PerfRun:
         """
         if self._node_verdicts is None:
             from .gpus import parse_gpu_spec
-            from .topology import load_snapshot
+            from .node.snapshot import hardware_only
+            from .node.sources import LiveNvml, NodeReading, RecordedFile
 
             spec = self.settings.gpus or parse_gpu_spec(self.gpus)
-            live: tuple[Any, str] | None = None
-            recorded = load_snapshot(self.settings.gpu_snapshot) if self.settings.gpu_snapshot is not None else None
+            live: NodeReading | None = None
+            recorded = RecordedFile(self.settings.gpu_snapshot).read() if self.settings.gpu_snapshot is not None else None
             verdicts = {}
             # Only the engines of the selected cases (-k may leave some out).
             for engine in sorted({r.engine for r in self.results.values()}):
                 adapter = get_adapter(engine)
                 self._node_live[engine] = False
                 if recorded is not None:
-                    snapshot, source = recorded, f"snapshot {self.settings.gpu_snapshot}"
+                    reading = recorded
                 elif engine == "sim":
-                    snapshot, source = adapter.node_snapshot()
+                    reading = adapter.node_source().read()
                 elif not adapter.uses_gpus and self.settings.gpus is None:
                     verdicts[engine] = NodeVerdict("-", "not checked: an external endpoint is checked only with --gpus")
                     continue
                 else:
                     if live is None:
-                        live = self._probe_live()
-                    snapshot, source = live
-                    if snapshot is None:
-                        verdicts[engine] = NodeVerdict(str(spec), "live NVML", (source,))
-                        continue
-                    if adapter.uses_gpus:
-                        self._node_live[engine] = True
-                    else:
-                        # An endpoint's own processes are not foreign: check the hardware only.
-                        snapshot = {**snapshot, "gpus": [{**g, "processes": [], "memory_used_mib": 0} for g in snapshot["gpus"]]}
-                        source += ", hardware only (external endpoint)"
+                        live = LiveNvml.from_environment().read()
+                    reading = live
+                if reading.snapshot is None:
+                    verdicts[engine] = NodeVerdict(str(spec), reading.source, (reading.error,))
+                    continue
+                snapshot, source = reading.snapshot, reading.source
+                if reading.live and adapter.uses_gpus:
+                    self._node_live[engine] = True
+                elif reading.live:
+                    # An endpoint's own processes are not foreign: check the hardware only.
+                    snapshot = hardware_only(snapshot)
+                    source += ", hardware only (external endpoint)"
                 verdicts[engine] = check_node(spec, snapshot, source)
             self._node_verdicts = verdicts
         return self._node_verdicts
-
-    @staticmethod
-    def _probe_live() -> tuple[Any, str]:
-        """This machine's node through NVML, limited to CUDA_VISIBLE_DEVICES when it is set."""
-        from .topology import NoGpuDriver, probe_node, restrict_to_visible
-
-        try:
-            snapshot = probe_node()
-        except NoGpuDriver as exc:
-            return None, str(exc)
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is None:
-            return snapshot, "live NVML"
-        try:
-            return restrict_to_visible(snapshot, visible), f"live NVML, CUDA_VISIBLE_DEVICES={visible}"
-        except ValueError as exc:
-            return None, str(exc)
 
     def require_node(self, engine: str | None = None) -> None:
         """NodeUnfit unless the node fits (for ``engine``, or for every selected engine)."""
@@ -261,7 +246,7 @@ class PerfRun:
         for result in self._results_of(config):
             result.log_path = str(log_path)
         # Processes already on the GPUs (below the foreign-process limit) are not the engine's: never waited for.
-        before = self._gpus_before(launch) if (adapter.uses_gpus and live) else (set(), None)
+        before = self._gpus_before(launch) if (adapter.uses_gpus and live) else GpusBefore()
         try:
             try:
                 process.start()
@@ -379,27 +364,17 @@ class PerfRun:
         return ids[0] if ids else fallback
 
     @staticmethod
-    def _gpus_before(launch: Launch) -> tuple[set[int], dict[str, int] | None]:
+    def _gpus_before(launch: Launch) -> GpusBefore:
         """Processes and memory on the engine's GPUs before it boots: never waited for after it stops."""
-        if not launch.gpu_uuids:
-            return set(), None
-        from .topology import NoGpuDriver, gpu_memory_used_mib, gpu_processes
-
-        try:
-            pids = {pid for procs in gpu_processes(list(launch.gpu_uuids)).values() for pid, _ in procs}
-            return pids, gpu_memory_used_mib(list(launch.gpu_uuids))
-        except (NoGpuDriver, RuntimeError, OSError):  # NVML hiccup: wait on processes only
-            return set(), None
+        return record_gpus_before(launch.gpu_uuids)
 
     def _wait_gpus_freed(self, config: EngineConfig, adapter: Any, launch: Launch, live: bool,
-                         before: tuple[set[int], dict[str, int] | None] = (set(), None)) -> None:
+                         before: GpusBefore = GpusBefore()) -> None:
         if not (adapter.uses_gpus and live and launch.gpu_uuids):
             return
-        from .topology import GpusNotFreed, wait_gpus_freed
-
         try:
-            wait_gpus_freed(list(launch.gpu_uuids), self.settings.gpu_free_timeout_s, ignore_pids=before[0],
-                            memory_before_mib=before[1])
+            wait_gpus_freed(list(launch.gpu_uuids), self.settings.gpu_free_timeout_s, ignore_pids=before.pids,
+                            memory_before_mib=before.memory_used_mib)
         except GpusNotFreed as exc:
             self.node_dirty = f"after {config.id} stopped, its GPUs were not freed, so nothing else may boot: {exc}"
             raise NodeUnfit(self.node_dirty) from None

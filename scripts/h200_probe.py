@@ -32,14 +32,9 @@ sys.path.insert(0, str(REPO))
 
 from pytest_llmperf.gpus import parse_gpu_spec  # noqa: E402
 from pytest_llmperf.telemetry import TelemetrySampler  # noqa: E402
-from pytest_llmperf.topology import (  # noqa: E402
-    GpusNotFreed,
-    NoGpuDriver,
-    check_node,
-    gpu_processes,
-    probe_node,
-    wait_gpus_freed,
-)
+from pytest_llmperf.node.check import check_node  # noqa: E402
+from pytest_llmperf.node.freed import GpusNotFreed, wait_gpus_freed  # noqa: E402
+from pytest_llmperf.node.nvml import NoGpuDriver, gpu_processes, import_nvml, nvml_session, probe_node  # noqa: E402
 
 INTERVAL_S = 0.5
 IDLE_S = 5.0
@@ -86,8 +81,7 @@ def raw_nvml_facts() -> dict:
     """What NVML answers for GPU 0, call by call (value or error), to check the plugin's assumptions."""
     import ctypes
 
-    import pynvml as n
-
+    n = import_nvml()
     facts: dict = {"nvidia_ml_py_module": getattr(n, "__file__", "?")}
 
     def ask(key, fn, *args):
@@ -100,8 +94,7 @@ def raw_nvml_facts() -> dict:
         except Exception as exc:  # recorded, not raised: this is a survey
             facts[key] = f"{type(exc).__name__}: {exc}"
 
-    n.nvmlInit()
-    try:
+    with nvml_session(n):
         ask("nvml_version", "nvmlSystemGetNVMLVersion")
         ask("driver_version", "nvmlSystemGetDriverVersion")
         ask("cuda_driver_version", "nvmlSystemGetCudaDriverVersion")
@@ -147,8 +140,6 @@ def raw_nvml_facts() -> dict:
             except Exception as exc:
                 links[link] = type(exc).__name__
         facts["nvlink_state_by_link"] = links
-    finally:
-        n.nvmlShutdown()
     return facts
 
 
@@ -282,10 +273,10 @@ def main(argv: list[str]) -> int:
     except NoGpuDriver as exc:
         log.error("%s", exc)  # the log also goes to stderr
         return 2
-    write_json(out / "snapshot.json", snapshot)
-    uuids = [g["uuid"] for g in snapshot["gpus"]]
-    log.info("%d GPU(s): %s", len(uuids), ", ".join(f"{g['index']}={g['name']} {g['memory_total_mib']} MiB"
-                                                   for g in snapshot["gpus"]))
+    write_json(out / "snapshot.json", snapshot.to_json())
+    uuids = [g.uuid for g in snapshot.gpus if g.uuid]
+    log.info("%d GPU(s): %s", len(uuids), ", ".join(f"{g.index}={g.name} {g.memory_total_mib} MiB"
+                                                   for g in snapshot.gpus))
     for spec in ("h200x1", "h200x8", "any"):
         log.info("check %s: %s", spec, check_node(parse_gpu_spec(spec), snapshot, "live NVML").describe())
     try:
@@ -311,12 +302,13 @@ def main(argv: list[str]) -> int:
 
         def midway() -> None:
             try:
-                under_load["processes"] = {u: [list(p) for p in ps] for u, ps in gpu_processes(uuids).items()}
+                under_load["processes"] = {u: [[p.pid, p.used_memory_mib] for p in ps]
+                                           for u, ps in gpu_processes(uuids).items()}
                 pids = [p[0] for ps in under_load["processes"].values() for p in ps]
                 under_load["own_pid_listed"] = os.getpid() in pids
                 snap = probe_node()
                 under_load["verdict_h200x1"] = check_node(parse_gpu_spec("h200x1"), snap, "live NVML").describe()
-                under_load["memory_used_mib"] = [g["memory_used_mib"] for g in snap["gpus"]]
+                under_load["memory_used_mib"] = [g.memory_used_mib for g in snap.gpus]
                 log.info("under load: %s", json.dumps(under_load, sort_keys=True))
             except Exception:
                 log.warning("probe under load failed:\n%s", traceback.format_exc())

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_llmperf.topology import SIM_NODE_SNAPSHOT
+from pytest_llmperf.node.snapshot import SIM_NODE_SNAPSHOT
 
 TESTS = Path(__file__).parent
 FAKE_NVML = TESTS / "fakenvml"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Mapping
 
 from ..suite import EngineConfig
-from ..topology import SIM_NODE_SNAPSHOT, load_snapshot
+from ..node.sources import SimulatedNode
 from .base import EngineAdapter, Launch
 
 
@@ -44,9 +43,9 @@ class SimAdapter(EngineAdapter):
             *config.args,
         ]
 
-    def node_snapshot(self) -> tuple[Mapping[str, Any], str]:
+    def node_source(self) -> SimulatedNode:
         """The simulated node: a recorded 8x H200 HGX snapshot."""
-        return load_snapshot(SIM_NODE_SNAPSHOT), f"simulated node {SIM_NODE_SNAPSHOT.name}"
+        return SimulatedNode()
 
 
 ADAPTER = SimAdapter()

@@ -1,10 +1,21 @@
+"""check_node on typed snapshots: every problem alone and together, and which GPUs an engine gets. Pure."""
+
 import copy
 import json
 
 import pytest
 
-from pytest_llmperf.gpus import parse_gpu_spec
-from pytest_llmperf.topology import SIM_NODE_SNAPSHOT, check_node, load_snapshot
+from pytest_llmperf.gpus import GpuSpec, parse_gpu_spec
+from pytest_llmperf.node.check import FOREIGN_PROCESS_LIMIT_MIB, NodeVerdict, check_node
+from pytest_llmperf.node.snapshot import NODES_DIR, SIM_NODE_SNAPSHOT, NodeSnapshot
+
+H200X8 = parse_gpu_spec("h200x8")
+VM_SNAPSHOT = NODES_DIR / "h200x1-vm.json"
+
+
+def snap(data):
+    """A snapshot from JSON data (the tests change nodes as JSON, then check them typed)."""
+    return NodeSnapshot.from_json(data, "test")
 
 
 def test_parse_specs():
@@ -24,14 +35,14 @@ def test_bad_specs_list_examples(bad, words):
 
 @pytest.fixture
 def hgx():
-    return load_snapshot(SIM_NODE_SNAPSHOT)
+    return json.loads(SIM_NODE_SNAPSHOT.read_text())
 
 
 def test_sim_node_fits_h200x8(hgx):
-    verdict = check_node(parse_gpu_spec("h200x8"), hgx, "sim")
+    verdict = check_node(parse_gpu_spec("h200x8"), snap(hgx), "sim")
     assert verdict.ok, verdict.problems
     assert verdict.gpu_indices == tuple(range(8))
-    assert check_node(parse_gpu_spec("h200x4"), hgx, "sim").gpu_indices == (0, 1, 2, 3)
+    assert check_node(parse_gpu_spec("h200x4"), snap(hgx), "sim").gpu_indices == (0, 1, 2, 3)
 
 
 def test_each_problem_named(hgx):
@@ -42,7 +53,7 @@ def test_each_problem_named(hgx):
     node["gpus"][4]["nvlink_peers"] = [0, 1, 2, 3]
     node["gpus"][5]["memory_total_mib"] = 81559
     node["gpus"][6]["fabric_state"] = "in_progress"
-    problems = check_node(parse_gpu_spec("h200x8"), node, "test").problems
+    problems = check_node(parse_gpu_spec("h200x8"), snap(node), "test").problems
     text = "\n".join(problems)
     assert "GPU 1 has MIG enabled" in text
     assert "GPU 2 reports 3 volatile uncorrected ECC errors" in text
@@ -54,32 +65,12 @@ def test_each_problem_named(hgx):
 
 
 def test_wrong_product_and_count(hgx):
-    problems = check_node(parse_gpu_spec("h100x16"), hgx, "sim").problems
+    problems = check_node(parse_gpu_spec("h100x16"), snap(hgx), "sim").problems
     assert problems[0] == "16 GPUs needed, 8 found"
     assert "GPU 0 is 'NVIDIA H200', expected 'NVIDIA H100 80GB HBM3'" in problems[1]
 
 
-def test_bad_snapshot_files(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
-        load_snapshot(tmp_path / "nope.json")
-    (tmp_path / "a.json").write_text("{")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_snapshot(tmp_path / "a.json")
-    (tmp_path / "b.json").write_text(json.dumps({"gpus": [{"index": 0}]}))
-    with pytest.raises(ValueError, match=r"gpus\[0\] lacks name, memory_total_mib"):
-        load_snapshot(tmp_path / "b.json")
-
-
-# ----------------------------------------------------------------- each check alone, on snapshot dicts
-from pytest_llmperf.gpus import GpuSpec  # noqa: E402
-from pytest_llmperf.topology import (  # noqa: E402
-    FOREIGN_PROCESS_LIMIT_MIB,
-    NODES_DIR,
-    NodeVerdict,
-)
-
-H200X8 = parse_gpu_spec("h200x8")
-VM_SNAPSHOT = NODES_DIR / "h200x1-vm.json"
+# ----------------------------------------------------------------- each check alone
 
 
 def _drop_gpus(node):
@@ -119,7 +110,7 @@ SINGLE_PROBLEMS = [
 def test_each_check_fails_alone(hgx, change, expected):
     node = copy.deepcopy(hgx)
     change(node)
-    verdict = check_node(H200X8, node, "test")
+    verdict = check_node(H200X8, snap(node), "test")
     assert not verdict.ok
     assert len(verdict.problems) == 1, verdict.problems
     assert expected in verdict.problems[0]
@@ -131,14 +122,14 @@ def test_all_checks_fail_together_and_are_all_reported(hgx):
     node = copy.deepcopy(hgx)
     for _, change, _ in SINGLE_PROBLEMS[1:]:
         change(node)
-    problems = check_node(H200X8, node, "test").problems
+    problems = check_node(H200X8, snap(node), "test").problems
     text = "\n".join(problems)
     for _, _, expected in SINGLE_PROBLEMS[1:]:
         assert expected in text
     assert len(problems) == len(SINGLE_PROBLEMS) - 1
     # with too few GPUs as well, the count comes first and the rest still shows
     _drop_gpus(node)
-    problems = check_node(H200X8, node, "test").problems
+    problems = check_node(H200X8, snap(node), "test").problems
     assert problems[0] == "8 GPUs needed, 6 found"
     assert any("GPU 3 is 'NVIDIA H100 80GB HBM3'" in p for p in problems[1:])
 
@@ -149,11 +140,11 @@ def test_small_processes_and_unsupported_fabric_are_fine(hgx):
     node["gpus"][0]["memory_used_mib"] = FOREIGN_PROCESS_LIMIT_MIB + 500  # reserved memory: under 5 %
     node["gpus"][1]["fabric_state"] = "not_supported"
     del node["gpus"][2]["fabric_state"]
-    assert check_node(H200X8, node, "t").ok
+    assert check_node(H200X8, snap(node), "t").ok
 
 
 def test_fit_verdict_names_gpus_by_index_and_uuid(hgx):
-    verdict = check_node(H200X8, hgx, "sim")
+    verdict = check_node(H200X8, snap(hgx), "sim")
     assert verdict.gpu_uuids == tuple(g["uuid"] for g in hgx["gpus"])
     assert verdict.notes == ()
     assert verdict.describe() == "node fits h200x8 (sim; GPUs 0,1,2,3,4,5,6,7)"
@@ -163,13 +154,13 @@ def test_more_gpus_than_needed_picks_the_lowest_fit_ones(hgx):
     node = copy.deepcopy(hgx)
     node["gpus"][0]["mig_enabled"] = True
     node["gpus"][2]["processes"] = [{"pid": 4242, "used_memory_mib": 9000}]
-    verdict = check_node(parse_gpu_spec("h200x4"), node, "t")
+    verdict = check_node(parse_gpu_spec("h200x4"), snap(node), "t")
     assert verdict.ok and verdict.gpu_indices == (1, 3, 4, 5)
     assert verdict.gpu_uuids == tuple(node["gpus"][i]["uuid"] for i in (1, 3, 4, 5))
     text = verdict.describe()
     assert "GPUs 1,3,4,5" in text and "GPU 0 passed over: GPU 0 has MIG enabled" in text
     assert "GPU 2 passed over: GPU 2: process 4242 holds 9000 MiB" in text
-    one = check_node(parse_gpu_spec("h200x1"), node, "t")
+    one = check_node(parse_gpu_spec("h200x1"), snap(node), "t")
     assert one.gpu_indices == (1,) and one.gpu_uuids == (node["gpus"][1]["uuid"],)
 
 
@@ -180,14 +171,14 @@ def test_selection_needs_gpus_nvlinked_to_each_other(hgx):
     for g in node["gpus"]:
         if g["index"] not in (0, 1):
             g["nvlink_peers"] = [p for p in g["nvlink_peers"] if p != 1]
-    verdict = check_node(parse_gpu_spec("h200x3"), node, "t")
+    verdict = check_node(parse_gpu_spec("h200x3"), snap(node), "t")
     assert verdict.gpu_indices == (0, 2, 3)
     assert "GPU 1 passed over: no NVLink P2P to GPU 2, 3" in verdict.describe()
     # the first GPUs being unfit and no clique among the rest: the first count GPUs' problems
     for g in node["gpus"]:
         g["nvlink_peers"] = []
     node["gpus"][0]["ecc_uncorrected"] = 1
-    problems = check_node(parse_gpu_spec("h200x2"), node, "t").problems
+    problems = check_node(parse_gpu_spec("h200x2"), snap(node), "t").problems
     assert problems == ("GPU 0 reports 1 volatile uncorrected ECC errors", "no NVLink P2P between GPU pairs 0-1")
 
 
@@ -195,7 +186,7 @@ def test_not_enough_fit_gpus_reports_the_first_count(hgx):
     node = copy.deepcopy(hgx)
     for i in (1, 6):
         node["gpus"][i]["mig_enabled"] = True
-    problems = check_node(parse_gpu_spec("h200x7"), node, "t").problems
+    problems = check_node(parse_gpu_spec("h200x7"), snap(node), "t").problems
     assert problems == ("GPU 1 has MIG enabled; disable it (nvidia-smi -i 1 -mig 0)",
                         "GPU 6 has MIG enabled; disable it (nvidia-smi -i 6 -mig 0)")
 
@@ -204,82 +195,34 @@ def test_nvlink_pairs_are_listed_up_to_eight(hgx):
     node = copy.deepcopy(hgx)
     for g in node["gpus"]:
         g["nvlink_peers"] = []
-    (problem,) = check_node(H200X8, node, "t").problems
+    (problem,) = check_node(H200X8, snap(node), "t").problems
     assert problem.startswith("no NVLink P2P between GPU pairs 0-1, 0-2") and problem.endswith("and 20 more")
 
 
 def test_any_takes_every_gpu_without_checks(hgx):
     node = copy.deepcopy(hgx)
     node["gpus"][3]["mig_enabled"] = True
-    verdict = check_node(parse_gpu_spec("any"), node, "t")
+    verdict = check_node(parse_gpu_spec("any"), snap(node), "t")
     assert verdict.ok and verdict.gpu_indices == tuple(range(8)) and len(verdict.gpu_uuids) == 8
-    assert check_node(GpuSpec(None, 0), {"gpus": []}, "t").ok
+    assert check_node(GpuSpec(None, 0), NodeSnapshot(None, None, ()), "t").ok
 
 
 def test_snapshots_without_uuids_give_no_uuids(hgx):
     node = copy.deepcopy(hgx)
     del node["gpus"][0]["uuid"]
-    verdict = check_node(parse_gpu_spec("h200x2"), node, "t")
+    verdict = check_node(parse_gpu_spec("h200x2"), snap(node), "t")
     assert verdict.ok and verdict.gpu_indices == (0, 1) and verdict.gpu_uuids == ()
 
 
-def test_check_node_is_pure(hgx):
-    before = copy.deepcopy(hgx)
-    check_node(H200X8, hgx, "t")
-    check_node(parse_gpu_spec("h200x3"), hgx, "t")
-    assert hgx == before
+def test_gpu_order_in_the_snapshot_does_not_matter(hgx):
+    node = copy.deepcopy(hgx)
+    node["gpus"].reverse()
+    node["gpus"][0]["mig_enabled"] = True  # GPU 7
+    assert check_node(H200X8, snap(node), "t").problems == ("GPU 7 has MIG enabled; disable it (nvidia-smi -i 7 -mig 0)",)
+    assert check_node(parse_gpu_spec("h200x3"), snap(node), "t").gpu_indices == (0, 1, 2)
 
 
 def test_node_verdict_keeps_its_positional_shape():
     verdict = NodeVerdict("h200x8", "live NVML", ("no NVIDIA driver on this machine",))
     assert not verdict.ok and verdict.gpu_indices == () and verdict.gpu_uuids == ()
     assert "no NVIDIA driver" in verdict.describe()
-
-
-# ----------------------------------------------------------------- the shipped snapshots
-def test_shipped_single_gpu_vm_snapshot():
-    vm = load_snapshot(VM_SNAPSHOT)
-    (gpu,) = vm["gpus"]
-    assert gpu["name"] == "NVIDIA H200" and gpu["memory_total_mib"] == 143771
-    assert gpu["nvlink_peers"] == [] and "fabric_state" not in gpu
-    fit = check_node(parse_gpu_spec("h200x1"), vm, "vm")
-    assert fit.ok and fit.gpu_indices == (0,) and fit.gpu_uuids == (gpu["uuid"],)
-    assert check_node(H200X8, vm, "vm").problems == ("8 GPUs needed, 1 found",)
-
-
-def test_shipped_hgx_snapshot_is_a_clean_h200x8():
-    hgx = load_snapshot(SIM_NODE_SNAPSHOT)
-    assert len(hgx["gpus"]) == 8 and all(g["fabric_state"] == "completed" for g in hgx["gpus"])
-    assert len({g["uuid"] for g in hgx["gpus"]}) == 8
-    assert all(sorted(g["nvlink_peers"] + [g["index"]]) == list(range(8)) for g in hgx["gpus"])
-    assert check_node(H200X8, hgx, "sim").ok
-    assert check_node(parse_gpu_spec("h200x1"), hgx, "sim").gpu_indices == (0,)
-
-
-@pytest.mark.parametrize("gpus, words", [
-    ([{"index": "0", "name": "x", "memory_total_mib": 1}], r"gpus\[0\]\.index must be an integer"),
-    ([{"index": 0, "name": "x", "memory_total_mib": 1}, {"index": 0, "name": "x", "memory_total_mib": 1}],
-     "GPU index 0 appears twice"),
-    (["gpu"], r"gpus\[0\] is not an object"),
-])
-def test_snapshot_validation(tmp_path, gpus, words):
-    path = tmp_path / "n.json"
-    path.write_text(json.dumps({"gpus": gpus}))
-    with pytest.raises(ValueError, match=words):
-        load_snapshot(path)
-
-
-def test_cuda_visible_devices_restricts_the_node_by_index_or_uuid():
-    import json
-
-    from pytest_llmperf.topology import SIM_NODE_SNAPSHOT, restrict_to_visible
-
-    node = json.loads(SIM_NODE_SNAPSHOT.read_text())
-    uuid6 = node["gpus"][6]["uuid"]
-    assert [g["index"] for g in restrict_to_visible(node, "4,5")["gpus"]] == [4, 5]
-    assert [g["index"] for g in restrict_to_visible(node, f"{uuid6},1")["gpus"]] == [6, 1]
-    assert restrict_to_visible(node, "")["gpus"] == []
-    with pytest.raises(ValueError, match="entry '9' names no GPU"):
-        restrict_to_visible(node, "0,9")
-    with pytest.raises(ValueError, match="MIG device"):
-        restrict_to_visible(node, "MIG-abc")

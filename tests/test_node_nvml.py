@@ -1,7 +1,7 @@
-"""The live side of topology: probe_node, gpu_processes, wait_gpus_freed and the CLI, through a fake NVML.
+"""NVML access: the session, the error classification, probe_node and gpu_processes, through a fake NVML.
 
-The fake (tests/fakenvml/pynvml.py) is injected in-process as ``nvml=``, or put
-first on PYTHONPATH for subprocesses. Nothing here sleeps on real time.
+The fake (tests/fakenvml/pynvml.py) is injected in-process as ``nvml=``, or
+imported as ``pynvml`` from a directory named by LLMPERF_FAKE_NVML_DIR.
 """
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ import pytest
 from fakenvml import pynvml as fakemod
 from fakenvml.pynvml import FakeNvml, make_module
 from pytest_llmperf.gpus import parse_gpu_spec
-from pytest_llmperf.topology import (
-    NODES_DIR,
-    SIM_NODE_SNAPSHOT,
-    GpusNotFreed,
+from pytest_llmperf.node.check import check_node
+from pytest_llmperf.node.nvml import (
     GpuUnreadable,
     NoGpuDriver,
-    check_node,
+    NvmlErrorKind,
+    describe_error,
+    error_kind,
+    gpu_memory_used_mib,
     gpu_processes,
-    load_snapshot,
-    main,
+    is_unsupported,
+    means_no_driver,
+    nvml_session,
     probe_node,
-    wait_gpus_freed,
 )
+from pytest_llmperf.node.snapshot import NODES_DIR, SIM_NODE_SNAPSHOT, GpuProcess, NodeSnapshot
 
-TESTS = Path(__file__).parent
-REPO = TESTS.parent
-FAKE_DIR = TESTS / "fakenvml"
+FAKE_DIR = Path(__file__).parent / "fakenvml"
 SCHEMA_GPU_KEYS = ("index", "name", "uuid", "pci_bus_id", "memory_total_mib", "memory_used_mib", "mig_enabled",
                    "ecc_uncorrected", "nvlink_peers", "processes")
 H200X8 = parse_gpu_spec("h200x8")
@@ -44,16 +44,22 @@ NVML_ERROR_GPU_IS_LOST = 15
 
 @pytest.fixture
 def hgx():
-    return load_snapshot(SIM_NODE_SNAPSHOT)
+    return json.loads(SIM_NODE_SNAPSHOT.read_text())
 
 
 @pytest.fixture
 def vm():
-    return load_snapshot(NODES_DIR / "h200x1-vm.json")
+    return json.loads((NODES_DIR / "h200x1-vm.json").read_text())
+
+
+def snap(data):
+    return NodeSnapshot.from_json(data, "test")
 
 
 def schema(snapshot):
     """The schema fields of a snapshot (what a probe must reproduce)."""
+    if isinstance(snapshot, NodeSnapshot):
+        snapshot = snapshot.to_json()
     gpus = []
     for g in snapshot["gpus"]:
         gpu = {k: g[k] for k in SCHEMA_GPU_KEYS}
@@ -64,21 +70,6 @@ def schema(snapshot):
             "gpus": gpus}
 
 
-class Clock:
-    """A fake monotonic clock whose sleep advances it."""
-
-    def __init__(self):
-        self.t = 0.0
-        self.sleeps = []
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.t += seconds
-
-
 def dead_pid():
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(proc.stdout)
@@ -87,12 +78,12 @@ def dead_pid():
 # ----------------------------------------------------------------- probe round trip
 @pytest.mark.parametrize("name", ["hgx-h200x8.json", "h200x1-vm.json"])
 def test_probe_round_trips_the_shipped_snapshots(name):
-    snapshot = load_snapshot(NODES_DIR / name)
+    snapshot = json.loads((NODES_DIR / name).read_text())
     fake = make_module(copy.deepcopy(snapshot))
     probed = probe_node(fake)
-    assert schema(probed) == schema(snapshot)
+    assert isinstance(probed, NodeSnapshot) and schema(probed) == schema(snapshot)
     # the extras the probe reads come back too (NUMA node, NVLink links up), the description does not
-    assert probed == {k: v for k, v in snapshot.items() if k != "description"}
+    assert probed.to_json() == {k: v for k, v in snapshot.items() if k != "description"}
     assert fake._init_count == 0  # nvmlShutdown was called
 
 
@@ -103,17 +94,18 @@ def test_probe_round_trips_processes_and_every_field(hgx):
     node["gpus"][3]["nvlink_peers"] = [0, 1]
     probed = probe_node(make_module(node))
     assert schema(probed) == schema(node)
+    assert probed.gpus[2].processes == (GpuProcess(11, 700), GpuProcess(12, 5000))
     for key in ("driver_version", "cuda_driver_version"):
-        assert isinstance(probed[key], type(hgx[key]))
+        assert isinstance(getattr(probed, key), type(hgx[key]))
 
 
 def test_probe_reads_live_state_and_nvml_index_order(hgx):
     node = copy.deepcopy(hgx)
     node["gpus"].reverse()  # file order does not matter: NVML index order does
     fake = make_module(node)
-    assert [g["index"] for g in probe_node(fake)["gpus"]] == list(range(8))
+    assert [g.index for g in probe_node(fake).gpus] == list(range(8))
     node["gpus"][0]["ecc_uncorrected"] = 9  # the fake reads the dict on every call
-    assert probe_node(fake)["gpus"][7]["ecc_uncorrected"] == 9
+    assert probe_node(fake).gpus[7].ecc_uncorrected == 9
 
 
 def test_unsupported_calls_degrade_gracefully(vm):
@@ -121,22 +113,26 @@ def test_unsupported_calls_degrade_gracefully(vm):
     node["gpus"][0].update(ecc_uncorrected=None, mig_enabled=None,
                            processes=[{"pid": 5, "used_memory_mib": None}])
     node["missing"] = ["nvmlDeviceGetComputeRunningProcesses", "nvmlSystemGetCudaDriverVersion"]
-    (gpu,) = probe_node(make_module(node))["gpus"]
-    assert gpu["ecc_uncorrected"] == 0 and gpu["mig_enabled"] is False
-    assert gpu["processes"] == [{"pid": 5, "used_memory_mib": 0}]  # through the _v2 fallback; None memory -> 0
-    assert "fabric_state" not in gpu and "nvlink_links_up" not in gpu
+    probed = probe_node(make_module(node))
+    (gpu,) = probed.gpus
+    assert gpu.ecc_uncorrected == 0 and gpu.mig_enabled is False
+    assert gpu.processes == (GpuProcess(5, 0),)  # through the _v2 fallback; None memory -> 0
+    assert gpu.fabric_state is None and gpu.nvlink_links_up is None
+    assert probed.cuda_driver_version == 0
+    assert "fabric_state" not in probed.to_json()["gpus"][0] and "nvlink_links_up" not in probed.to_json()["gpus"][0]
     node["unsupported"] = ["nvmlDeviceGetP2PStatus", "nvmlDeviceGetGpuFabricInfoV"]
     node["gpus"][0]["fabric_state"] = "completed"
-    (gpu,) = probe_node(make_module(node))["gpus"]
-    assert gpu["fabric_state"] == "completed"  # through the older, unversioned call
+    (gpu,) = probe_node(make_module(node)).gpus
+    assert gpu.fabric_state == "completed"  # through the older, unversioned call
 
 
 def test_fabric_registration_status_is_kept(vm):
     node = copy.deepcopy(vm)
     node["gpus"][0].update(fabric_state="completed", fabric_status=NVML_ERROR_GPU_IS_LOST)
-    (gpu,) = probe_node(make_module(node))["gpus"]
-    assert gpu["fabric_state"] == "completed" and gpu["fabric_status"] == NVML_ERROR_GPU_IS_LOST
-    assert "fabric registration failed" in check_node(parse_gpu_spec("h200x1"), {"gpus": [gpu]}, "t").problems[0]
+    probed = probe_node(make_module(node))
+    (gpu,) = probed.gpus
+    assert gpu.fabric_state == "completed" and gpu.fabric_status == NVML_ERROR_GPU_IS_LOST
+    assert "fabric registration failed" in check_node(parse_gpu_spec("h200x1"), probed, "t").problems[0]
 
 
 def test_a_gpu_that_cannot_be_read_is_named(hgx):
@@ -183,7 +179,7 @@ def test_each_check_fails_alone_through_nvml(hgx, change, expected):
     for problem, words in zip(verdict.problems, expected):
         assert words in problem
     if not procs:  # a static snapshot gives the same verdict as its probe
-        assert check_node(H200X8, node, "live NVML").problems == verdict.problems
+        assert check_node(H200X8, snap(node), "live NVML").problems == verdict.problems
 
 
 def test_all_checks_fail_together_through_nvml(hgx):
@@ -261,7 +257,85 @@ def test_a_minimal_driverless_pynvml_shim():
         probe_node(Shim)
 
 
-# ----------------------------------------------------------------- processes and waiting
+# ----------------------------------------------------------------- the session and the error classification
+KINDS = [
+    (NvmlErrorKind.INVALID_ARGUMENT, "NVML_ERROR_INVALID_ARGUMENT", "NVMLError_InvalidArgument"),
+    (NvmlErrorKind.NOT_SUPPORTED, "NVML_ERROR_NOT_SUPPORTED", "NVMLError_NotSupported"),
+    (NvmlErrorKind.DRIVER_NOT_LOADED, "NVML_ERROR_DRIVER_NOT_LOADED", "NVMLError_DriverNotLoaded"),
+    (NvmlErrorKind.LIBRARY_NOT_FOUND, "NVML_ERROR_LIBRARY_NOT_FOUND", "NVMLError_LibraryNotFound"),
+    (NvmlErrorKind.FUNCTION_NOT_FOUND, "NVML_ERROR_FUNCTION_NOT_FOUND", "NVMLError_FunctionNotFound"),
+]
+
+
+@pytest.mark.parametrize("kind, code_name, class_name", KINDS, ids=[k.name for k, _, _ in KINDS])
+def test_error_kinds_by_code_and_by_class(kind, code_name, class_name):
+    # the codes are nvidia-ml-py's (the fake's constants are checked against it below)
+    assert kind.code == getattr(fakemod, code_name) and kind.class_name == class_name
+    assert error_kind(fakemod.NVMLError(kind.code)) is kind  # by code alone, without the module
+    assert error_kind(getattr(fakemod, class_name)(), fakemod) is kind
+
+    class Bindings:  # bindings whose error classes carry no code
+        NVMLError = type("NVMLError", (Exception,), {})
+
+    cls = type(class_name, (Bindings.NVMLError,), {})
+    setattr(Bindings, class_name, cls)
+    assert error_kind(cls("no code"), Bindings) is kind
+    assert error_kind(cls("no code")) is None  # a class is known only through its module
+
+
+def test_what_each_kind_means():
+    unsupported = {NvmlErrorKind.NOT_SUPPORTED, NvmlErrorKind.FUNCTION_NOT_FOUND}
+    no_driver = {NvmlErrorKind.LIBRARY_NOT_FOUND, NvmlErrorKind.DRIVER_NOT_LOADED}
+    for kind in NvmlErrorKind:
+        exc = fakemod.NVMLError(kind.code)
+        assert is_unsupported(exc, fakemod) is (kind in unsupported)
+        assert means_no_driver(exc, fakemod) is (kind in no_driver)
+    lost = fakemod.NVMLError(NVML_ERROR_GPU_IS_LOST)
+    assert error_kind(lost, fakemod) is None and not is_unsupported(lost) and not means_no_driver(lost)
+    assert error_kind(ValueError("not NVML")) is None
+    assert error_kind(type("E", (Exception,), {"value": True})()) is None  # a bool is no code
+
+
+def test_describe_error():
+    assert describe_error(fakemod.NVMLError(NVML_ERROR_GPU_IS_LOST)) == "GPU is lost"
+
+    class Silent(Exception):
+        value = 3
+
+        def __str__(self):
+            raise RuntimeError("NVML is gone")
+
+    assert describe_error(Silent()) == "Silent (code 3)"
+    assert describe_error(KeyError()) == "KeyError"
+
+
+def test_session_shuts_down_on_every_path_and_reports_a_failed_shutdown(vm):
+    fake = make_module(copy.deepcopy(vm))
+    with nvml_session(fake) as m:
+        assert m is fake and fake._init_count == 1
+    assert fake._init_count == 0
+    with pytest.raises(KeyError):
+        with nvml_session(fake):
+            raise KeyError("inside")
+    assert fake._init_count == 0
+    node = dict(copy.deepcopy(vm), fail={"nvmlShutdown": NVML_ERROR_GPU_IS_LOST})
+    seen = []
+    with nvml_session(make_module(node), on_shutdown_error=seen.append):
+        pass
+    assert [describe_error(e) for e in seen] == ["GPU is lost"]
+    with nvml_session(make_module(node)):  # without a callback: ignored
+        pass
+
+
+def test_no_driver_keeps_what_nvml_said(vm):
+    with pytest.raises(NoGpuDriver) as info:
+        with nvml_session(make_module(dict(vm, no_driver=True))):
+            pass
+    assert info.value.nvml_error == "NVML Shared Library Not Found"
+    assert str(info.value).startswith("no NVIDIA driver on this machine")
+
+
+# ----------------------------------------------------------------- processes
 def test_gpu_processes_by_uuid(hgx):
     node = copy.deepcopy(hgx)
     node["gpus"][6]["processes"] = [{"pid": 77, "used_memory_mib": 2000}]
@@ -270,59 +344,11 @@ def test_gpu_processes_by_uuid(hgx):
     uuids = [hgx["gpus"][6]["uuid"], hgx["gpus"][1]["uuid"], hgx["gpus"][0]["uuid"]]
     got = gpu_processes(uuids, fake)
     assert list(got) == uuids
-    assert got[uuids[0]] == sorted([(77, 2000), (os.getpid(), 900)])  # by pid
-    assert got[uuids[1]] == [(os.getpid(), 900)] and got[uuids[2]] == []
+    assert got[uuids[0]] == tuple(sorted([GpuProcess(77, 2000), GpuProcess(os.getpid(), 900)], key=lambda p: p.pid))
+    assert got[uuids[1]] == (GpuProcess(os.getpid(), 900),) and got[uuids[2]] == ()
+    # memory of processes in node.json is already in its memory_used_mib (0 here); the live one adds 900
+    assert gpu_memory_used_mib(uuids[:2], fake) == {uuids[0]: 900, uuids[1]: 900}
     assert fake._init_count == 0
-
-
-def test_wait_gpus_freed_at_once(hgx):
-    clock = Clock()
-    procs = [{"pid": 5, "uuids": [hgx["gpus"][0]["uuid"]], "used_memory_mib": 500}]  # under the limit
-    fake = make_module(copy.deepcopy(hgx), procs, is_alive=lambda pid: True, now=clock)
-    waited = wait_gpus_freed([g["uuid"] for g in hgx["gpus"]], 30, nvml=fake, clock=clock, sleep=clock.sleep)
-    assert waited == 0 and clock.sleeps == [] and fake._init_count == 0
-
-
-def test_wait_gpus_freed_after_the_process_exits_and_releases(hgx):
-    clock = Clock()
-    uuid = hgx["gpus"][3]["uuid"]
-    procs = [{"pid": 4321, "uuids": [uuid], "used_memory_mib": 120000, "release_delay_s": 1.0}]
-    fake = make_module(copy.deepcopy(hgx), procs, is_alive=lambda pid: clock.t < 2.0, now=clock)
-    waited = wait_gpus_freed([uuid], 30, poll_s=0.5, nvml=fake, clock=clock, sleep=clock.sleep)
-    assert waited == pytest.approx(3.0)  # dead at 2.0, memory released 1.0 s later
-    assert set(clock.sleeps) == {0.5}
-    assert procs[0]["dead_at"] == pytest.approx(2.0)
-
-
-def test_wait_gpus_freed_times_out_naming_gpu_pid_and_memory(hgx):
-    clock = Clock()
-    uuids = [hgx["gpus"][0]["uuid"], hgx["gpus"][4]["uuid"]]
-    procs = [{"pid": 4321, "uuids": [uuids[1]], "used_memory_mib": 120000}]
-    fake = make_module(copy.deepcopy(hgx), procs, is_alive=lambda pid: True, now=clock)
-    with pytest.raises(GpusNotFreed) as info:
-        wait_gpus_freed(uuids, 2, poll_s=0.75, nvml=fake, clock=clock, sleep=clock.sleep)
-    text = str(info.value)
-    assert text.startswith("GPUs not freed within 2 s")
-    assert f"GPU 4 ({uuids[1]}): process 4321 holds 120000 MiB" in text
-    assert uuids[0] not in text and "--gpu-free-timeout" in text
-    assert clock.t == pytest.approx(2.0) and clock.sleeps == [0.75, 0.75, 0.5]
-    assert fake._init_count == 0
-
-
-def test_wait_gpus_freed_with_a_custom_limit(hgx):
-    clock = Clock()
-    uuid = hgx["gpus"][0]["uuid"]
-    fake = make_module(copy.deepcopy(hgx), [{"pid": 9, "uuids": [uuid], "used_memory_mib": 600}],
-                       is_alive=lambda pid: True, now=clock)
-    with pytest.raises(GpusNotFreed, match="process 9 holds 600 MiB"):
-        wait_gpus_freed([uuid], 1, nvml=fake, limit_mib=512, clock=clock, sleep=clock.sleep)
-
-
-def test_wait_gpus_freed_names_an_unreadable_gpu(hgx):
-    clock = Clock()
-    fake = make_module(copy.deepcopy(hgx), now=clock)
-    with pytest.raises(GpusNotFreed, match="NVML could not list the processes: Not Found"):
-        wait_gpus_freed(["GPU-gone"], 1, nvml=fake, clock=clock, sleep=clock.sleep)
 
 
 # ----------------------------------------------------------------- the fake itself, from a directory
@@ -344,9 +370,9 @@ def test_fake_dir_reports_live_process_and_its_memory(nvml_dir, hgx):
     uuid = hgx["gpus"][2]["uuid"]
     write_proc(nvml_dir, os.getpid(), [uuid], 120000)
     fake = FakeNvml.from_dir(nvml_dir)
-    gpu = probe_node(fake)["gpus"][2]
-    assert gpu["processes"] == [{"pid": os.getpid(), "used_memory_mib": 120000}]
-    assert gpu["memory_used_mib"] == 120000
+    gpu = probe_node(fake).gpus[2]
+    assert gpu.processes == (GpuProcess(os.getpid(), 120000),)
+    assert gpu.memory_used_mib == 120000
 
 
 def test_fake_dir_records_death_once_and_releases_after_the_delay(nvml_dir, hgx):
@@ -355,14 +381,14 @@ def test_fake_dir_records_death_once_and_releases_after_the_delay(nvml_dir, hgx)
     write_proc(nvml_dir, pid, [uuid], 50000, release_delay_s=5.0)
     now = [1000.0]
     fake = FakeNvml.from_dir(nvml_dir, now=lambda: now[0])
-    assert gpu_processes([uuid], fake)[uuid] == [(pid, 50000)]
+    assert gpu_processes([uuid], fake)[uuid] == (GpuProcess(pid, 50000),)
     recorded = json.loads((nvml_dir / "procs" / f"{pid}.json").read_text())
     assert recorded["dead_at"] == 1000.0 and recorded["used_memory_mib"] == 50000
     now[0] = 1004.0
-    assert gpu_processes([uuid], fake)[uuid] == [(pid, 50000)]
+    assert gpu_processes([uuid], fake)[uuid] == (GpuProcess(pid, 50000),)
     assert json.loads((nvml_dir / "procs" / f"{pid}.json").read_text())["dead_at"] == 1000.0
     now[0] = 1005.0
-    assert gpu_processes([uuid], fake)[uuid] == []
+    assert gpu_processes([uuid], fake)[uuid] == ()
     assert sorted(p.name for p in (nvml_dir / "procs").iterdir()) == [f"{pid}.json"]  # kept; no temp files left
 
 
@@ -370,17 +396,17 @@ def test_fake_dir_dead_process_without_delay_is_gone_at_once(nvml_dir, hgx):
     uuid = hgx["gpus"][0]["uuid"]
     write_proc(nvml_dir, dead_pid(), [uuid], 50000)
     (nvml_dir / "procs" / "broken.json").write_text("{")  # half-written: skipped
-    assert gpu_processes([uuid], FakeNvml.from_dir(nvml_dir))[uuid] == []
+    assert gpu_processes([uuid], FakeNvml.from_dir(nvml_dir))[uuid] == ()
 
 
 def test_fake_module_reads_the_environment_on_every_call(monkeypatch, nvml_dir, vm, tmp_path):
     monkeypatch.setenv("LLMPERF_FAKE_NVML_DIR", str(nvml_dir))
-    assert len(probe_node(fakemod)["gpus"]) == 8
+    assert len(probe_node(fakemod).gpus) == 8
     other = tmp_path / "other"
     other.mkdir()
     (other / "node.json").write_text(json.dumps(vm))
     monkeypatch.setenv("LLMPERF_FAKE_NVML_DIR", str(other))
-    assert len(probe_node(fakemod)["gpus"]) == 1
+    assert len(probe_node(fakemod).gpus) == 1
     (other / "node.json").write_text(json.dumps(dict(vm, no_driver=True)))
     with pytest.raises(NoGpuDriver):
         probe_node(fakemod)
@@ -429,84 +455,3 @@ def test_fake_constants_match_nvidia_ml_py():
     for name in ("nvmlInit", "nvmlShutdown", "nvmlDeviceGetP2PStatus", "nvmlDeviceGetGpuFabricInfoV",
                  "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetCurrentClocksEventReasons"):
         assert callable(getattr(real, name)) and callable(getattr(fakemod, name))
-
-
-# ----------------------------------------------------------------- command line
-def run_cli(*args, nvml_dir=None):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAKE_DIR), str(REPO)]))
-    env.pop("LLMPERF_FAKE_NVML_DIR", None)
-    if nvml_dir is not None:
-        env["LLMPERF_FAKE_NVML_DIR"] = str(nvml_dir)
-    return subprocess.run([sys.executable, "-m", "pytest_llmperf.topology", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
-
-
-def test_cli_snapshot_through_the_fake(nvml_dir, hgx, tmp_path):
-    result = run_cli("snapshot", nvml_dir=nvml_dir)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {k: v for k, v in hgx.items() if k != "description"}
-    assert result.stdout == json.dumps(json.loads(result.stdout), indent=2, sort_keys=True) + "\n"
-    out = tmp_path / "node.json"
-    result = run_cli("snapshot", "--output", str(out), nvml_dir=nvml_dir)
-    assert result.returncode == 0 and result.stdout == ""
-    assert check_node(H200X8, load_snapshot(out), "file").ok
-
-
-def test_cli_check_exit_codes(nvml_dir, hgx):
-    result = run_cli("check", "--gpus", "h200x8", nvml_dir=nvml_dir)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("node fits h200x8 (live NVML; GPUs 0,1,2,3,4,5,6,7)")
-    assert "CUDA_VISIBLE_DEVICES=" + ",".join(g["uuid"] for g in hgx["gpus"]) in result.stdout
-    node = copy.deepcopy(hgx)
-    node["gpus"][3]["mig_enabled"] = True
-    (nvml_dir / "node.json").write_text(json.dumps(node))
-    result = run_cli("check", "--gpus", "h200x8", nvml_dir=nvml_dir)
-    assert result.returncode == 1 and "GPU 3 has MIG enabled" in result.stdout
-    (nvml_dir / "node.json").write_text(json.dumps(dict(hgx, no_driver=True)))
-    result = run_cli("check", "--gpus", "h200x8", nvml_dir=nvml_dir)
-    assert result.returncode == 2 and "no NVIDIA driver on this machine" in result.stderr and result.stdout == ""
-
-
-def test_cli_in_process(capsys, monkeypatch, nvml_dir, tmp_path):
-    vm_file = NODES_DIR / "h200x1-vm.json"
-    assert main(["check", "--gpus", "h200x1", "--gpu-snapshot", str(vm_file)]) == 0
-    assert main(["check", "--gpus", "h200x8", "--gpu-snapshot", str(vm_file)]) == 1
-    assert "8 GPUs needed, 1 found" in capsys.readouterr().out
-    assert main(["check", "--gpus", "h200", "--gpu-snapshot", str(vm_file)]) == 2
-    assert "malformed GPU spec" in capsys.readouterr().err
-    assert main(["check", "--gpus", "h200x1", "--gpu-snapshot", str(tmp_path / "none.json")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert main([]) == 2 and main(["check"]) == 2 and main(["bogus"]) == 2
-    assert main(["--help"]) == 0
-    monkeypatch.setitem(sys.modules, "pynvml", None)
-    capsys.readouterr()
-    assert main(["snapshot"]) == 2
-    assert "no NVIDIA driver" in capsys.readouterr().err
-
-
-def test_probe_script_fails_cleanly_without_a_driver(tmp_path):
-    env = dict(os.environ)
-    env.pop("LLMPERF_FAKE_NVML_DIR", None)
-    env["PYTHONPATH"] = str(FAKE_DIR)  # the fake without a node: no driver
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "h200_probe.py"), str(tmp_path / "out")],
-                            capture_output=True, text=True, env=env, timeout=60)
-    assert result.returncode == 2
-    assert "no NVIDIA driver on this machine" in result.stderr
-    assert "no NVIDIA driver" in (tmp_path / "out" / "probe.log").read_text()
-    assert not (tmp_path / "out" / "snapshot.json").exists()
-
-
-def test_wait_gpus_freed_ignores_what_was_there_before_but_not_memory_nvml_does_not_explain(hgx):
-    clock = Clock()
-    node = copy.deepcopy(hgx)
-    uuid = node["gpus"][2]["uuid"]
-    procs = [{"pid": 4321, "uuids": [uuid], "used_memory_mib": 30000}]  # another job, running before the engine
-    fake = make_module(node, procs, is_alive=lambda pid: True, now=clock)
-    before = {uuid: 30000}
-    assert wait_gpus_freed([uuid], 5, nvml=fake, clock=clock, sleep=clock.sleep, ignore_pids={4321},
-                           memory_before_mib=before) == 0
-    node["gpus"][2]["memory_used_mib"] = 90000  # held by a process NVML does not list (another container)
-    with pytest.raises(GpusNotFreed) as info:
-        wait_gpus_freed([uuid], 1, nvml=fake, clock=clock, sleep=clock.sleep, ignore_pids={4321},
-                        memory_before_mib=before)
-    assert "GPU 2" in str(info.value) and "120000 MiB used, 30000 MiB before the engine booted" in str(info.value)
