@@ -136,7 +136,8 @@ class PerfRun:
 
             spec = self.settings.gpus or parse_gpu_spec(self.gpus)
             live: NodeReading | None = None
-            recorded = RecordedFile(self.settings.gpu_snapshot).read() if self.settings.gpu_snapshot is not None else None
+            snapshot_file = self.settings.gpu_snapshot
+            recorded = RecordedFile(snapshot_file).read() if snapshot_file is not None else None
             verdicts = {}
             # Only the engines of the selected cases (-k may leave some out).
             for engine in sorted({r.engine for r in self.results.values()}):

@@ -55,7 +55,8 @@ def gpu_problems(product: GpuProduct, gpu: GpuState) -> list[str]:
         expected = product.memory_total_mib
         off_pct = abs(gpu.memory_total_mib - expected) / expected * 100
         if off_pct > product.memory_tolerance_pct:
-            problems.append(f"GPU {idx} has {gpu.memory_total_mib} MiB, expected about {expected} MiB for {product.key}")
+            problems.append(
+                f"GPU {idx} has {gpu.memory_total_mib} MiB, expected about {expected} MiB for {product.key}")
     if gpu.mig_enabled:
         problems.append(f"GPU {idx} has MIG enabled; disable it (nvidia-smi -i {idx} -mig 0)")
     if gpu.ecc_uncorrected:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-NODES_DIR = Path(__file__).resolve().parent.parent / "data" / "nodes"
+NODES_DIR = Path(__file__).parent.parent / "data" / "nodes"
 SIM_NODE_SNAPSHOT = NODES_DIR / "hgx-h200x8.json"
 
 
