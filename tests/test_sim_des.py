@@ -51,6 +51,51 @@ def test_slowdown_stretches_the_timeline_exactly():
         assert s.chunk_times_s == pytest.approx([2 * t for t in f.chunk_times_s])
 
 
+# Exact figures of small simulations, recorded before the DES and the server shared one step loop
+# (sim/steps.py): any change to the loop's semantics or arithmetic shows here, to the last bit.
+PINNED_MIXED = [(0.0, 300, 3), (0.004, 40, 4), (0.02, 900, 2), (0.021, 10, 1), (1.0, 64, 3)]
+PINNED_MIXED_CHUNKS_S = [
+    [0.0712, 0.1086, 0.14600000000000002],
+    [0.0712, 0.1086, 0.14600000000000002, 0.18000000000000002],
+    [0.18000000000000002, 0.19100000000000003],
+    [0.18000000000000002],
+    [1.0164, 1.0273999999999999, 1.0383999999999998],
+]
+PINNED_DP = [(0.001 * i, 400 + 50 * i, 300 + 20 * i) for i in range(6)]
+# per request: first two chunk times, last chunk time, chunks
+PINNED_DP_CHUNKS_S = [
+    (0.11832000000000001, 0.41938499999999995, 6.70811625, 300),
+    (0.1794, 0.47406974999999996, 7.24598625, 320),
+    (0.24048, 0.41938499999999995, 7.765053749999999, 340),
+    (0.30156, 0.47406974999999996, 8.19001125, 360),
+    (0.3621, 0.41938499999999995, 10.771267499999999, 380),
+    (0.45324, 0.47406974999999996, 12.359888999999999, 400),
+]
+
+
+def test_pinned_simulation_arrivals_during_steps_and_an_idle_gap():
+    results, model = simulate(TINY, PINNED_MIXED)
+    assert [r.chunk_times_s for r in results] == PINNED_MIXED_CHUNKS_S
+    assert [r.chunk_tokens for r in results] == [[1] * len(c) for c in PINNED_MIXED_CHUNKS_S]
+    assert (model.num_steps, model.num_preemptions) == (9, 0)
+
+
+def test_pinned_simulation_two_ranks_prefill_first_preemptions_and_slowdown():
+    dp = TINY.replace(name="tiny-dp", dp_size=2, scheduler="prefill_first", kv_capacity_tokens=2000,
+                      decode_attn_ms_per_ktoken=0.5, moe_ms_per_token=0.01)
+    results, model = simulate(dp, PINNED_DP, slowdown=1.5)
+    got = [(r.chunk_times_s[0], r.chunk_times_s[1], r.chunk_times_s[-1], len(r.chunk_times_s)) for r in results]
+    assert got == PINNED_DP_CHUNKS_S
+    assert [sum(r.chunk_tokens) for r in results] == [300 + 20 * i for i in range(6)]
+    assert (model.num_steps, model.num_preemptions) == (614, 4)
+
+
+def test_a_simulation_that_cannot_finish_stops_at_the_step_limit():
+    stuck = TINY.replace(name="stuck", chunked_prefill_tokens=1, spec_draft_tokens=1)  # no room for a decode
+    with pytest.raises(RuntimeError, match="did not finish within 50 steps"):
+        simulate(stuck, [(0.0, 1, 5)], max_steps=50)
+
+
 def test_rejects_requests_the_profile_cannot_serve():
     with pytest.raises(ValueError, match="maximum context length is 2000"):
         simulate(TINY, [(0.0, 1990, 20)])

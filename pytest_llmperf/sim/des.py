@@ -13,7 +13,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .model import EngineModel, Profile
+from .model import EngineModel, Profile, StepPlan, TokenEvent
+from .steps import StepLimitExceeded, VirtualClock, run_steps, run_virtual
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ def simulate(profile: Profile, requests: Iterable[SimRequest | tuple[float, int,
     """Run every request to completion in virtual time; results in input order, and the model (for its counters).
 
     Requests arriving during a step join the engine when that step ends, as
-    they would on a server whose scheduler loop picks them up between steps.
+    they would on a server whose scheduler loop picks them up between steps
+    (the server runs the same loop, ``steps.run_steps``, on a real clock).
     """
     reqs = _as_requests(requests)
     model = EngineModel(profile, slowdown)
@@ -92,23 +94,30 @@ def simulate(profile: Profile, requests: Iterable[SimRequest | tuple[float, int,
         model.check_request(r.prompt_tokens, r.output_tokens)
     order = sorted(range(len(reqs)), key=lambda i: (reqs[i].arrival_s, i))
     results = [SimResult(r.arrival_s, r.prompt_tokens, r.output_tokens, [], []) for r in reqs]
-    now_s, nxt, steps = 0.0, 0, 0
-    while nxt < len(order) or model.has_work():
-        if not model.has_work():
-            now_s = max(now_s, reqs[order[nxt]].arrival_s)
+    nxt = 0
+
+    def next_arrival_s() -> float | None:
+        return reqs[order[nxt]].arrival_s if nxt < len(order) else None
+
+    def admit(now_s: float) -> None:
+        nonlocal nxt
         while nxt < len(order) and reqs[order[nxt]].arrival_s <= now_s:
             i = order[nxt]
             model.add_request(str(i), reqs[i].prompt_tokens, reqs[i].output_tokens)
             nxt += 1
-        plan = model.plan_step()
-        now_s += model.step_duration_s(plan)
-        for ev in model.commit_step(plan):
+
+    def record(end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:
+        for ev in events:
             res = results[int(ev.request_id)]
-            res.chunk_times_s.append(now_s)
+            res.chunk_times_s.append(end_s)
             res.chunk_tokens.append(ev.new_tokens)
-        steps += 1
-        if steps > max_steps:
-            raise RuntimeError(f"simulation did not finish within {max_steps} steps")
+
+    clock = VirtualClock(next_arrival_s)
+    try:
+        run_virtual(run_steps(model, clock, record, admit=admit, max_steps=max_steps))
+    except StepLimitExceeded:
+        raise RuntimeError(f"simulation did not finish within {max_steps} steps; raise max_steps, or check that "
+                           f"the profile can schedule every request") from None
     return results, model
 
 

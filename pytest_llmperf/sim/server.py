@@ -1,9 +1,9 @@
 """The sim engine's OpenAI-compatible HTTP server (aiohttp).
 
-One scheduler task drives ``EngineModel``: plan a step, sleep until the
-step's scheduled end on an absolute timeline (each step starts where the
-previous one was scheduled to end; when idle, the timeline re-anchors to
-now), commit, and hand each request its tokens. Handlers only parse, wait
+One scheduler task runs the engine's step loop (``steps.run_steps``, the
+same loop the DES runs in virtual time) on the event loop's clock: plan a
+step, sleep until its scheduled end on an absolute timeline, commit, and hand
+each request its tokens. Handlers only parse, queue (waking the loop), wait
 and write pre-encoded SSE chunks.
 """
 
@@ -22,7 +22,8 @@ from aiohttp import web
 
 from .. import __version__
 from ..tokenizer import DEFAULT_TOKENIZER
-from .model import EngineModel, Profile
+from .model import EngineModel, Profile, StepPlan, TokenEvent
+from .steps import LoopClock, run_steps
 
 log = logging.getLogger("pytest_llmperf.sim")
 
@@ -126,7 +127,7 @@ class SimServer:
         self.engine = EngineModel(profile, slowdown)
         self.created = int(time.time())
         self._streams: dict[str, _Stream] = {}
-        self._wakeup: asyncio.Event | None = None
+        self._clock: LoopClock | None = None
         self._scheduler: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
         self._next_id = 0
@@ -153,7 +154,7 @@ class SimServer:
         ``sock``: an already bound (not yet listening) socket to serve on instead of ``host``/``port``,
         for engines that reserve their port before they are ready to listen.
         """
-        self._wakeup = asyncio.Event()
+        self._clock = LoopClock()
         self._scheduler = asyncio.create_task(self._schedule(), name="sim-scheduler")
         self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -185,41 +186,19 @@ class SimServer:
     # -- the scheduler ------------------------------------------------------
 
     async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        engine, streams, wakeup = self.engine, self._streams, self._wakeup
-        assert wakeup is not None
-        step_start = loop.time()
-        while True:
-            if not engine.has_work():
-                wakeup.clear()
-                await wakeup.wait()
-                step_start = loop.time()  # idle: re-anchor the timeline to now
-                continue
-            plan = engine.plan_step()
-            if plan.empty:  # nothing runnable (e.g. everything just aborted): do not spin
-                engine.commit_step(plan)
-                wakeup.clear()
-                try:
-                    await asyncio.wait_for(wakeup.wait(), 0.01)
-                except asyncio.TimeoutError:
-                    pass
-                step_start = loop.time()
-                continue
-            step_end = step_start + engine.step_duration_s(plan)
-            delay = step_end - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)  # let handlers run even when behind schedule
-            events = engine.commit_step(plan)
-            step_start = step_end
-            for ev in events:
-                stream = streams.get(ev.request_id)
-                if stream is not None:
-                    stream.push((ev.new_tokens, ev.finished))
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("step %d: %d decodes, %d prefill tokens, %.1f ms, %s", engine.num_steps,
-                          plan.num_decode_seqs, plan.num_prefill_tokens, plan.cost_ms, engine.stats())
+        assert self._clock is not None
+        await run_steps(self.engine, self._clock, self._deliver)
+
+    def _deliver(self, end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:
+        """Hand each request the tokens of the step that just ended."""
+        streams = self._streams
+        for ev in events:
+            stream = streams.get(ev.request_id)
+            if stream is not None:
+                stream.push((ev.new_tokens, ev.finished))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("step %d: %d decodes, %d prefill tokens, %.1f ms, %s", self.engine.num_steps,
+                      plan.num_decode_seqs, plan.num_prefill_tokens, plan.cost_ms, self.engine.stats())
 
     # -- request handling ---------------------------------------------------
 
@@ -293,8 +272,8 @@ class SimServer:
         stream = _Stream()
         self._streams[rid] = stream
         self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens)
-        assert self._wakeup is not None
-        self._wakeup.set()
+        assert self._clock is not None
+        self._clock.wake()
         return rid, stream
 
     async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
