@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf.sim.des import SimRequest, simulate, summarize
+from pytest_llmperf.metrics import compute_metrics
+from pytest_llmperf.sim.des import SimRequest, simulate, summarize, to_records
 from pytest_llmperf.sim.model import Profile
 from pytest_llmperf.sim.profiles import load_profile
 
@@ -34,13 +35,39 @@ def test_arrivals_wait_for_their_time_and_idle_gaps_are_skipped():
     assert results[1].first_token_s > 5.0 and results[1].ttft_s == pytest.approx(results[0].ttft_s)
 
 
-def test_summary_figures():
+def test_summary_figures_are_the_load_generators_metrics():
     results, model = simulate(TINY, [(0.0, 100, 10) for _ in range(8)])
     s = summarize(results, model)
-    assert s.num_requests == 8 and s.total_input_tokens == 800 and s.total_output_tokens == 80
-    assert s.total_token_throughput == pytest.approx(880 / s.duration_s)
-    assert s.duration_s == pytest.approx(max(r.finish_s for r in results))
-    assert s.mean_tpot_ms > 0 and s.mean_ttft_ms > 0 and s.num_steps == model.num_steps
+    m = s.metrics
+    assert m["completed"] == 8 and m["failed"] == 0
+    assert m["total_input_tokens"] == 800 and m["total_output_tokens"] == 80
+    assert m["duration"] == max(r.finish_s for r in results)
+    assert m["total_token_throughput"] == pytest.approx(880 / m["duration"])
+    assert m["output_throughput"] == pytest.approx(80 / m["duration"])
+    assert m["mean_ttft_ms"] == pytest.approx(1000 * sum(r.ttft_s for r in results) / 8)
+    assert m["mean_e2el_ms"] == pytest.approx(1000 * sum(r.e2e_s for r in results) / 8)
+    assert m["mean_tpot_ms"] > 0 and m["p99_itl_ms"] >= m["median_itl_ms"] > 0
+    assert (s.num_steps, s.num_preemptions) == (model.num_steps, model.num_preemptions)
+    # the same function a measured run goes through, over the same records
+    assert m == compute_metrics(to_records(results), m["duration"])
+
+
+def test_records_are_sent_at_arrival_and_timed_by_their_chunks():
+    (rec,) = to_records(simulate(TINY, [(1.0, 300, 3)])[0])
+    assert rec.success and rec.start_s == rec.scheduled_s == 1.0
+    assert (rec.prompt_len, rec.input_tokens, rec.expected_output_len, rec.output_tokens) == (300, 300, 3, 3)
+    assert rec.ttft_s == pytest.approx(0.05) and rec.itl_s == pytest.approx([0.011, 0.011])
+    assert rec.latency_s == pytest.approx(0.072) and rec.tpot_s == pytest.approx(0.011)
+
+
+def test_pinned_simulation_figures():
+    m = summarize(*simulate(TINY, PINNED_MIXED)).metrics
+    # by hand from the pinned chunk times: TTFT and E2E from arrival, TPOT over requests of 2+ tokens, ITL per gap
+    assert m["duration"] == 1.0383999999999998
+    assert m["mean_ttft_ms"] == pytest.approx((71.2 + 67.2 + 160.0 + 159.0 + 16.4) / 5, rel=1e-12)
+    assert m["mean_tpot_ms"] == pytest.approx((37.4 + 36.266666666666666 + 11.0 + 11.0) / 4, rel=1e-12)
+    assert m["mean_itl_ms"] == pytest.approx((74.8 + 108.8 + 11.0 + 22.0) / 8, rel=1e-12)
+    assert m["total_token_throughput"] == pytest.approx((1314 + 13) / 1.0383999999999998, rel=1e-12)
 
 
 def test_slowdown_stretches_the_timeline_exactly():
@@ -118,10 +145,10 @@ def test_calibrated_profiles_stay_near_the_seed(shape):
     got = {}
     for name, (seed_tps, seed_tpot_ms) in SEED[shape].items():
         results, model = simulate(load_profile(name), [(0.0, n_in, n_out)] * prompts)
-        s = summarize(results, model)
-        got[name] = s.total_token_throughput
-        assert s.total_token_throughput == pytest.approx(seed_tps, rel=BAND), f"{name} throughput"
+        m = summarize(results, model).metrics
+        got[name] = m["total_token_throughput"]
+        assert m["total_token_throughput"] == pytest.approx(seed_tps, rel=BAND), f"{name} throughput"
         if seed_tpot_ms is not None:
-            assert s.mean_tpot_ms == pytest.approx(seed_tpot_ms, rel=BAND), f"{name} mean TPOT"
+            assert m["mean_tpot_ms"] == pytest.approx(seed_tpot_ms, rel=BAND), f"{name} mean TPOT"
     # The seed's ordering: SGLang's recommended configuration beats the vLLM baseline.
     assert got["sglang-tp8-dp8-dpattn"] > 1.5 * got["vllm-tp8"]
