@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pytest_llmperf.sim.des import SimRequest, simulate, summarize  # noqa: E402
 from pytest_llmperf.sim.model import Profile  # noqa: E402
 from pytest_llmperf.sim.profiles import list_profiles, load_profile  # noqa: E402
-from pytest_llmperf.sim.server import NATURAL_STOP_FRACTION  # noqa: E402
+from pytest_llmperf.sim.protocol import NATURAL_STOP_FRACTION  # noqa: E402
 
 REQUIRED = ("vllm-tp8", "sglang-tp8-dp8-dpattn")
 
