@@ -13,14 +13,16 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from aiohttp import web
 
 from .. import __version__
 from ..tokenizer import DEFAULT_TOKENIZER
+from .access import UNAUTHORIZED_MESSAGE, ApiKeys
 from .model import EngineModel, Profile, StepPlan, TokenEvent
 from .protocol import NATURAL_STOP_FRACTION, ApiError, ParsedRequest, json_object, natural_output_tokens
 from .protocol import answer_text, completion_body, parse_completion, text_seed, tokenize_text
@@ -32,6 +34,7 @@ log = logging.getLogger("pytest_llmperf.sim")
 
 DONE_EVENT = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+UNAUTHORIZED = ApiError(401, UNAUTHORIZED_MESSAGE, "AuthenticationError")
 
 
 @dataclass(eq=False)
@@ -61,8 +64,13 @@ class SimServer:
     tokenize_route = True
     """Serve vLLM's ``POST /tokenize`` (subclasses imitating an engine without one turn it off)."""
 
-    def __init__(self, profile: Profile, served_model_name: str | None = None, slowdown: float = 1.0):
+    def __init__(self, profile: Profile, served_model_name: str | None = None, slowdown: float = 1.0, *,
+                 api_keys: str | Iterable[str] | None = None, ssl_context: ssl.SSLContext | None = None):
+        """``api_keys``: with one or more, ``/v1`` routes need ``Authorization: Bearer KEY`` (see ``access``).
+        ``ssl_context``: serve HTTPS with it (``access.server_ssl_context`` makes one from PEM files)."""
         self.profile = profile
+        self._api_keys = ApiKeys(api_keys)
+        self.ssl_context = ssl_context
         self.model_name = served_model_name or profile.model
         self.engine = EngineModel(profile, slowdown)
         self.created = int(time.time())
@@ -76,8 +84,17 @@ class SimServer:
 
     # -- lifecycle ----------------------------------------------------------
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+    @property
+    def requires_api_key(self) -> bool:
+        return bool(self._api_keys)
+
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        middlewares = [self._require_api_key] if self._api_keys else []
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=middlewares)
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_post("/v1/completions", self.handle_completions)
         app.router.add_get("/v1/models", self.handle_models)
@@ -99,10 +116,10 @@ class SimServer:
         self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         if sock is not None:
-            site: web.BaseSite = web.SockSite(self._runner, sock, backlog=4096)
+            site: web.BaseSite = web.SockSite(self._runner, sock, backlog=4096, ssl_context=self.ssl_context)
             port = sock.getsockname()[1]
         else:
-            site = web.TCPSite(self._runner, host, port, backlog=4096)
+            site = web.TCPSite(self._runner, host, port, backlog=4096, ssl_context=self.ssl_context)
         await site.start()
         sockets = self._runner.addresses
         self.port = sockets[0][1] if sockets else port
@@ -141,6 +158,12 @@ class SimServer:
                       plan.num_decode_seqs, plan.num_prefill_tokens, plan.cost_ms, self.engine.stats())
 
     # -- request handling ---------------------------------------------------
+
+    @web.middleware
+    async def _require_api_key(self, request: web.Request, handler):
+        if self._api_keys.allows(request.method, request.path, request.headers.get("Authorization")):
+            return await handler(request)
+        return UNAUTHORIZED.response(headers={"WWW-Authenticate": "Bearer"})
 
     async def _read_json(self, request: web.Request) -> dict:
         return json_object(await request.read())
