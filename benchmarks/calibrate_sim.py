@@ -7,8 +7,10 @@
 Runs the virtual-time simulation (all requests arrive at t=0, as the seed's
 runs with an infinite request rate) and prints sim vs seed for total token
 throughput, mean TPOT, mean TTFT and duration, with sim/seed ratios. The
-seed's figures (DeepSeek-V3.2 on 8x H200, see the seed study) are the
-reference; the seed runs include client overheads the sim does not model.
+sim's figures are the load generator's own metrics (``compute_metrics``
+over the simulated requests, as for a measured run). The seed's figures
+(DeepSeek-V3.2 on 8x H200, see the seed study) are the reference; the seed
+runs include client overheads the sim does not model.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pytest_llmperf.sim.des import SimRequest, simulate, summarize  # noqa: E402
 from pytest_llmperf.sim.model import Profile  # noqa: E402
 from pytest_llmperf.sim.profiles import list_profiles, load_profile  # noqa: E402
-from pytest_llmperf.sim.server import NATURAL_STOP_FRACTION  # noqa: E402
+from pytest_llmperf.sim.protocol import NATURAL_STOP_FRACTION  # noqa: E402
 
 REQUIRED = ("vllm-tp8", "sglang-tp8-dp8-dpattn")
 
@@ -120,9 +122,10 @@ def workload_requests(workload: str, num_prompts: int) -> list[SimRequest]:
     return [SimRequest(0.0, shape[0], shape[1]) for _ in range(num_prompts)]
 
 
-def run_case(profile: Profile, workload: str, num_prompts: int):
+def run_case(profile: Profile, workload: str, num_prompts: int) -> dict[str, float | int]:
+    """The load generator's metrics (``metrics.compute_metrics`` keys) of one workload simulated on ``profile``."""
     results, model = simulate(profile, workload_requests(workload, num_prompts))
-    return summarize(results, model)
+    return summarize(results, model).metrics
 
 
 def table(profiles: list[str], workloads: list[str] | None) -> list[tuple[str, str, float, float]]:
@@ -135,16 +138,16 @@ def table(profiles: list[str], workloads: list[str] | None) -> list[tuple[str, s
             if workloads and workload not in workloads:
                 continue
             t0 = time.perf_counter()
-            s = run_case(profile, workload, seed.num_prompts)
+            m = run_case(profile, workload, seed.num_prompts)
             wall = time.perf_counter() - t0
-            r_tps = s.total_token_throughput / seed.total_token_throughput
-            r_tpot = s.mean_tpot_ms / seed.mean_tpot_ms
+            r_tps = m["total_token_throughput"] / seed.total_token_throughput
+            r_tpot = m["mean_tpot_ms"] / seed.mean_tpot_ms
             ratios.append((name, workload, r_tps, r_tpot))
             rows.append([name, workload, seed.num_prompts,
-                         f"{s.total_token_throughput:.0f}", f"{seed.total_token_throughput:.0f}", f"{r_tps:.2f}",
-                         f"{s.mean_tpot_ms:.0f}", f"{seed.mean_tpot_ms:.0f}", f"{r_tpot:.2f}",
-                         f"{s.mean_ttft_ms / 1000:.1f}", f"{seed.mean_ttft_ms / 1000:.1f}",
-                         f"{s.duration_s:.1f}", f"{seed.duration_s:.1f}", f"{wall:.2f}"])
+                         f"{m['total_token_throughput']:.0f}", f"{seed.total_token_throughput:.0f}", f"{r_tps:.2f}",
+                         f"{m['mean_tpot_ms']:.0f}", f"{seed.mean_tpot_ms:.0f}", f"{r_tpot:.2f}",
+                         f"{m['mean_ttft_ms'] / 1000:.1f}", f"{seed.mean_ttft_ms / 1000:.1f}",
+                         f"{m['duration']:.1f}", f"{seed.duration_s:.1f}", f"{wall:.2f}"])
     print(tabulate(rows, headers=["profile", "workload", "n", "tok/s sim", "seed", "ratio", "TPOT ms sim", "seed",
                                   "ratio", "TTFT s sim", "seed", "dur s sim", "seed", "wall s"]))
     return ratios
@@ -160,10 +163,10 @@ FIT_PARAMS = ("step_base_ms", "decode_ms_per_seq", "decode_attn_ms_per_ktoken", 
 def fit_loss(profile: Profile, seeds: dict[str, SeedFigures], ttft_weight: float) -> float:
     loss = 0.0
     for workload, seed in seeds.items():
-        s = run_case(profile, workload, seed.num_prompts)
-        loss += math.log(s.total_token_throughput / seed.total_token_throughput) ** 2
-        loss += math.log(max(s.mean_tpot_ms, 1e-3) / seed.mean_tpot_ms) ** 2
-        loss += ttft_weight * math.log(max(s.mean_ttft_ms, 1e-3) / seed.mean_ttft_ms) ** 2
+        m = run_case(profile, workload, seed.num_prompts)
+        loss += math.log(m["total_token_throughput"] / seed.total_token_throughput) ** 2
+        loss += math.log(max(m["mean_tpot_ms"], 1e-3) / seed.mean_tpot_ms) ** 2
+        loss += ttft_weight * math.log(max(m["mean_ttft_ms"], 1e-3) / seed.mean_ttft_ms) ** 2
     return loss
 
 

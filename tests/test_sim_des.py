@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_llmperf.sim.des import SimRequest, simulate, summarize
+from pytest_llmperf.metrics import compute_metrics
+from pytest_llmperf.sim.des import SimRequest, simulate, summarize, to_records
 from pytest_llmperf.sim.model import Profile
 from pytest_llmperf.sim.profiles import load_profile
 
@@ -34,13 +35,39 @@ def test_arrivals_wait_for_their_time_and_idle_gaps_are_skipped():
     assert results[1].first_token_s > 5.0 and results[1].ttft_s == pytest.approx(results[0].ttft_s)
 
 
-def test_summary_figures():
+def test_summary_figures_are_the_load_generators_metrics():
     results, model = simulate(TINY, [(0.0, 100, 10) for _ in range(8)])
     s = summarize(results, model)
-    assert s.num_requests == 8 and s.total_input_tokens == 800 and s.total_output_tokens == 80
-    assert s.total_token_throughput == pytest.approx(880 / s.duration_s)
-    assert s.duration_s == pytest.approx(max(r.finish_s for r in results))
-    assert s.mean_tpot_ms > 0 and s.mean_ttft_ms > 0 and s.num_steps == model.num_steps
+    m = s.metrics
+    assert m["completed"] == 8 and m["failed"] == 0
+    assert m["total_input_tokens"] == 800 and m["total_output_tokens"] == 80
+    assert m["duration"] == max(r.finish_s for r in results)
+    assert m["total_token_throughput"] == pytest.approx(880 / m["duration"])
+    assert m["output_throughput"] == pytest.approx(80 / m["duration"])
+    assert m["mean_ttft_ms"] == pytest.approx(1000 * sum(r.ttft_s for r in results) / 8)
+    assert m["mean_e2el_ms"] == pytest.approx(1000 * sum(r.e2e_s for r in results) / 8)
+    assert m["mean_tpot_ms"] > 0 and m["p99_itl_ms"] >= m["median_itl_ms"] > 0
+    assert (s.num_steps, s.num_preemptions) == (model.num_steps, model.num_preemptions)
+    # the same function a measured run goes through, over the same records
+    assert m == compute_metrics(to_records(results), m["duration"])
+
+
+def test_records_are_sent_at_arrival_and_timed_by_their_chunks():
+    (rec,) = to_records(simulate(TINY, [(1.0, 300, 3)])[0])
+    assert rec.success and rec.start_s == rec.scheduled_s == 1.0
+    assert (rec.prompt_len, rec.input_tokens, rec.expected_output_len, rec.output_tokens) == (300, 300, 3, 3)
+    assert rec.ttft_s == pytest.approx(0.05) and rec.itl_s == pytest.approx([0.011, 0.011])
+    assert rec.latency_s == pytest.approx(0.072) and rec.tpot_s == pytest.approx(0.011)
+
+
+def test_pinned_simulation_figures():
+    m = summarize(*simulate(TINY, PINNED_MIXED)).metrics
+    # by hand from the pinned chunk times: TTFT and E2E from arrival, TPOT over requests of 2+ tokens, ITL per gap
+    assert m["duration"] == 1.0383999999999998
+    assert m["mean_ttft_ms"] == pytest.approx((71.2 + 67.2 + 160.0 + 159.0 + 16.4) / 5, rel=1e-12)
+    assert m["mean_tpot_ms"] == pytest.approx((37.4 + 36.266666666666666 + 11.0 + 11.0) / 4, rel=1e-12)
+    assert m["mean_itl_ms"] == pytest.approx((74.8 + 108.8 + 11.0 + 22.0) / 8, rel=1e-12)
+    assert m["total_token_throughput"] == pytest.approx((1314 + 13) / 1.0383999999999998, rel=1e-12)
 
 
 def test_slowdown_stretches_the_timeline_exactly():
@@ -49,6 +76,51 @@ def test_slowdown_stretches_the_timeline_exactly():
     slow, _ = simulate(TINY, reqs, slowdown=2.0)
     for f, s in zip(fast, slow):
         assert s.chunk_times_s == pytest.approx([2 * t for t in f.chunk_times_s])
+
+
+# Exact figures of small simulations, recorded before the DES and the server shared one step loop
+# (sim/steps.py): any change to the loop's semantics or arithmetic shows here, to the last bit.
+PINNED_MIXED = [(0.0, 300, 3), (0.004, 40, 4), (0.02, 900, 2), (0.021, 10, 1), (1.0, 64, 3)]
+PINNED_MIXED_CHUNKS_S = [
+    [0.0712, 0.1086, 0.14600000000000002],
+    [0.0712, 0.1086, 0.14600000000000002, 0.18000000000000002],
+    [0.18000000000000002, 0.19100000000000003],
+    [0.18000000000000002],
+    [1.0164, 1.0273999999999999, 1.0383999999999998],
+]
+PINNED_DP = [(0.001 * i, 400 + 50 * i, 300 + 20 * i) for i in range(6)]
+# per request: first two chunk times, last chunk time, chunks
+PINNED_DP_CHUNKS_S = [
+    (0.11832000000000001, 0.41938499999999995, 6.70811625, 300),
+    (0.1794, 0.47406974999999996, 7.24598625, 320),
+    (0.24048, 0.41938499999999995, 7.765053749999999, 340),
+    (0.30156, 0.47406974999999996, 8.19001125, 360),
+    (0.3621, 0.41938499999999995, 10.771267499999999, 380),
+    (0.45324, 0.47406974999999996, 12.359888999999999, 400),
+]
+
+
+def test_pinned_simulation_arrivals_during_steps_and_an_idle_gap():
+    results, model = simulate(TINY, PINNED_MIXED)
+    assert [r.chunk_times_s for r in results] == PINNED_MIXED_CHUNKS_S
+    assert [r.chunk_tokens for r in results] == [[1] * len(c) for c in PINNED_MIXED_CHUNKS_S]
+    assert (model.num_steps, model.num_preemptions) == (9, 0)
+
+
+def test_pinned_simulation_two_ranks_prefill_first_preemptions_and_slowdown():
+    dp = TINY.replace(name="tiny-dp", dp_size=2, scheduler="prefill_first", kv_capacity_tokens=2000,
+                      decode_attn_ms_per_ktoken=0.5, moe_ms_per_token=0.01)
+    results, model = simulate(dp, PINNED_DP, slowdown=1.5)
+    got = [(r.chunk_times_s[0], r.chunk_times_s[1], r.chunk_times_s[-1], len(r.chunk_times_s)) for r in results]
+    assert got == PINNED_DP_CHUNKS_S
+    assert [sum(r.chunk_tokens) for r in results] == [300 + 20 * i for i in range(6)]
+    assert (model.num_steps, model.num_preemptions) == (614, 4)
+
+
+def test_a_simulation_that_cannot_finish_stops_at_the_step_limit():
+    stuck = TINY.replace(name="stuck", chunked_prefill_tokens=1, spec_draft_tokens=1)  # no room for a decode
+    with pytest.raises(RuntimeError, match="did not finish within 50 steps"):
+        simulate(stuck, [(0.0, 1, 5)], max_steps=50)
 
 
 def test_rejects_requests_the_profile_cannot_serve():
@@ -73,10 +145,10 @@ def test_calibrated_profiles_stay_near_the_seed(shape):
     got = {}
     for name, (seed_tps, seed_tpot_ms) in SEED[shape].items():
         results, model = simulate(load_profile(name), [(0.0, n_in, n_out)] * prompts)
-        s = summarize(results, model)
-        got[name] = s.total_token_throughput
-        assert s.total_token_throughput == pytest.approx(seed_tps, rel=BAND), f"{name} throughput"
+        m = summarize(results, model).metrics
+        got[name] = m["total_token_throughput"]
+        assert m["total_token_throughput"] == pytest.approx(seed_tps, rel=BAND), f"{name} throughput"
         if seed_tpot_ms is not None:
-            assert s.mean_tpot_ms == pytest.approx(seed_tpot_ms, rel=BAND), f"{name} mean TPOT"
+            assert m["mean_tpot_ms"] == pytest.approx(seed_tpot_ms, rel=BAND), f"{name} mean TPOT"
     # The seed's ordering: SGLang's recommended configuration beats the vLLM baseline.
     assert got["sglang-tp8-dp8-dpattn"] > 1.5 * got["vllm-tp8"]

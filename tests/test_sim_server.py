@@ -52,7 +52,7 @@ class ThreadedServer:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         port = asyncio.run_coroutine_threadsafe(self.server.start("127.0.0.1", 0), self.loop).result(10)
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{self.server.scheme}://127.0.0.1:{port}"
 
     def call(self, fn):
         """Run ``fn()`` on the server's loop and return its result."""
@@ -374,3 +374,192 @@ def test_a_server_can_leave_tokenize_out(profile_path, monkeypatch):
         assert server_token_counter(srv.url, MODEL, timeout_s=10) is None
     finally:
         srv.close()
+
+
+# ---------------------------------------------------------------- API key and TLS
+KEY = "sk-sim-test-0123456789"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    from tls_certs import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("tls"))
+
+
+def test_api_keys_guard_v1_routes_only_as_vllm_does():
+    from pytest_llmperf.sim.access import ApiKeys
+
+    keys = ApiKeys([KEY, "", "second-key"])
+    assert keys and not ApiKeys(None) and not ApiKeys("") and not ApiKeys([])
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/models"):
+        assert not keys.allows("POST", path, None)
+        assert not keys.allows("POST", path, "Bearer wrong")
+        assert not keys.allows("POST", path, KEY)  # no scheme
+        assert not keys.allows("POST", path, f"Basic {KEY}")
+        assert keys.allows("POST", path, f"Bearer {KEY}") and keys.allows("POST", path, f"bearer {KEY}")
+        assert keys.allows("POST", path, "Bearer second-key")
+        assert keys.allows("OPTIONS", path, None)  # CORS preflights pass, as in vLLM
+    for path in ("/health", "/version", "/metrics", "/tokenize"):
+        assert keys.allows("GET", path, None)
+    assert ApiKeys(None).allows("POST", "/v1/completions", None)
+    assert KEY not in repr(keys) and repr(keys) == "ApiKeys(2 keys)"
+
+
+def test_tls_files_that_do_not_load_are_one_line_errors(tmp_path, certs):
+    from pytest_llmperf.sim.access import server_ssl_context
+
+    assert server_ssl_context(str(certs.cert_path), str(certs.key_path)) is not None
+    with pytest.raises(ValueError, match=r"nope\.pem does not exist; give PEM files") as missing:
+        server_ssl_context(str(tmp_path / "nope.pem"), str(certs.key_path))
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ValueError, match="cannot load the TLS certificate .*bad.pem") as unloadable:
+        server_ssl_context(str(bad), str(certs.key_path))
+    for err in (missing, unloadable):
+        assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def secure_sim(profile_path, certs):
+    from pytest_llmperf.sim.access import server_ssl_context
+
+    ctx = server_ssl_context(str(certs.cert_path), str(certs.key_path))
+    srv = ThreadedServer(profile_path, api_keys=KEY, ssl_context=ctx)
+    yield srv
+    srv.close()
+
+
+def https(certs) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(certs.ca_path)
+    return session
+
+
+def test_https_with_the_test_ca_trusted_serves_a_stream(secure_sim, certs):
+    assert secure_sim.url.startswith("https://127.0.0.1:")
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "a b c"}], "max_tokens": 5, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    with https(certs) as http:
+        with http.post(secure_sim.url + "/v1/chat/completions", json=body, stream=True, timeout=10,
+                       headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            assert resp.status_code == 200
+            events = sse_events(resp)
+    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] == 5
+
+
+def test_without_the_ca_the_tls_handshake_fails(secure_sim):
+    import ssl
+
+    port = int(secure_sim.url.rsplit(":", 1)[1])
+    ctx = ssl.create_default_context()  # the system's CAs only
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    plain = requests.Session()
+    plain.trust_env = False
+    with pytest.raises(requests.exceptions.SSLError):
+        plain.get(secure_sim.url + "/health", timeout=10)
+
+
+def test_v1_routes_answer_401_without_the_key_and_200_with_it(secure_sim, certs):
+    chat_body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "ignore_eos": True}
+    with https(certs) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+            for method, path, body in (("GET", "/v1/models", None), ("POST", "/v1/chat/completions", chat_body),
+                                       ("POST", "/v1/completions", {"prompt": "hi", "max_tokens": 1})):
+                resp = http.request(method, secure_sim.url + path, json=body, headers=headers, timeout=10)
+                assert resp.status_code == 401, (path, headers)
+                err = resp.json()["error"]
+                assert err["code"] == 401 and err["type"] == "AuthenticationError"
+                assert "Authorization: Bearer" in err["message"] and KEY not in resp.text
+                assert resp.headers["WWW-Authenticate"] == "Bearer"
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert http.get(secure_sim.url + "/v1/models", headers=auth, timeout=10).status_code == 200
+        resp = http.post(secure_sim.url + "/v1/chat/completions", json=chat_body, headers=auth, timeout=10)
+        assert resp.status_code == 200 and resp.json()["usage"]["completion_tokens"] == 2
+    assert secure_sim.call(lambda: secure_sim.server.engine.num_requests) == 0  # refused requests never queued
+
+
+def test_open_routes_stay_open_with_a_key(secure_sim, certs):
+    with https(certs) as http:
+        assert http.get(secure_sim.url + "/health", timeout=10).status_code == 200
+        assert http.get(secure_sim.url + "/version", timeout=10).json()["profile"] == "fast"
+        assert "sim:num_steps" in http.get(secure_sim.url + "/metrics", timeout=10).text
+        assert http.post(secure_sim.url + "/tokenize", json={"prompt": "a b"}, timeout=10).json()["count"] == 2
+
+
+def run_sim_cli(profile_path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pytest_llmperf.sim", "serve", "--host", "127.0.0.1", "--port", "0",
+                             "--profile", str(profile_path), *args],
+                            cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def ready_line(proc: subprocess.Popen) -> tuple[str, str]:
+    """Read its output up to the ready line: (that line, everything read)."""
+    seen = ""
+    for line in proc.stdout:
+        seen += line
+        if line.startswith("sim engine ready on "):
+            return line, seen
+    pytest.fail(f"the sim exited before it was ready:\n{seen}")
+
+
+def stop_cli(proc: subprocess.Popen) -> str:
+    """SIGTERM, then the rest of its output (killed if it does not stop)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out or ""
+
+
+def test_cli_serves_https_with_the_key_from_the_environment_and_never_prints_it(profile_path, certs):
+    env = {"LLMPERF_SIM_API_KEY": KEY}
+    proc = run_sim_cli(profile_path, "--ssl-certfile", str(certs.cert_path), "--ssl-keyfile", str(certs.key_path),
+                       "--log-level", "debug", env=env)
+    out = ""
+    try:
+        line, out = ready_line(proc)
+        assert line.startswith("sim engine ready on https://127.0.0.1:") and "API key required" in line, line
+        url = line.split()[4]
+        with https(certs) as http:
+            assert http.get(url + "/v1/models", timeout=10).status_code == 401
+            assert http.get(url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).status_code == 200
+            body = {"prompt": "x", "max_tokens": 2, "ignore_eos": True}
+            assert http.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                             timeout=10).status_code == 200
+    finally:
+        out += stop_cli(proc)
+    assert proc.returncode == 0, out
+    assert "sim engine stopped" in out and KEY not in out
+
+
+def test_cli_api_key_flag_wins_over_the_environment(profile_path):
+    proc = run_sim_cli(profile_path, "--api-key", "from-the-flag", env={"LLMPERF_SIM_API_KEY": KEY})
+    try:
+        line, _ = ready_line(proc)
+        assert line.startswith("sim engine ready on http://127.0.0.1:") and "API key required" in line, line
+        url = line.split()[4]
+        assert requests.get(url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10).status_code == 401
+        assert requests.get(url + "/v1/models", headers={"Authorization": "Bearer from-the-flag"},
+                            timeout=10).status_code == 200
+    finally:
+        stop_cli(proc)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ssl-keyfile", "k.pem"], "--ssl-keyfile needs --ssl-certfile"),
+    (["--ssl-certfile", "missing-cert.pem"], "missing-cert.pem does not exist"),
+])
+def test_cli_tls_flags_that_cannot_serve_exit_2_with_one_line(profile_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "pytest_llmperf.sim", "serve", "--port", "0", "--profile",
+                           str(profile_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert message in proc.stderr and proc.stderr.count("\n") == 1 and not proc.stdout

@@ -93,7 +93,7 @@ class Engine:
             self.argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, *args, *where]
         full_env = {**os.environ, **base_env, "LLMPERF_STANDIN_BOOT_S": "0.05", "LLMPERF_STANDIN_WARMUP_S": "0.05"}
         for key in ("LLMPERF_STANDIN_FIXED", "LLMPERF_STANDIN_VERSION", "LLMPERF_FAKE_NVML_DIR", "CUDA_VISIBLE_DEVICES",
-                    "VLLM_USE_DEEP_GEMM", "SGLANG_ENABLE_JIT_DEEPGEMM", "TRTLLM_DG_ENABLED"):
+                    "VLLM_USE_DEEP_GEMM", "SGLANG_ENABLE_JIT_DEEPGEMM", "TRTLLM_DG_ENABLED", "VLLM_API_KEY"):
             full_env.pop(key, None)
         full_env.update(env or {})
         self.log_path = tmp_path / f"{engine}-{self.port}.log"
@@ -368,3 +368,63 @@ def test_install_writes_executables_and_environment(tmp_path, monkeypatch):
     assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "bin")
     standins = Path(__file__).parent / "standins"
     assert env["PYTHONPATH"].split(os.pathsep) == [str(standins.resolve()), "/somewhere"]
+
+
+# ----------------------------------------------------------------- vLLM's API key and TLS
+def test_vllm_serves_https_and_requires_its_api_keys(standin_env, tmp_path):
+    from tls_certs import make_certs
+
+    certs = make_certs(tmp_path / "tls")
+    keys = ["sk-standin-first", "sk-standin-second"]
+    engine = Engine("vllm", ["-tp", "8", "--api-key", *keys, "--ssl-certfile", str(certs.cert_path),
+                             "--ssl-keyfile", str(certs.key_path)], standin_env, tmp_path)
+    engine.url = engine.url.replace("http://", "https://")
+    engine.http.verify = str(certs.ca_path)
+    try:
+        engine.wait_ready()
+        assert f"Uvicorn running on https://{HOST}:{engine.port}" in engine.log()
+        assert engine.get("/v1/models").status_code == 401
+        assert engine.get("/v1/models", headers={"Authorization": "Bearer sk-other"}).status_code == 401
+        for key in keys:
+            engine.http.headers["Authorization"] = f"Bearer {key}"
+            text, usage = stream_chat(engine, max_tokens=3)
+            assert text and usage["completion_tokens"] == 3
+        del engine.http.headers["Authorization"]
+        for path in ("/health", "/version", "/metrics", "/ping"):
+            assert engine.get(path).status_code == 200, path
+        assert engine.post("/tokenize", {"prompt": "a b c"}).json()["count"] == 3
+        with pytest.raises(requests.exceptions.SSLError):  # the test CA not trusted: the handshake fails
+            requests.get(engine.url + "/health", timeout=30, verify=True)
+        assert engine.terminate() == 0
+        log = engine.log()
+        assert "'api_key': ['<redacted>', '<redacted>']" in log and not any(k in log for k in keys)
+    finally:
+        engine.close()
+
+
+def test_vllm_takes_its_api_key_from_vllm_api_key_unless_given_one(standin_env, tmp_path):
+    engine = Engine("vllm", ["-tp", "8"], standin_env, tmp_path, env={"VLLM_API_KEY": "sk-from-env"})
+    flagged = Engine("vllm", ["-tp", "8", "--api-key", "sk-from-flag"], standin_env, tmp_path,
+                     env={"VLLM_API_KEY": "sk-from-env"})
+    try:
+        for e in (engine, flagged):
+            e.wait_ready()
+            assert e.url.startswith("http://")
+        assert engine.get("/v1/models").status_code == 401
+        assert engine.get("/v1/models", headers={"Authorization": "Bearer sk-from-env"}).status_code == 200
+        assert flagged.get("/v1/models", headers={"Authorization": "Bearer sk-from-env"}).status_code == 401
+        assert flagged.get("/v1/models", headers={"Authorization": "Bearer sk-from-flag"}).status_code == 200
+        assert engine.terminate() == 0 and flagged.terminate() == 0
+        assert "sk-from" not in engine.log() + flagged.log()
+    finally:
+        engine.close()
+        flagged.close()
+
+
+def test_vllm_with_a_certificate_it_cannot_load_exits_naming_it(standin_env, tmp_path):
+    engine = Engine("vllm", ["-tp", "8", "--ssl-certfile", str(tmp_path / "absent.pem")], standin_env, tmp_path)
+    try:
+        assert engine.wait_exit() == 1
+        assert "absent.pem does not exist" in engine.log() and "Uvicorn running" not in engine.log()
+    finally:
+        engine.close()

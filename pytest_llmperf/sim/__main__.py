@@ -2,7 +2,11 @@
 
     python -m pytest_llmperf.sim serve --port 8000 --profile vllm-tp8 [--host 127.0.0.1]
         [--slowdown FACTOR] [--served-model-name NAME] [--log-level info]
+        [--api-key KEY] [--ssl-certfile FILE --ssl-keyfile FILE]
     python -m pytest_llmperf.sim profiles
+
+The API key may come from the environment instead (``LLMPERF_SIM_API_KEY``),
+so that it need not sit on a command line; it is never printed.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+
+from .access import ENV_API_KEY
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -46,8 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slowdown", type=_positive_float, default=1.0, help="multiply every step's duration")
     serve.add_argument("--served-model-name", default=None, help="model name the API answers to (default: the profile's)")
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    serve.add_argument("--api-key", metavar="KEY", default=None,
+                       help=f"require 'Authorization: Bearer KEY' on /v1 routes (default: ${ENV_API_KEY}, if set)")
+    serve.add_argument("--ssl-certfile", metavar="FILE", default=None, help="serve HTTPS with this PEM certificate")
+    serve.add_argument("--ssl-keyfile", metavar="FILE", default=None,
+                       help="the certificate's PEM private key (unless the certificate file holds it)")
     sub.add_parser("profiles", help="list the built-in profiles")
     return ap
+
+
+def _ssl_context(args: argparse.Namespace):
+    """The TLS context the flags ask for, or None; ValueError (one line) when the files do not serve."""
+    if args.ssl_certfile is None:
+        if args.ssl_keyfile is not None:
+            raise ValueError("--ssl-keyfile needs --ssl-certfile: give the certificate too, or neither for plain HTTP")
+        return None
+    from .access import server_ssl_context
+
+    return server_ssl_context(args.ssl_certfile, args.ssl_keyfile)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -56,10 +79,12 @@ async def _serve(args: argparse.Namespace) -> int:
 
     try:
         profile = load_profile(args.profile)
+        ssl_context = _ssl_context(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    server = SimServer(profile, args.served_model_name, args.slowdown)
+    api_key = args.api_key if args.api_key is not None else os.environ.get(ENV_API_KEY)
+    server = SimServer(profile, args.served_model_name, args.slowdown, api_keys=api_key, ssl_context=ssl_context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,8 +95,9 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr, flush=True)
         return 1
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"sim engine ready on http://{shown_host}:{port} (profile {profile.name}, model {server.model_name}, "
-          f"slowdown {args.slowdown:g})", flush=True)
+    key_note = ", API key required" if server.requires_api_key else ""
+    print(f"sim engine ready on {server.scheme}://{shown_host}:{port} (profile {profile.name}, "
+          f"model {server.model_name}, slowdown {args.slowdown:g}{key_note})", flush=True)
     await stop.wait()
     logging.getLogger("pytest_llmperf.sim").info("stopping")
     await server.stop()

@@ -1,19 +1,22 @@
 """Virtual-time driver of the engine model: no sleeping, no IO.
 
 ``simulate(profile, requests)`` runs ``EngineModel`` to completion over
-requests that arrive at given times and returns, per request, when each
-output chunk came out. ``summarize`` turns that into the headline figures as
-the reference client defines them (TTFT and E2E from arrival, TPOT over
-requests with more than one token, ITL per chunk gap).
+requests that arrive at given times (the step loop of ``steps``, on a
+virtual clock) and returns, per request, when each output chunk came out.
+``summarize`` turns that into ``RequestRecord``s (sent at arrival) and the
+load generator's own metrics (``metrics.compute_metrics``): the same keys
+and definitions as a measured run, beside the model's step and preemption
+counters.
 """
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .model import EngineModel, Profile
+from ..metrics import RequestRecord, compute_metrics
+from .model import EngineModel, Profile, StepPlan, TokenEvent
+from .steps import StepLimitExceeded, VirtualClock, run_steps, run_virtual
 
 
 @dataclass(frozen=True)
@@ -54,20 +57,10 @@ class SimResult:
 
 @dataclass(frozen=True)
 class SimSummary:
-    """Run figures, named and computed like the reference client's."""
+    """A finished simulation's figures: the load generator's metrics, and the model's own counters beside them."""
 
-    num_requests: int
-    duration_s: float
-    total_input_tokens: int
-    total_output_tokens: int
-    total_token_throughput: float
-    output_token_throughput: float
-    mean_ttft_ms: float
-    median_ttft_ms: float
-    mean_tpot_ms: float
-    median_tpot_ms: float
-    mean_itl_ms: float
-    mean_e2e_ms: float
+    metrics: dict[str, float | int]
+    """``pytest_llmperf.metrics.compute_metrics`` over the simulated requests: same keys, same definitions."""
     num_steps: int
     num_preemptions: int
 
@@ -84,7 +77,8 @@ def simulate(profile: Profile, requests: Iterable[SimRequest | tuple[float, int,
     """Run every request to completion in virtual time; results in input order, and the model (for its counters).
 
     Requests arriving during a step join the engine when that step ends, as
-    they would on a server whose scheduler loop picks them up between steps.
+    they would on a server whose scheduler loop picks them up between steps
+    (the server runs the same loop, ``steps.run_steps``, on a real clock).
     """
     reqs = _as_requests(requests)
     model = EngineModel(profile, slowdown)
@@ -92,55 +86,58 @@ def simulate(profile: Profile, requests: Iterable[SimRequest | tuple[float, int,
         model.check_request(r.prompt_tokens, r.output_tokens)
     order = sorted(range(len(reqs)), key=lambda i: (reqs[i].arrival_s, i))
     results = [SimResult(r.arrival_s, r.prompt_tokens, r.output_tokens, [], []) for r in reqs]
-    now_s, nxt, steps = 0.0, 0, 0
-    while nxt < len(order) or model.has_work():
-        if not model.has_work():
-            now_s = max(now_s, reqs[order[nxt]].arrival_s)
+    nxt = 0
+
+    def next_arrival_s() -> float | None:
+        return reqs[order[nxt]].arrival_s if nxt < len(order) else None
+
+    def admit(now_s: float) -> None:
+        nonlocal nxt
         while nxt < len(order) and reqs[order[nxt]].arrival_s <= now_s:
             i = order[nxt]
             model.add_request(str(i), reqs[i].prompt_tokens, reqs[i].output_tokens)
             nxt += 1
-        plan = model.plan_step()
-        now_s += model.step_duration_s(plan)
-        for ev in model.commit_step(plan):
+
+    def record(end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:
+        for ev in events:
             res = results[int(ev.request_id)]
-            res.chunk_times_s.append(now_s)
+            res.chunk_times_s.append(end_s)
             res.chunk_tokens.append(ev.new_tokens)
-        steps += 1
-        if steps > max_steps:
-            raise RuntimeError(f"simulation did not finish within {max_steps} steps")
+
+    clock = VirtualClock(next_arrival_s)
+    try:
+        run_virtual(run_steps(model, clock, record, admit=admit, max_steps=max_steps))
+    except StepLimitExceeded:
+        raise RuntimeError(f"simulation did not finish within {max_steps} steps; raise max_steps, or check that "
+                           f"the profile can schedule every request") from None
     return results, model
 
 
-def summarize(results: Sequence[SimResult], model: EngineModel | None = None) -> SimSummary:
-    """Reference-style figures over a finished simulation (duration from the first arrival)."""
+def to_records(results: Sequence[SimResult]) -> list[RequestRecord]:
+    """The simulated requests as the load generator records them: sent at arrival, timed by their chunks."""
+    records = []
+    for r in results:
+        rec = RequestRecord(prompt_len=r.prompt_tokens, expected_output_len=r.output_tokens, start_s=r.arrival_s,
+                            scheduled_s=r.arrival_s, input_tokens=r.prompt_tokens)
+        times = r.chunk_times_s
+        if times:
+            rec.success = True
+            rec.ttft_s = times[0] - r.arrival_s
+            rec.itl_s = [b - a for a, b in zip(times, times[1:])]
+            rec.latency_s = times[-1] - r.arrival_s
+            rec.output_tokens = sum(r.chunk_tokens)
+        else:
+            rec.error = "no output: the simulation did not finish this request"
+        records.append(rec)
+    return records
+
+
+def summarize(results: Sequence[SimResult], model: EngineModel | None = None,
+              percentiles: Sequence[float] = (99,)) -> SimSummary:
+    """The run's metrics as the load generator computes them (duration from the first arrival to the last chunk)."""
     if not results:
         raise ValueError("no results to summarize")
     start_s = min(r.arrival_s for r in results)
-    duration_s = max(r.finish_s for r in results) - start_s
-    n_in = sum(r.prompt_tokens for r in results)
-    n_out = sum(sum(r.chunk_tokens) for r in results)
-    ttfts = [r.ttft_s * 1000 for r in results]
-    tpots = [(r.e2e_s - r.ttft_s) * 1000 / (r.output_tokens - 1) for r in results if r.output_tokens > 1]
-    gaps_ms, n_gaps = 0.0, 0
-    for r in results:
-        if len(r.chunk_times_s) > 1:
-            gaps_ms += (r.chunk_times_s[-1] - r.chunk_times_s[0]) * 1000
-            n_gaps += len(r.chunk_times_s) - 1
-    safe = duration_s if duration_s > 0 else float("inf")
-    return SimSummary(
-        num_requests=len(results),
-        duration_s=duration_s,
-        total_input_tokens=n_in,
-        total_output_tokens=n_out,
-        total_token_throughput=(n_in + n_out) / safe,
-        output_token_throughput=n_out / safe,
-        mean_ttft_ms=statistics.fmean(ttfts),
-        median_ttft_ms=statistics.median(ttfts),
-        mean_tpot_ms=statistics.fmean(tpots) if tpots else 0.0,
-        median_tpot_ms=statistics.median(tpots) if tpots else 0.0,
-        mean_itl_ms=gaps_ms / n_gaps if n_gaps else 0.0,
-        mean_e2e_ms=statistics.fmean(r.e2e_s * 1000 for r in results),
-        num_steps=model.num_steps if model else 0,
-        num_preemptions=model.num_preemptions if model else 0,
-    )
+    duration_s = max((r.finish_s for r in results if r.chunk_times_s), default=start_s) - start_s
+    metrics = compute_metrics(to_records(results), duration_s, percentiles)
+    return SimSummary(metrics, model.num_steps if model else 0, model.num_preemptions if model else 0)

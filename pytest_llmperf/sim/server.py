@@ -1,9 +1,9 @@
 """The sim engine's OpenAI-compatible HTTP server (aiohttp).
 
-One scheduler task drives ``EngineModel``: plan a step, sleep until the
-step's scheduled end on an absolute timeline (each step starts where the
-previous one was scheduled to end; when idle, the timeline re-anchors to
-now), commit, and hand each request its tokens. Handlers only parse, wait
+One scheduler task runs the engine's step loop (``steps.run_steps``, the
+same loop the DES runs in virtual time) on the event loop's clock: plan a
+step, sleep until its scheduled end on an absolute timeline, commit, and hand
+each request its tokens. Handlers only parse, queue (waking the loop), wait
 and write pre-encoded SSE chunks.
 """
 
@@ -13,42 +13,28 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import time
-import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from aiohttp import web
 
 from .. import __version__
 from ..tokenizer import DEFAULT_TOKENIZER
-from .model import EngineModel, Profile
+from .access import UNAUTHORIZED_MESSAGE, ApiKeys
+from .model import EngineModel, Profile, StepPlan, TokenEvent
+from .protocol import NATURAL_STOP_FRACTION, ApiError, ParsedRequest, json_object, natural_output_tokens
+from .protocol import answer_text, completion_body, parse_completion, text_seed, tokenize_text
+from .steps import LoopClock, run_steps
+
+__all__ = ["ApiError", "NATURAL_STOP_FRACTION", "SimServer", "natural_output_tokens"]
 
 log = logging.getLogger("pytest_llmperf.sim")
 
-NATURAL_STOP_FRACTION = 0.04
-"""Share of prompts whose natural answer is short (4..511 tokens); the rest run to 2048..4095 tokens."""
-
 DONE_EVENT = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-
-
-def natural_output_tokens(prompt_text: str) -> int:
-    """The length the simulated model would answer ``prompt_text`` with when free to stop (deterministic)."""
-    h = zlib.crc32(prompt_text.encode("utf-8", "surrogatepass"))
-    if (h & 0xFFFF) / 65536.0 < NATURAL_STOP_FRACTION:
-        return 4 + (h >> 16) % 508
-    return 2048 + (h >> 16) % 2048
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, err_type: str = "BadRequestError", param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.err_type, self.param = status, message, err_type, param
-
-    def response(self) -> web.Response:
-        body = {"error": {"message": self.message, "type": self.err_type, "param": self.param, "code": self.status}}
-        return web.json_response(body, status=self.status)
+UNAUTHORIZED = ApiError(401, UNAUTHORIZED_MESSAGE, "AuthenticationError")
 
 
 @dataclass(eq=False)
@@ -72,61 +58,24 @@ class _Stream:
             w.set_result(None)
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    chat: bool
-    prompt_text: str
-    prompt_tokens: int
-    max_tokens: int
-    stream: bool
-    include_usage: bool
-    finish_reason: str
-    output_tokens: int
-
-
-def _int_field(body: dict, name: str) -> int | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ApiError(400, f"{name} must be an integer >= 1, got {v!r}", param=name)
-    return v
-
-
-def _message_text(messages: Any) -> str:
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list of {\"role\": ..., \"content\": ...} objects", param="messages")
-    parts: list[str] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise ApiError(400, f"messages[{i}] must be an object with a string 'role', got {m!r:.80}", param="messages")
-        content = m.get("content")
-        if content is None or isinstance(content, str):
-            parts.append(content or "")
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                    parts.append(part["text"])
-                else:
-                    raise ApiError(400, f"messages[{i}].content parts must be {{\"type\": \"text\", \"text\": ...}}", param="messages")
-        else:
-            raise ApiError(400, f"messages[{i}].content must be a string or a list of text parts", param="messages")
-    return "\n".join(parts)
-
-
 class SimServer:
     """The HTTP front of one simulated engine."""
 
     tokenize_route = True
     """Serve vLLM's ``POST /tokenize`` (subclasses imitating an engine without one turn it off)."""
 
-    def __init__(self, profile: Profile, served_model_name: str | None = None, slowdown: float = 1.0):
+    def __init__(self, profile: Profile, served_model_name: str | None = None, slowdown: float = 1.0, *,
+                 api_keys: str | Iterable[str] | None = None, ssl_context: ssl.SSLContext | None = None):
+        """``api_keys``: with one or more, ``/v1`` routes need ``Authorization: Bearer KEY`` (see ``access``).
+        ``ssl_context``: serve HTTPS with it (``access.server_ssl_context`` makes one from PEM files)."""
         self.profile = profile
+        self._api_keys = ApiKeys(api_keys)
+        self.ssl_context = ssl_context
         self.model_name = served_model_name or profile.model
         self.engine = EngineModel(profile, slowdown)
         self.created = int(time.time())
         self._streams: dict[str, _Stream] = {}
-        self._wakeup: asyncio.Event | None = None
+        self._clock: LoopClock | None = None
         self._scheduler: asyncio.Task | None = None
         self._runner: web.AppRunner | None = None
         self._next_id = 0
@@ -135,8 +84,17 @@ class SimServer:
 
     # -- lifecycle ----------------------------------------------------------
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+    @property
+    def requires_api_key(self) -> bool:
+        return bool(self._api_keys)
+
     def make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        middlewares = [self._require_api_key] if self._api_keys else []
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=middlewares)
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_post("/v1/completions", self.handle_completions)
         app.router.add_get("/v1/models", self.handle_models)
@@ -153,15 +111,15 @@ class SimServer:
         ``sock``: an already bound (not yet listening) socket to serve on instead of ``host``/``port``,
         for engines that reserve their port before they are ready to listen.
         """
-        self._wakeup = asyncio.Event()
+        self._clock = LoopClock()
         self._scheduler = asyncio.create_task(self._schedule(), name="sim-scheduler")
         self._runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         if sock is not None:
-            site: web.BaseSite = web.SockSite(self._runner, sock, backlog=4096)
+            site: web.BaseSite = web.SockSite(self._runner, sock, backlog=4096, ssl_context=self.ssl_context)
             port = sock.getsockname()[1]
         else:
-            site = web.TCPSite(self._runner, host, port, backlog=4096)
+            site = web.TCPSite(self._runner, host, port, backlog=4096, ssl_context=self.ssl_context)
         await site.start()
         sockets = self._runner.addresses
         self.port = sockets[0][1] if sockets else port
@@ -185,100 +143,33 @@ class SimServer:
     # -- the scheduler ------------------------------------------------------
 
     async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        engine, streams, wakeup = self.engine, self._streams, self._wakeup
-        assert wakeup is not None
-        step_start = loop.time()
-        while True:
-            if not engine.has_work():
-                wakeup.clear()
-                await wakeup.wait()
-                step_start = loop.time()  # idle: re-anchor the timeline to now
-                continue
-            plan = engine.plan_step()
-            if plan.empty:  # nothing runnable (e.g. everything just aborted): do not spin
-                engine.commit_step(plan)
-                wakeup.clear()
-                try:
-                    await asyncio.wait_for(wakeup.wait(), 0.01)
-                except asyncio.TimeoutError:
-                    pass
-                step_start = loop.time()
-                continue
-            step_end = step_start + engine.step_duration_s(plan)
-            delay = step_end - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                await asyncio.sleep(0)  # let handlers run even when behind schedule
-            events = engine.commit_step(plan)
-            step_start = step_end
-            for ev in events:
-                stream = streams.get(ev.request_id)
-                if stream is not None:
-                    stream.push((ev.new_tokens, ev.finished))
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("step %d: %d decodes, %d prefill tokens, %.1f ms, %s", engine.num_steps,
-                          plan.num_decode_seqs, plan.num_prefill_tokens, plan.cost_ms, engine.stats())
+        assert self._clock is not None
+        await run_steps(self.engine, self._clock, self._deliver)
+
+    def _deliver(self, end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:
+        """Hand each request the tokens of the step that just ended."""
+        streams = self._streams
+        for ev in events:
+            stream = streams.get(ev.request_id)
+            if stream is not None:
+                stream.push((ev.new_tokens, ev.finished))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("step %d: %d decodes, %d prefill tokens, %.1f ms, %s", self.engine.num_steps,
+                      plan.num_decode_seqs, plan.num_prefill_tokens, plan.cost_ms, self.engine.stats())
 
     # -- request handling ---------------------------------------------------
 
+    @web.middleware
+    async def _require_api_key(self, request: web.Request, handler):
+        if self._api_keys.allows(request.method, request.path, request.headers.get("Authorization")):
+            return await handler(request)
+        return UNAUTHORIZED.response(headers={"WWW-Authenticate": "Bearer"})
+
     async def _read_json(self, request: web.Request) -> dict:
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"request body must be a JSON object: {exc}") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
-        return body
+        return json_object(await request.read())
 
-    def _parse(self, body: dict, chat: bool) -> _Parsed:
-        model = body.get("model")
-        if model is not None and model != self.model_name:
-            raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
-        if chat:
-            text = _message_text(body.get("messages"))
-            max_tokens = _int_field(body, "max_completion_tokens") or _int_field(body, "max_tokens")
-        else:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
-                raise ApiError(400, "prompt must be a string (or a list of one string)", param="prompt")
-            text = prompt
-            max_tokens = _int_field(body, "max_tokens")
-        n = body.get("n", 1)
-        if n != 1:
-            raise ApiError(400, f"the sim engine supports n=1 only, got n={n!r}", param="n")
-        stream = body.get("stream", False)
-        if not isinstance(stream, bool):
-            raise ApiError(400, f"stream must be a boolean, got {stream!r}", param="stream")
-        ignore_eos = body.get("ignore_eos", False)
-        if not isinstance(ignore_eos, bool):
-            raise ApiError(400, f"ignore_eos must be a boolean, got {ignore_eos!r}", param="ignore_eos")
-        opts = body.get("stream_options") or {}
-        if not isinstance(opts, dict):
-            raise ApiError(400, "stream_options must be an object", param="stream_options")
-        include_usage = bool(opts.get("include_usage", False))
-
-        prompt_tokens = DEFAULT_TOKENIZER.count(text)
-        limit = self.profile.max_context_tokens
-        if prompt_tokens >= limit:
-            raise ApiError(400, f"This model's maximum context length is {limit} tokens. However, your request has "
-                                f"{prompt_tokens} input tokens. Please reduce the length of the input messages.",
-                           param="messages" if chat else "prompt")
-        if max_tokens is None:
-            max_tokens = limit - max(1, prompt_tokens)
-        try:
-            self.engine.check_request(max(1, prompt_tokens), max_tokens)
-        except ValueError as exc:
-            raise ApiError(400, str(exc), param="max_tokens") from None
-        output_tokens, finish = max_tokens, "length"
-        if not ignore_eos:
-            natural = natural_output_tokens(text)
-            if natural < max_tokens:
-                output_tokens, finish = natural, "stop"
-        return _Parsed(chat, text, prompt_tokens, max_tokens, stream, include_usage, finish, output_tokens)
+    def _parse(self, body: dict, chat: bool) -> ParsedRequest:
+        return parse_completion(body, chat, self.model_name, self.engine)
 
     async def handle_chat(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=True)
@@ -286,15 +177,15 @@ class SimServer:
     async def handle_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, chat=False)
 
-    def _admit(self, prefix: str, parsed: _Parsed) -> tuple[str, _Stream]:
+    def _admit(self, prefix: str, parsed: ParsedRequest) -> tuple[str, _Stream]:
         """Queue a parsed request in the engine; its id and the stream its tokens arrive on."""
         self._next_id += 1
         rid = f"{prefix}-sim{self._next_id:08x}"
         stream = _Stream()
         self._streams[rid] = stream
         self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens)
-        assert self._wakeup is not None
-        self._wakeup.set()
+        assert self._clock is not None
+        self._clock.wake()
         return rid, stream
 
     async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
@@ -325,11 +216,7 @@ class SimServer:
         items, stream.pending = stream.pending, []
         return items
 
-    def _token_text(self, seed: int, start: int, n: int) -> str:
-        tt = DEFAULT_TOKENIZER.token_text
-        return "".join(tt(seed, i) for i in range(start, start + n))
-
-    async def _stream(self, request: web.Request, rid: str, p: _Parsed, stream: _Stream) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, rid: str, p: ParsedRequest, stream: _Stream) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await resp.prepare(request)
         created = int(time.time())
@@ -351,16 +238,16 @@ class SimServer:
             log.debug("%s: stream ended early (%s)", rid, exc)
         return resp
 
-    async def _write_tokens(self, resp: web.StreamResponse, rid: str, p: _Parsed, stream: _Stream, head: bytes,
+    async def _write_tokens(self, resp: web.StreamResponse, rid: str, p: ParsedRequest, stream: _Stream, head: bytes,
                             created: int, model_json: str) -> None:
         tail_open = b',"logprobs":null,"finish_reason":null}]}\n\n'
-        seed = zlib.crc32(p.prompt_text.encode("utf-8", "surrogatepass"))
+        seed = text_seed(p.prompt_text)
         sent = 0
         done = False
         while not done:
             out = bytearray()
             for n, finished in await self._next_events(stream):
-                text = json.dumps(self._token_text(seed, sent, n))
+                text = json.dumps(answer_text(seed, sent, n))
                 sent += n
                 if p.chat:
                     out += head + b'{"content":' + text.encode()
@@ -399,51 +286,23 @@ class SimServer:
             self._streams.pop(rid, None)
             self.engine.abort_request(rid)
 
-    async def _whole(self, rid: str, p: _Parsed, stream: _Stream) -> web.Response:
+    async def _whole(self, rid: str, p: ParsedRequest, stream: _Stream) -> web.Response:
         return web.json_response(await self._whole_body(rid, p, stream))
 
-    async def _whole_body(self, rid: str, p: _Parsed, stream: _Stream) -> dict:
+    async def _whole_body(self, rid: str, p: ParsedRequest, stream: _Stream) -> dict:
         sent = 0
         done = False
         while not done:
             for n, finished in await self._next_events(stream):
                 sent += n
                 done = done or finished
-        seed = zlib.crc32(p.prompt_text.encode("utf-8", "surrogatepass"))
-        text = self._token_text(seed, 0, sent)
-        usage = {"prompt_tokens": p.prompt_tokens, "completion_tokens": sent, "total_tokens": p.prompt_tokens + sent}
-        if p.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                      "finish_reason": p.finish_reason}
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": p.finish_reason}
-            obj = "text_completion"
-        return {"id": rid, "object": obj, "created": int(time.time()), "model": self.model_name,
-                "choices": [choice], "usage": usage}
-
-    def _tokenize_text(self, body: dict) -> str:
-        """The text a ``/tokenize`` body asks to count: its ``prompt``, or its chat ``messages`` joined."""
-        model = body.get("model")
-        if model is not None and model != self.model_name:
-            raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
-        add_special = body.get("add_special_tokens", True)
-        if not isinstance(add_special, bool):  # the word tokenizer has no special tokens: accepted, no effect
-            raise ApiError(400, f"add_special_tokens must be a boolean, got {add_special!r}",
-                           param="add_special_tokens")
-        if "prompt" in body and "messages" in body:
-            raise ApiError(400, "give either prompt or messages, not both", param="prompt")
-        if "messages" in body:
-            return _message_text(body["messages"])
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise ApiError(400, f"prompt must be a string, got {prompt!r:.80}", param="prompt")
-        return prompt
+        text = answer_text(text_seed(p.prompt_text), 0, sent)
+        return completion_body(rid, p, text, sent, self.model_name)
 
     async def handle_tokenize(self, request: web.Request) -> web.Response:
         """vLLM's ``/tokenize``: the token ids and count of a prompt, in the sim's word tokens."""
         try:
-            text = self._tokenize_text(await self._read_json(request))
+            text = tokenize_text(await self._read_json(request), self.model_name)
         except ApiError as err:
             return err.response()
         tokens = DEFAULT_TOKENIZER.encode(text)

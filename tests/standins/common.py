@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from aiohttp import ClientSession, ClientTimeout, web
 
+from pytest_llmperf.sim.access import server_ssl_context
 from pytest_llmperf.sim.model import Profile
 from pytest_llmperf.sim.profiles import list_profiles, load_profile
 from pytest_llmperf.sim.server import ApiError, SimServer
@@ -166,11 +167,11 @@ class Log:
         print(message, file=stream or sys.stdout, flush=True)
 
 
-def uvicorn_started(host: str, port: int) -> None:
+def uvicorn_started(host: str, port: int, scheme: str = "http") -> None:
     shown = f"[{host}]" if ":" in host else host
     for line in (f"INFO:     Started server process [{os.getpid()}]", "INFO:     Waiting for application startup.",
                  "INFO:     Application startup complete.",
-                 f"INFO:     Uvicorn running on http://{shown}:{port} (Press CTRL+C to quit)"):
+                 f"INFO:     Uvicorn running on {scheme}://{shown}:{port} (Press CTRL+C to quit)"):
         Log.raw(line)
 
 
@@ -203,8 +204,8 @@ class StandinServer(SimServer):
     """The sim server with an engine's routes, readiness and error shapes."""
 
     def __init__(self, profile: Profile, served_model_name: str, slowdown: float, personality: Personality,
-                 model_path: str):
-        super().__init__(profile, served_model_name, slowdown)
+                 model_path: str, **access: Any):
+        super().__init__(profile, served_model_name, slowdown, **access)  # api_keys, ssl_context
         self.personality = personality
         self.tokenize_route = personality.tokenize_route
         self.model_path = model_path
@@ -386,6 +387,9 @@ class Launch:
     failure: list[str] | None = None  # log lines of the seed's known failure, after loading for a moment
     ready_lines: Callable[[str, int], None] | None = None
     ready_message: str | None = None  # logged once ready (SGLang: after its warm-up)
+    api_keys: tuple[str, ...] = ()  # vLLM: --api-key / VLLM_API_KEY; /v1 routes need one of them
+    ssl_certfile: str | None = None  # vLLM: --ssl-certfile / --ssl-keyfile; serve HTTPS
+    ssl_keyfile: str | None = None
 
 
 def _client_host(host: str) -> str:
@@ -463,8 +467,18 @@ async def _serve(launch: Launch) -> int:
                 log.error(line)
             return 1
 
+        ssl_context = None
+        if launch.ssl_keyfile is not None and launch.ssl_certfile is None:
+            log.error("TypeError: an SSL key file was given without a certificate file (--ssl-certfile)")
+            return 1
+        if launch.ssl_certfile is not None:
+            try:
+                ssl_context = server_ssl_context(launch.ssl_certfile, launch.ssl_keyfile)
+            except ValueError as exc:
+                log.error(f"ssl.SSLError: {exc}")
+                return 1
         server = StandinServer(launch.profile, launch.served_model_name, env_slowdown(), launch.personality,
-                               launch.model_path)
+                               launch.model_path, api_keys=launch.api_keys, ssl_context=ssl_context)
         server.ready = not launch.warmup
         try:
             port = await server.start(launch.host, launch.port, sock=sock)
@@ -476,7 +490,7 @@ async def _serve(launch: Launch) -> int:
         if launch.ready_lines is not None:
             launch.ready_lines(launch.host, port)
         else:
-            uvicorn_started(launch.host, port)
+            uvicorn_started(launch.host, port, server.scheme)
         outcome = [0]
         warm = asyncio.create_task(_warm_up(server, launch, stop, outcome)) if launch.warmup else None
         if warm is None and launch.ready_message:

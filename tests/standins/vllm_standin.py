@@ -3,10 +3,12 @@
 Accepts a subset of vLLM 0.13's flags (unknown or removed ones exit 2 with
 argparse's "unrecognized arguments"; no abbreviations; ``--foo_bar`` is read
 as ``--foo-bar`` as vLLM's parser does), maps the parallelism, speculative
-and DeepGEMM settings to a sim profile, reserves the port while "loading"
-(connections refused, no 503 phase) and answers ``/health``, ``/version``
-and the OpenAI routes. ``-dcp > 1`` fails after loading as in the seed
-(FlashMLA sparse returns no softmax LSE; vLLM issue 27544).
+and DeepGEMM settings to a sim profile, passes ``--api-key`` (else
+``VLLM_API_KEY``) and ``--ssl-certfile``/``--ssl-keyfile`` on to the sim,
+reserves the port while "loading" (connections refused, no 503 phase) and
+answers ``/health``, ``/version`` and the OpenAI routes. ``-dcp > 1`` fails
+after loading as in the seed (FlashMLA sparse returns no softmax LSE; vLLM
+issue 27544).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from common import (Launch, Log, Personality, StandinExit, env_off, fixed, main_
                     reported_version, run, visible_devices, MODEL_MAX_CONTEXT)
 
 VERSION = "0.13.0"
+ENV_API_KEY = "VLLM_API_KEY"
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 
 PROFILES = {
@@ -77,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--uds", default=None)
     p.add_argument("--api-key", nargs="+", default=None)
+    p.add_argument("--ssl-keyfile", default=None)
+    p.add_argument("--ssl-certfile", default=None)
     p.add_argument("--served-model-name", nargs="+", default=None)
     p.add_argument("--chat-template", default=None)
     p.add_argument("--chat-template-content-format", default="auto", choices=["auto", "string", "openai"])
@@ -218,14 +223,19 @@ def main(argv: list[str]) -> int:
     log.info(f"vLLM API server version {version}")
     defaults = vars(build_parser().parse_args(["serve"]))
     non_default = {k: v for k, v in sorted(vars(args).items()) if k != "subparser" and v != defaults.get(k)}
+    if "api_key" in non_default:
+        non_default["api_key"] = ["<redacted>"] * len(args.api_key)  # the keys are never logged
     log.info(f"non-default args: {non_default}")
     log.info(f"CUDA_VISIBLE_DEVICES={visible_devices()}")
     log.info(f"simulated engine profile: {name}; world size {tp * dp * pp}")
     log.info(f"Resolved architecture: DeepseekV32ForCausalLM; loading {model}")
     personality = Personality(engine="vllm", version=version, owned_by="vllm", metrics="prometheus")
+    # As vLLM: --api-key (one or more) takes precedence over VLLM_API_KEY; empty keys are none.
+    api_keys = tuple(k for k in (args.api_key or [os.environ.get(ENV_API_KEY, "")]) if k)
     return run(Launch(profile=profile, personality=personality, log=log, model_path=model, served_model_name=served,
                       host=args.host if args.host is not None else "0.0.0.0", port=args.port,
-                      bind_before_loading=True, failure=failure))
+                      bind_before_loading=True, failure=failure, api_keys=api_keys,
+                      ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile))
 
 
 if __name__ == "__main__":
