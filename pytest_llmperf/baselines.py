@@ -17,70 +17,30 @@ One JSON file per engine configuration:
       }
     }
 
-Comparison (``compare``) is pure. Updates are atomic (write to a temporary
-file, then rename) and serialised with a lock file, and never drop cases
-that the run did not measure.
+Judging a run against an entry is ``verdict``'s (pure). Here: reading and
+validating files, checking up front that an update can be written, and
+updates that are atomic (a temporary file renamed over), serialised by a lock
+file kept outside the baseline tree (so the tree holds baseline files only),
+and never drop cases that the run did not measure.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import hashlib
 import json
 import math
-import re
-from dataclasses import asdict, dataclass
+import os
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from .files import atomic_write_text
+from .metrics import metric_direction
+from .verdict import BaselineRead
 
 SCHEMA_VERSION = 1
-DEFAULT_GATES: dict[str, float] = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0, "failed": 0.0}
-
-HIGHER, LOWER = "higher", "lower"
-# Statuses of one verdict.
-OK, REGRESSED, IMPROVED, MISSING, UPDATED = "ok", "regressed", "improved", "missing", "updated"
-
-
-@functools.lru_cache(maxsize=1)
-def _gateable() -> tuple[str, ...]:
-    from .metrics import compute_metrics
-
-    every = compute_metrics([], 1.0, goodput_slos_ms={"ttft": 1.0}, from_schedule=True)
-    return tuple(sorted(m for m in every if _direction(m) is not None))
-
-
-_PERCENTILE_RE = re.compile(r"^p(\d+(?:\.\d+)?)_(.+_ms)$")
-
-
-def _gateable_name(metric: str) -> bool:
-    """A metric some run can produce: the fixed names, or any percentile of a latency."""
-    if metric in _gateable():
-        return True
-    match = _PERCENTILE_RE.match(metric)
-    return bool(match) and 0 < float(match.group(1)) <= 100 and f"p99_{match.group(2)}" in _gateable()
-
-
-def gateable_metrics() -> list[str]:
-    """Every metric a run produces that has a better direction."""
-    return list(_gateable())
-
-
-def _direction(metric: str) -> str | None:
-    if metric.endswith("_ms") or metric in ("duration", "failed"):
-        return LOWER
-    if "throughput" in metric or metric.startswith("max_output_tokens_per_s") or metric in ("completed", "request_goodput"):
-        return HIGHER
-    return None
-
-
-def metric_direction(metric: str) -> str:
-    """Which way is better for a metric; ValueError if it cannot be gated."""
-    direction = _direction(metric)
-    if direction is None or not _gateable_name(metric):
-        raise ValueError(f"metric {metric!r} cannot be gated; gateable metrics: {', '.join(_gateable())}")
-    return direction
+LOCK_DIR_NAME = "pytest-llmperf-locks"
 
 
 def model_slug(model: str) -> str:
@@ -90,104 +50,6 @@ def model_slug(model: str) -> str:
 
 def baseline_path(baseline_dir: Path, gpus: str, model: str, engine: str, config: str) -> Path:
     return Path(baseline_dir) / gpus / model_slug(model) / engine / f"{config}.json"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    metric: str
-    baseline: float | None
-    current: float | None
-    change_pct: float | None
-    tolerance_pct: float
-    status: str
-    direction: str
-
-    def line(self) -> str:
-        """One human line: name, baseline, current, change, tolerance."""
-        change = "n/a" if self.change_pct is None else f"{self.change_pct:+.1f}%"
-        base = "none" if self.baseline is None else _fmt(self.baseline)
-        cur = "none" if self.current is None else _fmt(self.current)
-        if self.status == UPDATED:
-            return f"{self.metric}: {base} -> {cur} ({change}) updated"
-        return (
-            f"{self.metric}: baseline {base}, current {cur}, change {change} "
-            f"(tolerance {self.tolerance_pct:g}%, {self.direction} is better) {self.status.upper()}"
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["direction"]
-        return data
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.2f}" if isinstance(value, float) and not value.is_integer() else f"{value:g}"
-
-
-def change_pct(baseline: float, current: float) -> float | None:
-    if baseline == 0:
-        return 0.0 if current == 0 else None
-    return (current - baseline) / abs(baseline) * 100.0
-
-
-def judge(metric: str, baseline: float, current: float, tolerance_pct: float) -> Verdict:
-    """One metric against its baseline."""
-    direction = metric_direction(metric)
-    change = change_pct(baseline, current)
-    better = current > baseline if direction == HIGHER else current < baseline
-    if change is None:  # baseline zero, current not: no percentage exists
-        status = IMPROVED if better else REGRESSED
-    elif abs(change) <= tolerance_pct + 1e-9:
-        status = OK
-    else:
-        status = IMPROVED if better else REGRESSED
-    return Verdict(metric, baseline, current, change, tolerance_pct, status, direction)
-
-
-def effective_tolerances(gates: Mapping[str, float], file_data: Mapping[str, Any] | None, case_key: str) -> dict[str, float]:
-    """Gated metrics with tolerances: settings, then the file, then the case."""
-    tolerances = dict(gates)
-    if file_data:
-        tolerances.update(file_data.get("tolerances_pct", {}))
-        tolerances.update(file_data.get("cases", {}).get(case_key, {}).get("tolerances_pct", {}))
-    return tolerances
-
-
-def compare(
-    metrics: Mapping[str, float],
-    entry: Mapping[str, Any] | None,
-    tolerances: Mapping[str, float],
-) -> list[Verdict]:
-    """Every gated metric of a run against a baseline case entry (or none)."""
-    verdicts = []
-    base_metrics = entry.get("metrics", {}) if entry else {}
-    for metric, tol in sorted(tolerances.items()):
-        current = metrics.get(metric)
-        base = base_metrics.get(metric)
-        if base is None or current is None:
-            verdicts.append(Verdict(metric, base, current, None, tol, MISSING, metric_direction(metric)))
-        else:
-            verdicts.append(judge(metric, float(base), float(current), tol))
-    return verdicts
-
-
-def workload_mismatch(entry: Mapping[str, Any] | None, params: Mapping[str, Any]) -> list[str]:
-    """Parameters whose baseline value differs from this run's (comparison would be meaningless)."""
-    if not entry or "workload" not in entry:
-        return []
-    stored = entry["workload"]
-    return [f"{k}: baseline {stored.get(k)!r}, this run {v!r}" for k, v in sorted(params.items()) if stored.get(k) != v]
-
-
-def updated_verdicts(metrics: Mapping[str, float], entry: Mapping[str, Any] | None, tolerances: Mapping[str, float]) -> list[Verdict]:
-    """What an update changes, gated metrics first shown as old -> new."""
-    base_metrics = entry.get("metrics", {}) if entry else {}
-    out = []
-    for metric, tol in sorted(tolerances.items()):
-        base, cur = base_metrics.get(metric), metrics.get(metric)
-        change = change_pct(float(base), float(cur)) if base is not None and cur is not None else None
-        out.append(Verdict(metric, base, cur, change, tol, UPDATED, metric_direction(metric)))
-    return out
 
 
 # ---------------------------------------------------------------- files (IO)
@@ -207,6 +69,37 @@ def read_baseline(path: Path) -> dict[str, Any] | None:
     if problems:
         raise ValueError(f"baseline file {path}: " + "; ".join(problems))
     return data
+
+
+def read_for(path: Path) -> BaselineRead:
+    """The baseline file at ``path`` as a value for the verdict: its data, None when absent, or why it is unreadable."""
+    try:
+        return BaselineRead(Path(path), read_baseline(path))
+    except ValueError as exc:
+        return BaselineRead(Path(path), None, str(exc))
+    except OSError as exc:
+        return BaselineRead(Path(path), None, f"baseline file {path} cannot be read: {exc.strerror or exc}")
+
+
+def unwritable(paths: Iterable[Path]) -> str | None:
+    """Why these baseline files could not be written (checked before anything runs), or None.
+
+    A file is written as a temporary file beside it, renamed over: its
+    directory (or the nearest one that exists, where the rest will be made)
+    must be writable.
+    """
+    for path in sorted({Path(p) for p in paths}):
+        directory = path.parent
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent
+        if not directory.is_dir():
+            return f"cannot write baselines under {path.parent}: {directory} is not a directory"
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return (f"cannot write baselines: the directory {directory} is not writable; fix its permissions or "
+                    f"give another --baseline-dir")
+        if path.exists() and not os.access(path, os.R_OK):
+            return f"cannot update baseline file {path}: it is not readable"
+    return None
 
 
 def _validate(data: Any) -> list[str]:
@@ -258,42 +151,78 @@ def dumps(data: Mapping[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file serialising writers of ``path``: in the system temp dir, never beside the baseline."""
+    digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"{LOCK_DIR_NAME}-{uid}" / f"baseline-{digest}.lock"
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    lock_path = path.with_name(f".{path.name}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as lock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            yield
-            return
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    from filelock import FileLock
+
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        yield
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
 
-def update_case(path: Path, header: Mapping[str, Any], case_key: str, entry: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Write one case's entry; returns the entry it replaced (None if new).
+def update_cases(path: Path, header: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write these case entries (case key -> entry) into one baseline file.
 
-    Other cases and any tolerance overrides in the file are kept.
+    Other cases and any tolerance overrides in the file are kept. ValueError
+    when the file on disk is not a valid baseline (it is never overwritten).
     """
     path = Path(path)
     with _locked(path):
         data = read_baseline(path) or {}
-        old = data.get("cases", {}).get(case_key)
-        new_entry = dict(entry)
-        new_entry["metrics"] = _finite(entry["metrics"])
-        if old and "tolerances_pct" in old:
-            new_entry["tolerances_pct"] = old["tolerances_pct"]
+        cases = data.setdefault("cases", {})
+        for case_key, entry in entries.items():
+            old = cases.get(case_key)
+            new_entry = dict(entry)
+            new_entry["metrics"] = _finite(entry["metrics"])
+            if old and "tolerances_pct" in old:
+                new_entry["tolerances_pct"] = old["tolerances_pct"]
+            cases[case_key] = new_entry
         data.update(header)
         data["schema"] = SCHEMA_VERSION
-        data.setdefault("cases", {})[case_key] = new_entry
         atomic_write_text(path, dumps(data))
-    return old
+
+
+def new_entry(workload_params: Mapping[str, Any], command: Iterable[str], metrics: Mapping[str, Any],
+              provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """A case's entry as an update records it."""
+    return {"workload": dict(workload_params), "command": list(command), "metrics": dict(metrics),
+            "provenance": dict(provenance)}
+
+
+class PendingUpdates:
+    """Baseline entries measured by this run, written together at its end (one write per file)."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
+
+    def add(self, path: Path, header: Mapping[str, Any], case_key: str, entry: Mapping[str, Any]) -> None:
+        _, entries = self._files.setdefault(Path(path), (dict(header), {}))
+        entries[case_key] = dict(entry)
+
+    def __bool__(self) -> bool:
+        return bool(self._files)
+
+    def write(self) -> list[str]:
+        """Write every file; one line per file that could not be written (the others are written)."""
+        problems = []
+        for path, (header, entries) in sorted(self._files.items()):
+            try:
+                update_cases(path, header, entries)
+            except ValueError as exc:
+                problems.append(f"{exc}; its update was not written")
+            except OSError as exc:
+                problems.append(f"cannot write baseline file {path}: {exc.strerror or exc}")
+        self._files.clear()
+        return problems

@@ -1,4 +1,9 @@
-"""RequestRecords -> serving metrics (pure; no IO).
+"""The table of metrics, and RequestRecords -> serving metrics (pure; no IO).
+
+Every metric is declared once in ``METRICS`` (name, unit, which way is
+better, whether the reference benchmark saves it under that name, whether it
+can be gated); baselines, settings, reports and the simulated engine's
+virtual-time figures all read it from here.
 
 The primary figures follow the reference serving benchmark's definitions
 (see the project's metrics reference): same keys, same formulas, including the
@@ -11,12 +16,109 @@ them: ``max_output_tokens_per_s_token_weighted`` and
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 MS_PER_S = 1000.0
+DETAIL_CHARS = 160  # of a failure's detail in a summary line
+HIGHER, LOWER = "higher", "lower"
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric: what it is called, in what unit, and how a change is judged."""
+
+    name: str
+    unit: str  # "tok/s", "req/s", "ms", "s", "requests", "tokens", "%"
+    direction: str | None  # HIGHER or LOWER is better; None: no better direction (never gated)
+    reference: bool  # the reference benchmark saves it under this same name
+    description: str
+    diagnostic: bool = False  # about the measurement itself, never gated
+
+    @property
+    def gateable(self) -> bool:
+        return self.direction is not None and not self.diagnostic
+
+
+# Latency families: the per-request times whose mean, median, std and percentiles are reported.
+LATENCIES: dict[str, tuple[str, bool]] = {
+    "ttft": ("time to first token", True),
+    "tpot": ("time per output token after the first", True),
+    "itl": ("gap between consecutive output chunks", True),
+    "e2el": ("end-to-end request latency", True),
+    "send_delay": ("delay of a send behind its scheduled time (finite rates)", False),
+    "ttft_from_schedule": ("time to first token from the scheduled send (finite rates)", False),
+    "e2el_from_schedule": ("end-to-end latency from the scheduled send (finite rates)", False),
+}
+LATENCY_STATS = ("mean", "median", "std")
+REPRESENTATIVE_PERCENTILE = 99.0  # stands for every percentile in listings
+
+_FIXED: tuple[MetricDef, ...] = (
+    MetricDef("completed", "requests", HIGHER, True, "requests that completed"),
+    MetricDef("failed", "requests", LOWER, True, "requests that failed (left out of every other figure)"),
+    MetricDef("duration", "s", LOWER, True, "first dispatch to last finish"),
+    MetricDef("total_input_tokens", "tokens", None, True, "prompt tokens of completed requests"),
+    MetricDef("total_output_tokens", "tokens", None, True, "output tokens of completed requests"),
+    MetricDef("request_throughput", "req/s", HIGHER, True, "completed requests per second"),
+    MetricDef("output_throughput", "tok/s", HIGHER, True, "output tokens per second"),
+    MetricDef("total_token_throughput", "tok/s", HIGHER, True, "input and output tokens per second"),
+    MetricDef("request_goodput", "req/s", HIGHER, True, "requests meeting every --goodput limit per second"),
+    MetricDef("max_output_tokens_per_s", "tok/s", HIGHER, True,
+              "peak one-second output, counted in chunks as the reference does"),
+    MetricDef("max_output_tokens_per_s_token_weighted", "tok/s", HIGHER, False,
+              "peak one-second output, counted in tokens"),
+    MetricDef("max_concurrent_requests", "requests", None, True,
+              "peak requests in flight, counted per whole second as the reference does"),
+    MetricDef("max_concurrent_requests_exact", "requests", None, False, "peak requests in flight (exact sweep)"),
+    MetricDef("prompt_tokens_mismatch_pct", "%", LOWER, False,
+              "mean gap between the server's prompt token counts and the workload's", diagnostic=True),
+    MetricDef("warmup_completed", "requests", HIGHER, False, "warm-up requests that completed", diagnostic=True),
+)
+
+
+def _latency_defs() -> list[MetricDef]:
+    out = []
+    for family, (what, reference) in LATENCIES.items():
+        for stat in (*LATENCY_STATS, percentile_key(REPRESENTATIVE_PERCENTILE)):
+            out.append(MetricDef(f"{stat}_{family}_ms", "ms", LOWER, reference, f"{stat} {what}"))
+    return out
+
+
+def percentile_key(pct: float) -> str:
+    """The reference's label: 99 -> ``p99``, 99.9 -> ``p99.9``."""
+    return f"p{int(pct)}" if float(pct).is_integer() else f"p{pct}"
+
+
+METRICS: dict[str, MetricDef] = {m.name: m for m in (*_FIXED, *_latency_defs())}
+_PERCENTILE_RE = re.compile(r"^p(\d+(?:\.\d+)?)_(.+)_ms$")
+
+
+def metric_def(name: str) -> MetricDef | None:
+    """The definition of ``name``: a declared metric, or any percentile of a latency family (``p90_ttft_ms``)."""
+    found = METRICS.get(name)
+    if found is not None:
+        return found
+    match = _PERCENTILE_RE.match(name)
+    if match and match.group(2) in LATENCIES and 0 < float(match.group(1)) <= 100:
+        what, reference = LATENCIES[match.group(2)]
+        return MetricDef(name, "ms", LOWER, reference, f"{percentile_key(float(match.group(1)))} {what}")
+    return None
+
+
+def gateable_metrics() -> list[str]:
+    """Every gateable metric, sorted (one percentile, p99, stands for all of each latency)."""
+    return sorted(name for name, m in METRICS.items() if m.gateable)
+
+
+def metric_direction(name: str) -> str:
+    """Which way is better for ``name``; ValueError naming the gateable metrics if it cannot be gated."""
+    found = metric_def(name)
+    if found is None or not found.gateable:
+        raise ValueError(f"metric {name!r} cannot be gated; gateable metrics: {', '.join(gateable_metrics())}")
+    return found.direction  # type: ignore[return-value]
 
 
 @dataclass
@@ -33,7 +135,8 @@ class RequestRecord:
     latency_s: float = 0.0  # e2e: last output-carrying chunk - start
     output_tokens: int = 0  # usage.completion_tokens, else a tokenizer count of the text
     input_tokens: int | None = None  # usage.prompt_tokens when the server sent it
-    error: str = ""
+    error: str = ""  # the kind of failure, the same for every request that failed the same way
+    error_detail: str = ""  # what this request saw (a body or stream excerpt): kept per request, not grouped
 
     @property
     def counted_input_tokens(self) -> int:
@@ -64,11 +167,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
     hi = min(lo + 1, len(ordered) - 1)
     frac = pos - lo
     return ordered[lo] + (ordered[hi] - ordered[lo]) * frac
-
-
-def percentile_key(pct: float) -> str:
-    """The reference's label: 99 -> ``p99``, 99.9 -> ``p99.9``."""
-    return f"p{int(pct)}" if float(pct).is_integer() else f"p{pct}"
 
 
 def _stats_ms(prefix: str, values_s: Sequence[float], percentiles: Sequence[float]) -> dict[str, float]:
@@ -244,7 +342,21 @@ def _meets_slos(rec: RequestRecord, slos_ms: Mapping[str, float]) -> bool:
 
 
 def failure_reasons(records: Sequence[RequestRecord], limit: int = 5) -> list[str]:
-    """Distinct errors of failed requests with counts, most frequent first (ties in order seen), at most ``limit``."""
-    counts: Counter[str] = Counter(r.error or "unknown error" for r in records if not r.success)
-    # Counter keeps first-seen order; most_common is stable for ties.
-    return [f"{reason} (x{count})" for reason, count in counts.most_common()[:limit]]
+    """Failures grouped by kind with counts, most frequent first (ties in order seen), at most ``limit``.
+
+    Each line shows the first detail seen for its kind: ``HTTP 400 Bad Request (x5; first: ...)``.
+    """
+    counts: Counter[str] = Counter()
+    first_detail: dict[str, str] = {}
+    for rec in records:
+        if rec.success:
+            continue
+        kind = rec.error or "unknown error"
+        counts[kind] += 1
+        if rec.error_detail:
+            first_detail.setdefault(kind, rec.error_detail)
+    out = []
+    for kind, count in counts.most_common()[:limit]:  # Counter keeps first-seen order; most_common is stable
+        detail = first_detail.get(kind)
+        out.append(f"{kind} (x{count}; first: {detail[:DETAIL_CHARS]})" if detail else f"{kind} (x{count})")
+    return out

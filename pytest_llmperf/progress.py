@@ -25,10 +25,17 @@ def progress_text(case_id: str, progress: Progress, tokens_per_s: float | None) 
 
 
 class TerminalProgress:
-    """Draws one case's progress after pytest's current line; ``clear`` restores the line."""
+    """Draws one case's progress after pytest's current line; ``clear`` erases it.
 
-    def __init__(self, writer: Any, suspend_capture: Callable[[], Any], show_after_s: float = SHOW_AFTER_S):
-        self._tw = writer
+    It reads only the terminal writer's public width figures and writes to
+    the terminal itself (with capture suspended), never through pytest's
+    writer, so pytest's idea of its current line is untouched: the text is
+    drawn after that line and taken back with backspaces.
+    """
+
+    def __init__(self, writer: Any, out: Any, suspend_capture: Callable[[], Any], show_after_s: float = SHOW_AFTER_S):
+        self._tw = writer  # for fullwidth and width_of_current_line only
+        self._out = out  # where to write (called inside suspend_capture, so the real terminal)
         self._suspend = suspend_capture
         self._show_after_s = show_after_s
         self._drawn = 0
@@ -36,15 +43,15 @@ class TerminalProgress:
     @classmethod
     def for_config(cls, config: Any) -> "TerminalProgress | None":
         """A progress line for this session, or None when output is not an interactive terminal."""
-        tr = config.pluginmanager.getplugin("terminalreporter")
+        import sys
+
         capman = config.pluginmanager.getplugin("capturemanager")
-        tw = getattr(tr, "_tw", None)
-        file = getattr(tw, "_file", None)
-        if tw is None or capman is None or not hasattr(tw, "_current_line") or config.option.verbose < 0:
+        if capman is None or config.option.verbose < 0 or config.pluginmanager.getplugin("terminalreporter") is None:
             return None
-        if not (hasattr(file, "isatty") and file.isatty()):
-            return None
-        return cls(tw, capman.global_and_fixture_disabled)
+        with capman.global_and_fixture_disabled():
+            if not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty()):
+                return None
+        return cls(config.get_terminal_writer(), lambda: sys.stdout, capman.global_and_fixture_disabled)
 
     def for_case(self, case_id: str) -> Callable[[Progress], None]:
         history: list[Progress] = []
@@ -64,23 +71,22 @@ class TerminalProgress:
         return update
 
     def _draw(self, text: str) -> None:
-        line = self._tw._current_line
-        room = max(self._tw.fullwidth - len(line) - 2, 0)
-        text = text[:room]
-        with self._suspend():
-            self._write("\r" + line + " " + text + " " * max(self._drawn - len(text), 0))
+        room = max(self._tw.fullwidth - self._tw.width_of_current_line - 2, 0)
+        text = (" " + text)[:room]
+        pad = max(self._drawn - len(text), 0)
+        self._write("\b" * self._drawn + text + " " * pad + "\b" * pad)
         self._drawn = len(text)
 
     def clear(self) -> None:
         """Erase the progress text, leaving pytest's line as it was."""
         if not self._drawn:
             return
-        line = self._tw._current_line
-        with self._suspend():
-            self._write("\r" + line + " " * (self._drawn + 1) + "\r" + line)
+        n = self._drawn
+        self._write("\b" * n + " " * n + "\b" * n)
         self._drawn = 0
 
     def _write(self, text: str) -> None:
-        line = self._tw._current_line
-        self._tw.write(text, flush=True)
-        self._tw._current_line = line  # what pytest counts as its line is unchanged
+        with self._suspend():
+            out = self._out()
+            out.write(text)
+            out.flush()

@@ -12,9 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .baselines import DEFAULT_GATES, metric_direction
-from .engines import ENGINE_NAMES
+from .engines import ENGINE_NAMES, STARTUP_TIMEOUT_S
 from .gpus import GpuSpec, parse_gpu_spec
+from .http import HttpOptions, parse_header
+from .metrics import metric_direction
+
+DEFAULT_GATES: dict[str, float] = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0, "failed": 0.0}
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 
 
 class SettingsError(ValueError):
@@ -32,6 +36,7 @@ class OptionSpec:
     ini: str | None = None
     metavar: str | None = None
     is_flag: bool = False
+    repeatable: bool = False  # may be given several times (a list); its ini key is a list of lines
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
@@ -55,8 +60,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("gate", "--gate", "gated metrics with tolerance in percent, added to or overriding the defaults "
                "(total_token_throughput:5,mean_tpot_ms:5,failed:0); METRIC:off removes one",
                env="LLMPERF_GATE", ini="llmperf_gate", metavar="METRIC:PCT[,...]"),
-    OptionSpec("startup_timeout", "--startup-timeout", "seconds an engine may take to become ready (default: the engine's own: "
-               "sim 600, vllm 1800, sglang and trtllm 3600, external 600)",
+    OptionSpec("startup_timeout", "--startup-timeout", "seconds an engine may take to become ready (default: the "
+               "engine's own: " + ", ".join(f"{e} {t:g}" for e, t in STARTUP_TIMEOUT_S.items()) + ")",
                env="LLMPERF_STARTUP_TIMEOUT", ini="llmperf_startup_timeout", metavar="SECONDS"),
     OptionSpec("request_timeout", "--request-timeout", "seconds one request may take before it counts as failed "
                "(default 3600)", env="LLMPERF_REQUEST_TIMEOUT", ini="llmperf_request_timeout", metavar="SECONDS"),
@@ -99,6 +104,15 @@ OPTIONS: tuple[OptionSpec, ...] = (
                ini="llmperf_client_processes", metavar="N"),
     OptionSpec("log_dir", "--log-dir", "directory for engine logs (default: a directory under pytest's basetemp)",
                env="LLMPERF_LOG_DIR", ini="llmperf_log_dir", metavar="DIR"),
+    OptionSpec("header", "--header", "a header sent on every request to the engines, e.g. \"X-Tenant: a\" "
+               "(repeatable; its value is never printed or written)", ini="llmperf_headers", metavar="\"NAME: VALUE\"",
+               repeatable=True),
+    OptionSpec("api_key_env", "--api-key-env", f"the environment variable holding the API key, sent as "
+               f"\"Authorization: Bearer KEY\" (default {DEFAULT_API_KEY_ENV}, when set); the key is never printed "
+               "or written", env="LLMPERF_API_KEY_ENV", ini="llmperf_api_key_env", metavar="NAME"),
+    OptionSpec("ca_bundle", "--ca-bundle", "PEM file of the CAs to trust for https endpoints instead of the system "
+               "trust store", env="LLMPERF_CA_BUNDLE", ini="llmperf_ca_bundle", metavar="FILE"),
+    OptionSpec("insecure", "--insecure", "do not verify https certificates (prefer --ca-bundle)", is_flag=True),
 )
 
 DEFAULT_REQUEST_TIMEOUT_S = 3600.0
@@ -133,6 +147,7 @@ class Settings:
     results_dir: Path | None = None
     save_requests: bool = False
     client_processes: int = 1
+    http: HttpOptions = field(default_factory=HttpOptions)  # headers, API key, TLS trust: every request
 
     @property
     def active(self) -> bool:
@@ -214,6 +229,13 @@ def resolve(
 
     def pick(spec: OptionSpec) -> tuple[Any, str, Path] | None:
         value = cli.get(spec.dest)
+        if spec.repeatable:
+            if value:
+                return list(value), f"command line {spec.flag}", invocation_dir
+            lines = ini.get(spec.ini) if spec.ini else None
+            if lines:
+                return [line for line in lines if str(line).strip()], f"ini option {spec.ini}", rootdir
+            return None
         if value == "":
             raise SettingsError(f"{spec.flag}: expected a value, got an empty one (from command line {spec.flag})")
         if value not in (None, False):
@@ -273,6 +295,7 @@ def resolve(
     tokenizer_path = convert("tokenizer", str, path_base=True)
     if tokenizer_path is not None and not tokenizer_path.exists():
         raise SettingsError(f"--tokenizer: {tokenizer_path} does not exist (from {pick(_spec('tokenizer'))[1]})")  # type: ignore[index]
+    http = _http_options(cli, env, convert, existing_file)
     results_dir = convert("results_dir", str, path_base=True)
     if cli.get("save_requests") and results_dir is None and convert("report_json", str, path_base=True) is None:
         raise SettingsError("--save-requests adds per-request records to the results: give --results-dir or --report-json")
@@ -312,7 +335,43 @@ def resolve(
         results_dir=results_dir,
         save_requests=bool(cli.get("save_requests")),
         client_processes=client_processes if client_processes is not None else 1,
+        http=http,
     )
+
+
+def _http_options(cli: Mapping[str, Any], env: Mapping[str, str], convert: Callable[..., Any],
+                  existing_file: Callable[[str], Path | None]) -> HttpOptions:
+    """Headers, the API key (read from its variable now, kept out of every repr) and TLS trust."""
+    headers = convert("header", lambda values: tuple(parse_header(v) for v in values)) or ()
+    names = [name.lower() for name, _ in headers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SettingsError(f"--header: {twice[0]} is given more than once")
+    key_env = convert("api_key_env", _env_name)
+    if key_env is not None and not env.get(key_env):
+        raise SettingsError(f"--api-key-env: the environment variable {key_env} is not set (or empty)")
+    key_env = key_env or DEFAULT_API_KEY_ENV
+    insecure = bool(cli.get("insecure"))
+    ca_bundle = existing_file("ca_bundle")
+    if insecure and ca_bundle is not None:
+        raise SettingsError("--insecure skips certificate checks, so --ca-bundle would do nothing: give one of them")
+    if ca_bundle is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=str(ca_bundle))
+        except (ssl.SSLError, OSError) as exc:
+            raise SettingsError(f"--ca-bundle: {ca_bundle} is not a PEM file of certificates ({exc})") from None
+    key = env.get(key_env) or None
+    return HttpOptions(headers=headers, api_key=key, api_key_source=key_env if key else "", ca_bundle=ca_bundle,
+                       insecure=insecure)
+
+
+def _env_name(text: str) -> str:
+    name = str(text).strip()
+    if not name or not all(c.isalnum() or c == "_" for c in name) or name[0].isdigit():
+        raise ValueError(f"expected an environment variable name, got {text!r}")
+    return name
 
 
 def _spec(dest: str) -> OptionSpec:

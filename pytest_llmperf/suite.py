@@ -24,12 +24,15 @@ import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 try:  # Python 3.11+
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .settings import Settings
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 ENDPOINTS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -101,10 +104,18 @@ class EngineConfig:
     source_dir: str = ""  # the suite file's directory: relative paths in options are relative to it
     expected_failure: str = ""  # why this configuration is known not to run (empty: it should run)
     engine_version: str = ""  # the engine release the flags were written for (empty: unknown)
+    load_model: str = ""  # what the engine loads when not ``model`` (--model: a local copy, say)
 
     @property
     def id(self) -> str:
         return f"{self.engine}/{self.name}"
+
+    @property
+    def model_to_load(self) -> str:
+        return self.load_model or self.model
+
+    def with_option(self, key: str, value: Any) -> "EngineConfig":
+        return replace(self, options=tuple(sorted({**dict(self.options), key: value}.items())))
 
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)
@@ -112,12 +123,21 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class Case:
+    """One test item: a configuration and a workload as they run, every override applied."""
+
     config: EngineConfig
     workload: Workload
+    gpus: str = "any"  # the GPU spec naming the baseline tree
 
     @property
     def id(self) -> str:
+        """``engine/config/workload``: stable, whatever pytest calls the item."""
         return f"{self.config.id}/{self.workload.name}"
+
+    @property
+    def baseline_key(self) -> tuple[str, str, str, str, str]:
+        """Where the case's baseline lives: GPU spec, the suite's model, engine, configuration, workload."""
+        return (self.gpus, self.config.model, self.config.engine, self.config.name, self.workload.name)
 
 
 @dataclass(frozen=True)
@@ -131,20 +151,7 @@ class Suite:
     def engines(self) -> list[str]:
         return sorted({c.engine for c in self.configs})
 
-    def cases(self, engines: Iterable[str]) -> list[Case]:
-        """Every case of the selected engines, grouped by configuration."""
-        wanted = set(engines)
-        by_name = {w.name: w for w in self.workloads}
-        out = []
-        for config in self.configs:
-            if config.engine not in wanted:
-                continue
-            names = config.workloads if config.workloads is not None else tuple(by_name)
-            out.extend(Case(config, by_name[n]) for n in names)
-        return out
 
-    def with_num_prompts(self, num_prompts: int) -> "Suite":
-        return replace(self, workloads=tuple(replace(w, num_prompts=num_prompts) for w in self.workloads))
 
 
 _WORKLOAD_KEYS = {f for f in Workload.__dataclass_fields__ if f != "name"} | {"preset"}
@@ -343,3 +350,99 @@ def load_builtin_suite(engines: Iterable[str]) -> Suite:
         sources = ", ".join(s.source for s in found)
         raise SuiteError(f"engines {sorted(wanted)} span several presets ({sources}); run them separately or give --suite")
     return found[0]
+
+
+# ----------------------------------------------------------------- the suite as it runs
+@dataclass(frozen=True)
+class ResolvedSuite:
+    """The cases of a run, every command-line override applied, in the suite's order."""
+
+    suite: Suite
+    cases: tuple[Case, ...]
+    gpus: str  # the spec naming the baseline tree
+    notes: tuple[str, ...] = ()  # overrides that could not apply, said in the summary
+
+    def configs(self) -> list[EngineConfig]:
+        return list(dict.fromkeys(c.config for c in self.cases))
+
+
+def resolve(settings: "Settings", suite: Suite | None = None) -> ResolvedSuite:
+    """The suite file (or the built-in preset of the engines) with every override applied once.
+
+    ``--num-prompts`` and ``--dataset-path`` change the workloads; ``--model``
+    what the engines load (baselines stay keyed by the suite's model);
+    ``--served-model-name`` the name engines serve under; ``--endpoint`` the
+    external configuration's server. Engine keys are checked by each engine's
+    adapter. ``suite``: one already loaded (else the settings say which).
+    SuiteError (one line) for anything that cannot run.
+    """
+    from .engines import EngineUnavailable, get_adapter
+
+    suite = _with_endpoint(suite if suite is not None else _load(settings), settings)
+    missing = [e for e in settings.engines if e not in suite.engines()]
+    if missing:
+        raise SuiteError(f"suite {suite.source} has no configurations for engine(s) {', '.join(missing)}; "
+                         f"it has: {', '.join(suite.engines())}")
+    notes: list[str] = []
+    configs = []
+    for config in suite.configs:
+        if config.engine not in settings.engines:
+            continue
+        try:
+            adapter = get_adapter(config.engine)
+        except EngineUnavailable as exc:
+            raise SuiteError(str(exc)) from None
+        if settings.model:
+            config = replace(config, load_model=settings.model)
+        if settings.served_model_name:
+            if "served_model_name" in adapter.option_keys:
+                config = config.with_option("served_model_name", settings.served_model_name)
+            else:
+                notes.append(f"{config.id}: {config.engine} takes no served model name; requests carry the name "
+                             f"it lists in /v1/models")
+        try:
+            adapter.validate(config)
+        except ValueError as exc:
+            raise SuiteError(str(exc)) from None
+        configs.append(config)
+    workloads = {w.name: _override_workload(w, settings) for w in suite.workloads}
+    gpus = str(settings.gpus) if settings.gpus is not None else (suite.gpus or "any")
+    cases = []
+    for config in configs:
+        names = config.workloads if config.workloads is not None else tuple(workloads)
+        cases.extend(Case(config, workloads[n], gpus) for n in names)
+    return ResolvedSuite(suite, tuple(cases), gpus, tuple(notes))
+
+
+def _override_workload(workload: Workload, settings: "Settings") -> Workload:
+    if settings.num_prompts:
+        workload = replace(workload, num_prompts=settings.num_prompts)
+    if settings.dataset_path is not None and workload.dataset == "sharegpt":
+        workload = replace(workload, dataset_path=str(settings.dataset_path))
+    return workload
+
+
+def _load(settings: "Settings") -> Suite:
+    """The suite file, or the built-in preset of the selected engines."""
+    if settings.suite_file:
+        return load_suite_file(settings.suite_file)
+    booted = [e for e in settings.engines if e != "external"]
+    # An external endpoint alone runs the seed's workloads (the preset of the real engines).
+    suite = load_builtin_suite(booted or ["vllm"])
+    return suite if booted else replace(suite, configs=())
+
+
+def _with_endpoint(suite: Suite, settings: "Settings") -> Suite:
+    """``--endpoint`` for the external configurations (one is made when the suite has none)."""
+    if "external" not in settings.engines:
+        return suite
+    external = [c for c in suite.configs if c.engine == "external"]
+    if settings.endpoint is not None:
+        configs = [c.with_option("endpoint", settings.endpoint) if c.engine == "external" else c for c in suite.configs]
+        if not external:
+            configs.append(EngineConfig("external", "endpoint", suite.model, options=(("endpoint", settings.endpoint),),
+                                        description=f"the server at {settings.endpoint}"))
+        return replace(suite, configs=tuple(configs))
+    if not external:
+        raise SuiteError("--engine=external needs --endpoint URL (the base URL of a running OpenAI-compatible server)")
+    return suite

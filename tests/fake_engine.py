@@ -1,6 +1,6 @@
 """A stand-in engine process for lifecycle tests (stdlib only).
 
-usage: fake_engine.py PORT [--delay S] [--exit-early CODE] [--child] [--ignore-term] [--pidfile F]
+usage: fake_engine.py PORT [--delay S] [--exit-early CODE] [--child] [--ignore-term] [--pidfile F] [--api-key K]
 """
 
 import argparse
@@ -19,9 +19,12 @@ parser.add_argument("--child", action="store_true")
 parser.add_argument("--setsid-child", action="store_true", help="the child leaves the process group")
 parser.add_argument("--ignore-term", action="store_true")
 parser.add_argument("--pidfile")
+parser.add_argument("--api-key", help="printed among its arguments at start, as some engines do")
 args = parser.parse_args()
 
 print("fake engine starting", flush=True)
+if args.api_key:
+    print(f"non-default args: {{'api_key': {args.api_key!r}}}", flush=True)
 if args.ignore_term:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if args.child:

@@ -12,7 +12,7 @@ import pytest
 from pytest_llmperf.engines import get_adapter
 from pytest_llmperf.engines.base import Launch
 from pytest_llmperf.engines.external import normalize_endpoint
-from pytest_llmperf.runner import version_matches
+from pytest_llmperf.verdict import version_matches
 from pytest_llmperf.suite import EngineConfig, load_builtin_suite
 
 SEED = {c.id: c for c in load_builtin_suite(["vllm"]).configs}
@@ -200,12 +200,15 @@ def routes():
 
 
 def test_versions_are_read_where_each_engine_reports_them(routes):
+    from pytest_llmperf.http import ControlClient
+
     table, url = routes
     table["/get_server_info"] = (200, {"version": "0.5.6.post2", "tp_size": 8})
-    assert get_adapter("sglang").version(url) == "0.5.6.post2"
-    assert get_adapter("vllm").version(url) == "unknown (/version answered HTTP 404)"
-    table["/version"] = (200, {"version": "0.13.0"})
-    assert get_adapter("vllm").version(url) == "0.13.0"
-    assert get_adapter("external").version(url) == "0.13.0"
-    table["/version"] = (200, {"build": "x"})
-    assert get_adapter("trtllm").version(url) == "unknown (/version has no 'version')"
+    with ControlClient(url) as client:
+        assert get_adapter("sglang").version(client) == "0.5.6.post2"
+        assert get_adapter("vllm").version(client) == "unknown (/version answered HTTP 404)"
+        table["/version"] = (200, {"version": "0.13.0"})
+        assert get_adapter("vllm").version(client) == "0.13.0"
+        assert get_adapter("external").version(client) == "0.13.0"
+        table["/version"] = (200, {"build": "x"})
+        assert get_adapter("trtllm").version(client) == "unknown (/version has no 'version')"

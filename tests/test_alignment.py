@@ -2,7 +2,9 @@
 
 import pytest
 
-from pytest_llmperf.loadgen.alignment import align_to_server, prompt_length_mismatch, server_token_counter
+from pytest_llmperf.http import ControlClient
+from pytest_llmperf.loadgen.alignment import (TokenizeError, align_through_server, align_to_server,
+                                               prompt_length_mismatch, server_token_counter)
 from pytest_llmperf.loadgen.datasets import SampleRequest, random_requests
 
 
@@ -76,8 +78,9 @@ def tokenize_server():
 
 def test_server_counter_reads_the_count(tokenize_server):
     url, state = tokenize_server
-    count = server_token_counter(url, "m", timeout_s=5)
-    assert count is not None and count("a b c") == 3
+    with ControlClient(url) as client:
+        count = server_token_counter(client, "m", timeout_s=5)
+        assert count is not None and count("a b c") == 3
     assert state["bodies"][-1] == {"model": "m", "prompt": "a b c", "add_special_tokens": False}
 
 
@@ -85,11 +88,31 @@ def test_server_counter_reads_the_count(tokenize_server):
 def test_a_server_without_a_usable_route_gives_none(tokenize_server, status):
     url, state = tokenize_server
     state["status"] = status
-    assert server_token_counter(url, "m", timeout_s=5) is None
+    with ControlClient(url) as client:
+        assert server_token_counter(client, "m", timeout_s=5) is None
 
 
 def test_other_answers_raise_with_the_status(tokenize_server):
     url, state = tokenize_server
     state["status"] = 500
-    with pytest.raises(RuntimeError, match="answered HTTP 500"):
-        server_token_counter(url, "m", timeout_s=5)
+    with ControlClient(url) as client, pytest.raises(TokenizeError, match="answered HTTP 500"):
+        server_token_counter(client, "m", timeout_s=5)
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_failing_tokenize_leaves_the_prompts_unaligned_and_says_why(tokenize_server, status):
+    url, state = tokenize_server
+    state["status"] = status
+    reqs = random_requests(3, 20, 2, seed=1)
+    with ControlClient(url) as client:
+        got, how = align_through_server(reqs, client, "m", seed=1, timeout_s=5)
+    assert got == reqs
+    assert how.startswith(f"word tokenizer (the server's /tokenize failed: {url}/tokenize answered HTTP {status}")
+
+
+def test_alignment_through_a_working_route(tokenize_server):
+    url, _ = tokenize_server
+    reqs = random_requests(3, 20, 2, seed=1)
+    with ControlClient(url) as client:
+        got, how = align_through_server(reqs, client, "m", seed=1, timeout_s=5)
+    assert how == "server /tokenize" and [len(r.prompt.split()) for r in got] == [20] * 3

@@ -151,30 +151,48 @@ def test_ttft_includes_the_server_delay():
 
 
 @pytest.mark.parametrize(
-    "script, reason",
+    "script, kind, detail",
     [
-        ([Reply(503, "engine overloaded, retry later")], "HTTP 503 Service Unavailable: engine overloaded, retry later"),
-        ([Reply(400, "")], "HTTP 400 Bad Request: (empty body)"),
+        ([Reply(503, "engine overloaded, retry later")], "HTTP 503 Service Unavailable", "engine overloaded, retry later"),
+        ([Reply(400, "")], "HTTP 400 Bad Request", "(empty body)"),
         ([chat_chunk(content="a"), sse({"error": {"message": "out of memory", "code": 500}})],
-         "server error in stream: out of memory (after 1 output chunks)"),
-        ([b'event: error\ndata: {"message": "bad"}\n\n'], "server error in stream: bad"),
-        ([sse({"object": "error", "message": "too long"})], "server error in stream: too long"),
+         "server error in stream", "out of memory; after 1 output chunks"),
+        ([b'event: error\ndata: {"message": "bad"}\n\n'], "server error in stream", "bad"),
+        ([sse({"object": "error", "message": "too long"})], "server error in stream", "too long"),
         ([chat_chunk(role="assistant", content=""), usage_chunk(3, 0), DONE],
-         "stream ended without an output-carrying chunk (got [DONE])"),
-        ([], "stream ended without an output-carrying chunk"),
-        ([chat_chunk(content="a"), CLOSE], "transport error: "),
-        ([b"data: {not json\n\n"], "unparseable stream event"),
+         "stream ended without an output-carrying chunk (got [DONE])", ""),
+        ([], "stream ended without an output-carrying chunk", ""),
+        ([chat_chunk(content="a"), CLOSE], "transport error", "the server closed the connection in the middle of"),
+        ([b"data: {not json\n\n"], "unparseable stream event", "'{not json'"),
+        ([sse([1, 2])], "unexpected stream event, expected a JSON object", "[1, 2]"),
     ],
 )
-def test_failures_carry_a_reason(script, reason):
+def test_failures_carry_their_kind_and_what_the_request_saw(script, kind, detail):
     rec, _, _ = one(script)
     assert not rec.success
-    assert rec.error.startswith(reason), rec.error
+    assert rec.error == kind
+    assert rec.error_detail.startswith(detail), rec.error_detail
+
+
+def test_failures_of_one_kind_group_into_one_reason_whatever_each_stream_said():
+    from pytest_llmperf.metrics import failure_reasons
+
+    def script(body):
+        prompt = body["messages"][0]["content"]
+        return [chat_chunk(content="a"), f"data: {{broken {prompt}\n\n".encode()]
+
+    requests = [SampleRequest(f"prompt-{i}", 1, 2) for i in range(5)]
+    with StreamServer(script) as server:
+        result = run_load(spec(server, requests=requests))
+    assert {r.error for r in result.records} == {"unparseable stream event"}
+    assert len({r.error_detail for r in result.records}) == 5  # each stream's own text stays with its record
+    (line,) = failure_reasons(result.records)
+    assert line.startswith("unparseable stream event (x5; first: ")
 
 
 def test_timeout_is_a_recorded_failure():
     rec, _, _ = one([chat_chunk(content="a"), Sleep(5), DONE], request_timeout_s=0.3)
-    assert not rec.success and rec.error.startswith("timed out after 0.3 s")
+    assert not rec.success and rec.error == "timed out after 0.3 s"
 
 
 def test_connection_refused_is_a_recorded_failure():
@@ -183,7 +201,8 @@ def test_connection_refused_is_a_recorded_failure():
         port = s.getsockname()[1]
     result = run_load(LoadSpec(base_url=f"http://127.0.0.1:{port}", model="m", requests=[REQ, REQ]))
     assert [r.success for r in result.records] == [False, False]
-    assert all(r.error.startswith("transport error: ") for r in result.records)
+    assert all(r.error == f"transport error: cannot connect to 127.0.0.1:{port}" for r in result.records)
+    assert all("ConnectionRefusedError" in r.error_detail for r in result.records)
 
 
 def test_every_request_recorded_in_order_with_mixed_outcomes():
@@ -197,7 +216,7 @@ def test_every_request_recorded_in_order_with_mixed_outcomes():
     with StreamServer(script) as server:
         result = run_load(spec(server, requests=requests))
     assert [r.success for r in result.records] == [i % 3 != 0 for i in range(12)]
-    assert all(r.error.startswith("HTTP 500") for r in result.records if not r.success)
+    assert all(r.error == "HTTP 500 Internal Server Error" for r in result.records if not r.success)
     assert all(r.output_tokens == 2 and len(r.itl_s) == 1 for r in result.records if r.success)
 
 
@@ -289,7 +308,7 @@ def test_the_fast_path_decides_exactly_like_the_full_parse(name, separators):
     assert fast.record() == slow.record()
     assert "".join(fast._text) == "".join(slow._text)
     if separators == (",", ":") and name != "trtllm":
-        assert fast._template is not None  # the compact layout is learned
+        assert fast._memo is not None  # the compact layout is learned
 
 
 def test_completions_fast_path_counts_every_chunk_with_choices():

@@ -1,59 +1,177 @@
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from pytest_llmperf.engines import EngineUnavailable, get_adapter
-from pytest_llmperf.engines.base import EngineProcess, EngineStartError, Launch, free_port
+from pytest_llmperf.engines.base import Launch, free_port
+from pytest_llmperf.engines.lifecycle import EngineProcess, EngineStartError, wait_ready
+from pytest_llmperf.http import ControlClient, HttpOptions
+from pytest_llmperf.secrets import Redactor
 from pytest_llmperf.suite import EngineConfig
 
 FAKE = str(Path(__file__).with_name("fake_engine.py"))
 
 
-def engine(tmp_path, *extra):
+def engine(tmp_path, *extra, redactor=None):
     port = free_port()
     argv = [sys.executable, FAKE, str(port), *extra]
-    return EngineProcess(argv, {}, tmp_path / "logs" / "e.log", f"http://127.0.0.1:{port}")
+    return EngineProcess(argv, {}, tmp_path / "logs" / "e.log", redactor), f"http://127.0.0.1:{port}"
+
+
+def gone(pid):
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_ready_version_and_clean_stop(tmp_path):
-    proc = engine(tmp_path, "--delay", "0.3")
-    with proc:
-        proc.wait_ready(timeout_s=30)
-        pid = proc.pid
-        assert get_adapter("sim").version(proc.base_url) == "9.9-fake"
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    proc, url = engine(tmp_path, "--delay", "0.3")
+    with proc, ControlClient(url) as client:
+        wait_ready(client, ("/health",), 30, proc)
+        pid, watchdog = proc.pid, proc.watchdog.pid
+        assert get_adapter("sim").version(client) == "9.9-fake"
+    assert gone(pid) and gone(watchdog)  # the watchdog goes with its engine
     assert "fake engine starting" in (tmp_path / "logs" / "e.log").read_text()
 
 
 def test_early_exit_fails_with_log_tail(tmp_path):
-    with engine(tmp_path, "--exit-early", "3") as proc:
+    proc, url = engine(tmp_path, "--exit-early", "3")
+    with proc, ControlClient(url) as client:
         with pytest.raises(EngineStartError) as info:
-            proc.wait_ready(timeout_s=30)
+            wait_ready(client, ("/health",), 30, proc)
     msg = str(info.value)
     assert "exited with code 3 before it was ready" in msg
     assert "fatal: out of memory" in msg
     assert "loading shard 59" in msg and "loading shard 5\n" not in msg  # only the last 50 lines
 
 
-def test_timeout(tmp_path):
-    with engine(tmp_path, "--delay", "30") as proc:
-        with pytest.raises(EngineStartError, match=r"not ready after 0.5 s \(http://127.0.0.1:\d+/health last answered: ConnectionError\)"):
-            proc.wait_ready(timeout_s=0.5)
+def test_a_launched_engine_that_refuses_is_not_up_yet_until_the_timeout(tmp_path):
+    proc, url = engine(tmp_path, "--delay", "30")
+    with proc, ControlClient(url) as client:
+        with pytest.raises(EngineStartError, match=r"not ready after 0.5 s \(last: connection refused at "
+                                                    r"http://127.0.0.1:\d+/health\); last lines of"):
+            wait_ready(client, ("/health",), 0.5, proc)
 
 
 @pytest.mark.parametrize("child", ["--child", "--setsid-child"])
 def test_stop_kills_the_whole_tree_even_when_sigterm_is_ignored(tmp_path, child):
     pidfile = tmp_path / "pids"
-    proc = engine(tmp_path, "--child", child, "--ignore-term", "--pidfile", str(pidfile))
+    proc, url = engine(tmp_path, "--child", child, "--ignore-term", "--pidfile", str(pidfile))
     proc.start()
-    proc.wait_ready(timeout_s=30)
+    with ControlClient(url) as client:
+        wait_ready(client, ("/health",), 30, proc)
     parent, child = map(int, pidfile.read_text().split())
     proc.stop(grace_s=0.5)
     for pid in (parent, child):
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert gone(pid)
     proc.stop()  # idempotent
+
+
+PARENT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from pytest_llmperf.engines.lifecycle import EngineProcess
+proc = EngineProcess([sys.executable, {fake!r}, {port!r}, "--child", {child!r}, "--ignore-term", "--pidfile", {pidfile!r}],
+                     {{}}, {log!r})
+proc.start()
+print(proc.pid, proc.watchdog.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("child", ["--child", "--setsid-child"])
+def test_an_engine_dies_with_its_pytest_even_on_kill_9(tmp_path, child):
+    """kill -9 of the process that started it: the engine and what it started are gone within 5 s."""
+    pidfile = tmp_path / "pids"
+    code = PARENT.format(tests=str(Path(__file__).parent), fake=FAKE, port=str(free_port()), child=child,
+                         pidfile=str(pidfile), log=str(tmp_path / "e.log"))
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        engine_pid, watchdog_pid = map(int, parent.stdout.readline().split())
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() or len(pidfile.read_text().split()) < 2:
+            assert time.monotonic() < deadline, "the engine never started its child"
+            time.sleep(0.05)
+        _, child_pid = map(int, pidfile.read_text().split())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        killed_at = time.monotonic()
+        while not all(gone(p) for p in (engine_pid, child_pid, watchdog_pid)) and time.monotonic() - killed_at < 5:
+            time.sleep(0.05)
+        left = [p for p in (engine_pid, child_pid, watchdog_pid) if not gone(p)]
+        assert left == [], f"alive 5 s after kill -9 of their pytest: {left}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if pidfile.exists():
+            for pid in map(int, pidfile.read_text().split()):
+                if not gone(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_an_external_endpoint_that_refuses_fails_within_seconds():
+    url = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with ControlClient(url) as client, pytest.raises(EngineStartError) as info:
+        wait_ready(client, ("/health", "/v1/models"), 600)
+    assert time.monotonic() - t0 < 10
+    assert str(info.value) == (f"endpoint {url} is not reachable: connection refused at {url}/health; is the server "
+                               f"running, and is --endpoint right?")
+
+
+def test_an_external_https_endpoint_with_an_untrusted_certificate_fails_at_once(tmp_path):
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from tls_certs import make_certs
+
+    certs = make_certs(tmp_path / "tls")
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Ok)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.cert_path, certs.key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        t0 = time.monotonic()
+        with ControlClient(url) as client, pytest.raises(EngineStartError) as info:
+            wait_ready(client, ("/health",), 600)
+        assert time.monotonic() - t0 < 10
+        message = str(info.value)
+        assert message.startswith(f"endpoint {url} is not reachable: TLS certificate of {url}/health not trusted (")
+        assert message.endswith("give the server's CA with --ca-bundle FILE, or --insecure to skip verification")
+        with ControlClient(url, HttpOptions(ca_bundle=certs.ca_path)) as client:
+            assert wait_ready(client, ("/health",), 30) >= 0
+        with ControlClient(url, HttpOptions(insecure=True)) as client:
+            assert wait_ready(client, ("/health",), 30) >= 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_secrets_the_engine_prints_are_masked_in_its_log_and_tail(tmp_path):
+    proc, url = engine(tmp_path, "--delay", "0", "--api-key", "sk-very-secret", redactor=Redactor(["sk-very-secret"]))
+    with proc, ControlClient(url) as client:
+        wait_ready(client, ("/health",), 30, proc)
+        assert "sk-very-secret" not in proc.log_tail()
+    log = (tmp_path / "logs" / "e.log").read_text()
+    assert "sk-very-secret" not in log and "--api-key ***" in log
 
 
 def test_unknown_engines_say_so():
@@ -62,7 +180,7 @@ def test_unknown_engines_say_so():
 
 
 def test_missing_executable_is_a_start_error_naming_it(tmp_path):
-    proc = EngineProcess(["no-such-engine-binary", "serve"], {}, tmp_path / "e.log", "http://127.0.0.1:1")
+    proc = EngineProcess(["no-such-engine-binary", "serve"], {}, tmp_path / "e.log")
     with pytest.raises(EngineStartError, match="cannot start 'no-such-engine-binary'.*on PATH"):
         proc.start()
     assert "cannot start no-such-engine-binary" in (tmp_path / "e.log").read_text()

@@ -15,46 +15,54 @@ def test_progress_text():
 
 
 class Writer:
-    """Just what TerminalProgress uses of pytest's TerminalWriter."""
+    """What TerminalProgress reads of pytest's TerminalWriter: its public width figures."""
 
     fullwidth = 80
 
     def __init__(self, line):
-        self._current_line = line
-        self._file = io.StringIO()
-
-    def write(self, text, flush=False):
-        self._file.write(text)
-        self._current_line += text.rsplit("\r", 1)[-1]
+        self.width_of_current_line = len(line)
 
 
 def screen(raw):
-    """What a terminal shows for one line of output with carriage returns."""
-    shown = ""
-    for part in raw.split("\r"):
-        shown = part + shown[len(part):]
-    return shown.rstrip()
+    """What a terminal shows for one line of output with backspaces."""
+    cells, pos = [], 0
+    for ch in raw:
+        if ch == "\b":
+            pos = max(pos - 1, 0)
+            continue
+        if pos < len(cells):
+            cells[pos] = ch
+        else:
+            cells.append(ch)
+        pos += 1
+    return "".join(cells).rstrip()
+
+
+def bar_for(line, show_after_s):
+    out = io.StringIO()
+    out.write(line)  # pytest's own line, already on the terminal
+    return TerminalProgress(Writer(line), lambda: out, contextlib.nullcontext, show_after_s=show_after_s), out
 
 
 def test_the_line_appears_after_a_while_and_leaves_pytest_line_as_it_was():
-    tw = Writer("llmperf ..")
-    bar = TerminalProgress(tw, contextlib.nullcontext, show_after_s=3.0)
+    bar, out = bar_for("llmperf ..", show_after_s=3.0)
     update = bar.for_case("sim/a/short")
     update(Progress(1, 0, 10, 10, 1.0))
-    assert tw._file.getvalue() == ""  # quiet for short cases
+    assert out.getvalue() == "llmperf .."  # quiet for short cases
     update(Progress(5, 0, 10, 50, 4.0))
-    assert screen(tw._file.getvalue()) == "llmperf .. [sim/a/short 5/10 done, 13 output tok/s, 4 s]"
-    assert tw._current_line == "llmperf .."  # pytest still counts only its own text
+    assert screen(out.getvalue()) == "llmperf .. [sim/a/short 5/10 done, 13 output tok/s, 4 s]"
+    update(Progress(9, 1, 10, 90, 5.0))  # a shorter text replaces the longer one whole
+    assert screen(out.getvalue()) == "llmperf .. [sim/a/short 9/10 done, 1 failed, 20 output tok/s, 5 s]"
     bar.clear()
-    assert screen(tw._file.getvalue()) == "llmperf .."
-    assert tw._current_line == "llmperf .."
+    assert screen(out.getvalue()) == "llmperf .."
+    out.write(" PASSED")  # pytest goes on where its own line ended
+    assert screen(out.getvalue()) == "llmperf .. PASSED"
 
 
 def test_the_line_is_cut_to_the_terminal_width():
-    tw = Writer("x" * 70)
-    bar = TerminalProgress(tw, contextlib.nullcontext, show_after_s=0)
+    bar, out = bar_for("x" * 70, show_after_s=0)
     bar.for_case("a-long-case-id/with/parts")(Progress(5, 0, 10, 50, 4.0))
-    assert len(screen(tw._file.getvalue())) <= 80
+    assert len(screen(out.getvalue())) <= 80
 
 
 def test_no_progress_line_when_output_is_not_a_terminal(pytester):
@@ -67,9 +75,8 @@ def test_x(request):
 
 
 def test_the_rate_is_taken_over_the_last_two_seconds():
-    tw = Writer("")
-    bar = TerminalProgress(tw, contextlib.nullcontext, show_after_s=0)
+    bar, out = bar_for("", show_after_s=0)
     update = bar.for_case("c")
     for i in range(9):  # 100 tokens per half second, then nothing for the last second
         update(Progress(0, 0, 1, min(i, 6) * 100, i * 0.5))
-    assert "100 output tok/s" in screen(tw._file.getvalue())  # 200 tokens over the last 2 s
+    assert "100 output tok/s" in screen(out.getvalue())  # 200 tokens over the last 2 s

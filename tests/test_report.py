@@ -1,7 +1,9 @@
 import json
 
-from pytest_llmperf.baselines import UPDATED, Verdict, judge
-from pytest_llmperf.report import CaseResult, json_report, summary_tables, write_json
+from pytest_llmperf.report.case import CaseResult
+from pytest_llmperf.report.json import json_report, write_json
+from pytest_llmperf.report.terminal import summary_tables
+from pytest_llmperf.verdict import UPDATED, Verdict, judge
 
 
 def result(workload, outcome="passed", **metrics):

@@ -4,10 +4,11 @@ import datetime as dt
 import json
 import math
 
-from pytest_llmperf.loadgen.datasets import SampleRequest
-from pytest_llmperf.loadgen.run import LoadSpec
+import math as _math
+
+from pytest_llmperf.measure import LoadShape
 from pytest_llmperf.metrics import RequestRecord, compute_metrics
-from pytest_llmperf.results import request_records, result_file_name, result_json
+from pytest_llmperf.report.reference import request_records, result_file_name, result_json
 from pytest_llmperf.suite import Case, EngineConfig, Workload
 
 CASE = Case(EngineConfig("sglang", "tp8 dp8", "org/m"), Workload("long", "random", 2, 4000, 200))
@@ -18,8 +19,8 @@ RECORDS = [
 ]
 
 
-def spec(**kw):
-    return LoadSpec(base_url="http://127.0.0.1:1", model="served", requests=[SampleRequest("p", 1, 1)] * 2, **kw)
+def spec(max_concurrency=None, request_rate=_math.inf, burstiness=1.0, endpoint="/v1/chat/completions"):
+    return LoadShape("served", endpoint, 2, request_rate, burstiness, max_concurrency)
 
 
 def test_file_names_are_safe_and_one_per_case():
@@ -51,7 +52,7 @@ def test_per_request_lists_and_records():
     first, second = data["requests"]
     assert first == {"start_s": 0.0, "scheduled_s": 0.0, "success": True, "ttft_s": 0.5, "itl_s": [0.1, 0.2],
                      "latency_s": 0.8, "prompt_len": 4000, "input_tokens": 4003, "output_tokens": 3,
-                     "expected_output_len": 200, "error": ""}
+                     "expected_output_len": 200, "error": "", "error_detail": ""}
     assert (second["start_s"], second["scheduled_s"], second["ttft_s"], second["error"]) == (0.5, 0.25, None, "HTTP 500: boom")
     json.dumps(data)
 

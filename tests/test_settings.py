@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.baselines import DEFAULT_GATES
+from pytest_llmperf.settings import DEFAULT_GATES
 from pytest_llmperf.settings import SettingsError, parse_gates, resolve
 
 ROOT = Path("/repo")

@@ -354,24 +354,28 @@ def test_tokenize_rejects_a_body_that_is_not_json(sim):
 
 
 def test_tokenize_route_serves_the_alignment_client(sim):
+    from pytest_llmperf.http import ControlClient
     from pytest_llmperf.loadgen.alignment import align_to_server, server_token_counter
     from pytest_llmperf.loadgen.datasets import random_requests
 
-    count = server_token_counter(sim.url, MODEL, timeout_s=10)
-    assert count is not None and count("x y z") == 3
-    reqs = random_requests(4, 40, 2, seed=1)
-    assert align_to_server(reqs, count, seed=1) == reqs  # the sim counts as the client does: nothing to change
+    with ControlClient(sim.url) as client:
+        count = server_token_counter(client, MODEL, timeout_s=10)
+        assert count is not None and count("x y z") == 3
+        reqs = random_requests(4, 40, 2, seed=1)
+        assert align_to_server(reqs, count, seed=1) == reqs  # the sim counts as the client does: nothing to change
     assert sim.call(lambda: sim.server.engine.num_requests) == 0  # counting admits nothing into the engine
 
 
 def test_a_server_can_leave_tokenize_out(profile_path, monkeypatch):
+    from pytest_llmperf.http import ControlClient
     from pytest_llmperf.loadgen.alignment import server_token_counter
 
     monkeypatch.setattr(SimServer, "tokenize_route", False)  # as a subclass imitating such an engine would
     srv = ThreadedServer(profile_path)
     try:
         assert tokenize(srv.url, {"prompt": "a"}).status_code in (404, 405)
-        assert server_token_counter(srv.url, MODEL, timeout_s=10) is None
+        with ControlClient(srv.url) as client:
+            assert server_token_counter(client, MODEL, timeout_s=10) is None
     finally:
         srv.close()
 

@@ -1,41 +1,46 @@
 import pytest
 
-from pytest_llmperf.suite import SuiteError, load_builtin_suite, load_suite_file, parse_suite
+from pytest_llmperf.settings import Settings
+from pytest_llmperf.suite import SuiteError, load_builtin_suite, load_suite_file, parse_suite, resolve
 
 MIN = {
     "model": "org/model",
     "workloads": {"w1": {"dataset": "random", "input_len": 10, "output_len": 5, "num_prompts": 3}},
-    "configs": [{"engine": "sim", "name": "c1", "profile": "p"}],
+    "configs": [{"engine": "sim", "name": "c1", "profile": "vllm-tp8"}],
 }
+
+
+def cases(suite, engines=("sim",), **settings):
+    return list(resolve(Settings(engines=tuple(engines), **settings), suite).cases)
 
 
 def test_builtin_sim_suite_has_the_seed_headline_configs():
     suite = load_builtin_suite(["sim"])
-    ids = [c.id for c in suite.cases(["sim"])]
+    ids = [c.id for c in cases(suite)]
     assert "sim/vllm-tp8/sharegpt" in ids and "sim/sglang-tp8-dp8-dpattn/medium" in ids
     assert len(suite.configs) >= 2 and len(suite.workloads) >= 3
     assert len(ids) == len(suite.configs) * len(suite.workloads)
     # cases are grouped by configuration
-    assert [c.config.name for c in suite.cases(["sim"])][: len(suite.workloads)] == ["vllm-tp8"] * len(suite.workloads)
+    assert [c.config.name for c in cases(suite)][: len(suite.workloads)] == ["vllm-tp8"] * len(suite.workloads)
     assert suite.gpus == "h200x8"
 
 
 def test_parse_minimal_and_options(tmp_path):
     suite = parse_suite(MIN, "s.toml", tmp_path)
-    (case,) = suite.cases(["sim"])
+    (case,) = cases(suite)
     assert case.id == "sim/c1/w1"
-    assert case.config.option("profile") == "p" and case.config.model == "org/model"
+    assert case.config.option("profile") == "vllm-tp8" and case.config.model == "org/model"
     assert case.workload.ignore_eos is True  # random datasets ask for exact lengths
     assert case.workload.params()["input_len"] == 10
-    assert suite.cases(["vllm"]) == []
-    assert suite.with_num_prompts(7).workloads[0].num_prompts == 7
+    with pytest.raises(SuiteError, match="suite s.toml has no configurations for engine.s. vllm; it has: sim"):
+        cases(suite, ["vllm"])
 
 
 def test_config_workload_subset(tmp_path):
     data = {**MIN, "workloads": {**MIN["workloads"], "w2": {"dataset": "sharegpt", "num_prompts": 2}},
-            "configs": [{"engine": "sim", "name": "c1", "workloads": ["w2"]}]}
+            "configs": [{"engine": "sim", "name": "c1", "profile": "vllm-tp8", "workloads": ["w2"]}]}
     suite = parse_suite(data, "s.toml", tmp_path)
-    assert [c.id for c in suite.cases(["sim"])] == ["sim/c1/w2"]
+    assert [c.id for c in cases(suite)] == ["sim/c1/w2"]
     assert suite.workloads[1].ignore_eos is False
 
 
@@ -124,7 +129,7 @@ def test_bad_arrival_keys_name_the_key(tmp_path, table, message):
 
 
 def test_dry_runs_describe_the_arrivals(tmp_path):
-    from pytest_llmperf.runner import _describe_workload
+    from pytest_llmperf.plan import describe_workload as _describe_workload
 
     suite = parse_suite({**MIN, "workloads": {
         "a": {"preset": "long"},
@@ -134,3 +139,36 @@ def test_dry_runs_describe_the_arrivals(tmp_path):
     assert _describe_workload(a) == "random 4000/200 x 500"
     assert _describe_workload(b) == ("sharegpt x 1000 from bundled sample at 2.5 req/s (burstiness 0.5), "
                                      "at most 16 in flight, 4 warm-up")
+
+
+def test_every_override_is_applied_once_and_the_case_keys_do_not_move(tmp_path):
+    from pathlib import Path
+
+    from pytest_llmperf.gpus import parse_gpu_spec
+
+    data = {**MIN, "workloads": {**MIN["workloads"], "chat": {"dataset": "sharegpt", "num_prompts": 2}},
+            "configs": [{"engine": "sim", "name": "c1", "profile": "vllm-tp8"},
+                        {"engine": "external", "name": "there", "endpoint": "http://127.0.0.1:9"}]}
+    suite = parse_suite(data, "s.toml", tmp_path)
+    got = resolve(Settings(engines=("sim", "external"), num_prompts=7, dataset_path=Path("/data/sg.json"),
+                           model="/models/local-copy", served_model_name="served", endpoint="http://127.0.0.1:8000",
+                           gpus=parse_gpu_spec("h100x4")), suite)
+    by_id = {c.id: c for c in got.cases}
+    assert list(by_id) == ["sim/c1/w1", "sim/c1/chat", "external/there/w1", "external/there/chat"]
+    assert {c.workload.num_prompts for c in got.cases} == {7}
+    assert by_id["sim/c1/chat"].workload.dataset_path == "/data/sg.json" and by_id["sim/c1/w1"].workload.dataset_path is None
+    sim = by_id["sim/c1/w1"].config
+    assert sim.model_to_load == "/models/local-copy" and sim.model == "org/model"  # baselines stay keyed by the suite's
+    assert by_id["external/there/w1"].config.option("endpoint") == "http://127.0.0.1:8000"
+    assert by_id["external/there/w1"].config.option("served_model_name") == "served"
+    assert by_id["sim/c1/w1"].baseline_key == ("h100x4", "org/model", "sim", "c1", "w1")
+    # the sim takes no served model name: said once, in the summary
+    assert got.notes == ("sim/c1: sim takes no served model name; requests carry the name it lists in /v1/models",)
+
+
+def test_external_alone_gets_an_endpoint_configuration_and_the_seed_workloads():
+    got = resolve(Settings(engines=("external",), endpoint="http://127.0.0.1:8000"))
+    assert {c.config.id for c in got.cases} == {"external/endpoint"}
+    assert [c.workload.name for c in got.cases][:2] == ["sharegpt", "short"]
+    with pytest.raises(SuiteError, match="--engine=external needs --endpoint URL"):
+        resolve(Settings(engines=("external",)))

@@ -13,6 +13,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import EngineAdapter
 
 ENGINE_NAMES: tuple[str, ...] = ("sim", "vllm", "sglang", "trtllm", "external")
+# How long each engine may take to become ready by default (--startup-timeout overrides); the adapters and
+# the option's help read it from here.
+STARTUP_TIMEOUT_S: dict[str, float] = {
+    "sim": 600.0,
+    "vllm": 1800.0,  # weights of a large model, CUDA graphs, kernels
+    "sglang": 3600.0,  # first boots compile DeepGEMM kernels; its own CI allows an hour on H200
+    "trtllm": 3600.0,  # its own perf tests wait up to an hour
+    "external": 600.0,  # it should be up already; one still warming up (503) is waited for
+}
 
 
 class EngineUnavailable(LookupError):

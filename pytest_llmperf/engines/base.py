@@ -1,36 +1,27 @@
-"""What every engine shares: the adapter interface and the engine process.
+"""What every engine shares: the adapter interface and how a configuration is launched.
 
-An ``EngineProcess`` runs in its own process group with its output in a log
-file; it is ready when ``GET <ready_path>`` answers 200 (refused connections
-and 503 mean "not yet"), fails at once when the process exits first, and is
-stopped on every path: SIGTERM to the group, a grace period, then SIGKILL to
-every process of the tree that is still alive.
+An adapter knows one engine's command line, environment, readiness path and
+version routes; nothing else here knows any engine's flags. Starting,
+watching and stopping the process is ``lifecycle``'s.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
-import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..suite import EngineConfig
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..http import ControlClient
+
 LOCALHOST = "127.0.0.1"
 PORT_PLACEHOLDER = "{port}"
-LOG_TAIL_LINES = 50
-
-
-class EngineStartError(RuntimeError):
-    """The engine did not become ready; the message carries its log tail."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +37,15 @@ class Launch:
     gpu_uuids: tuple[str, ...] = ()  # the checked GPUs the engine gets
 
 
+def launch_for(config: EngineConfig, adapter: "EngineAdapter", port: str = PORT_PLACEHOLDER,
+               gpu_uuids: tuple[str, ...] = (), chat_template: Path | None = None, slowdown: float = 1.0) -> Launch:
+    """How ``config`` is launched: the model it loads, the name it serves, the GPUs it gets."""
+    served = config.option("served_model_name")
+    return Launch(host=LOCALHOST, port=port, model=config.model_to_load,
+                  served_model_name=served if adapter.takes_served_model_name else None,
+                  chat_template=chat_template, slowdown=slowdown, gpu_uuids=gpu_uuids)
+
+
 class EngineAdapter:
     """One engine: its command line, environment, readiness and version.
 
@@ -57,7 +57,7 @@ class EngineAdapter:
     version_paths: tuple[str, ...] = ("/version",)
     uses_gpus = False  # the engine runs on the node's GPUs (gets CUDA_VISIBLE_DEVICES, is watched by NVML)
     boots = True  # False: the engine is already running somewhere (nothing to launch)
-    startup_timeout_s = 600.0  # default wait for readiness; --startup-timeout overrides
+    startup_timeout_s = 600.0  # default wait for readiness (each engine's in STARTUP_TIMEOUT_S)
     takes_served_model_name = True  # the engine can serve under another name (or, external: already does)
     option_keys: frozenset[str] = frozenset()  # engine-specific keys a suite configuration may set
     # Top-level request fields the engine accepts, per endpoint path; None: any (the OpenAI fields the client sends).
@@ -81,6 +81,10 @@ class EngineAdapter:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpu_uuids)
         return env
 
+    def node_source(self) -> Any:
+        """The node this engine runs on when it is not this machine's (the sim's simulated node), else None."""
+        return None
+
     def notes(self, config: EngineConfig, launch: Launch) -> list[str]:
         """Things a user should know about how this configuration is launched."""
         return []
@@ -94,26 +98,28 @@ class EngineAdapter:
         argv = self.argv(config, replace(launch, host=LOCALHOST, port=PORT_PLACEHOLDER))
         return ["python" if a == sys.executable else a for a in argv]
 
-    def version(self, base_url: str) -> str:
+    def version(self, client: "ControlClient") -> str:
         """The version the running engine reports, or ``unknown (why)``."""
-        import requests
+        from ..http import HttpFailure
 
         why = "no version route answered"
-        with requests.Session() as http:
-            http.trust_env = False  # engines are local: never through a proxy
-            for path in self.version_paths:
-                try:
-                    resp = http.get(base_url + path, timeout=5)
-                    if resp.status_code != 200:
-                        why = f"{path} answered HTTP {resp.status_code}"
-                        continue
-                    version = resp.json().get("version")
-                except (requests.RequestException, ValueError, AttributeError) as exc:
-                    why = f"{path}: {type(exc).__name__}"
-                    continue
-                if version:
-                    return str(version)
-                why = f"{path} has no 'version'"
+        for path in self.version_paths:
+            try:
+                reply = client.get(path)
+            except HttpFailure as exc:
+                why = f"{path}: {exc.kind}"
+                continue
+            if reply.status != 200:
+                why = f"{path} answered HTTP {reply.status}"
+                continue
+            try:
+                version = reply.json().get("version")
+            except (ValueError, AttributeError):
+                why = f"{path} did not answer a JSON object"
+                continue
+            if version:
+                return str(version)
+            why = f"{path} has no 'version'"
         return f"unknown ({why})"
 
 
@@ -142,152 +148,3 @@ def free_port(host: str = LOCALHOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(collections.deque(f, maxlen=lines))
-    except FileNotFoundError:
-        return ""
-
-
-_LIVE: "weakref.WeakSet[EngineProcess]" = weakref.WeakSet()
-
-
-def stop_all() -> None:
-    """Stop every engine still running (last line of defence at exit)."""
-    for proc in list(_LIVE):
-        proc.stop()
-
-
-class EngineProcess:
-    """A launched engine: start, wait until ready, stop (whole tree)."""
-
-    def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path, base_url: str, ready_path: str = "/health"):
-        self.argv = list(argv)
-        self.env = dict(env)
-        self.log_path = Path(log_path)
-        self.base_url = base_url
-        self.ready_path = ready_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def exit_code(self) -> int | None:
-        """The engine's exit status once it has exited, else None."""
-        return self.proc.poll() if self.proc is not None else None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            log.write(("$ " + " ".join(self.argv) + "\n").encode())
-            log.flush()
-            try:
-                self.proc = subprocess.Popen(
-                    self.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **self.env},
-                    start_new_session=True,  # own process group: signals reach the whole engine
-                )
-            except OSError as exc:
-                log.write(f"cannot start {self.argv[0]}: {exc}\n".encode())
-                raise EngineStartError(f"cannot start {self.argv[0]!r}: {exc.strerror or exc}; is the engine installed "
-                                       f"and on PATH? (log: {self.log_path})") from None
-        _LIVE.add(self)
-
-    def wait_ready(self, timeout_s: float, poll_s: float = 0.2) -> float:
-        """Seconds until ready; EngineStartError on exit or timeout."""
-        import requests
-
-        assert self.proc is not None, "start() first"
-        t0 = time.monotonic()
-        url = self.base_url + self.ready_path
-        last = "no answer yet"
-        with requests.Session() as http:
-            http.trust_env = False
-            while True:
-                code = self.proc.poll()
-                if code is not None:
-                    raise EngineStartError(
-                        f"engine exited with code {code} before it was ready; last lines of {self.log_path}:\n"
-                        + tail(self.log_path)
-                    )
-                try:
-                    status = http.get(url, timeout=2).status_code
-                    if status == 200:
-                        return time.monotonic() - t0
-                    last = f"HTTP {status}"
-                except requests.RequestException as exc:  # refused or reset: not listening yet
-                    last = type(exc).__name__
-                if time.monotonic() - t0 > timeout_s:
-                    raise EngineStartError(
-                        f"engine not ready after {timeout_s:g} s ({url} last answered: {last}); "
-                        f"last lines of {self.log_path}:\n"
-                        + tail(self.log_path)
-                    )
-                time.sleep(poll_s)
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, wait, then SIGKILL whatever is left of the tree.
-
-        A Ctrl-C or SIGTERM arriving meanwhile does not cut this short: the
-        tree is killed first, then the interrupt goes on.
-        """
-        interrupted: BaseException | None = None
-        while self.proc is not None:
-            try:
-                self._stop(self.proc, grace_s)
-            except KeyboardInterrupt as exc:
-                interrupted, grace_s = exc, 0.0  # second signal: stop waiting, kill now
-                continue
-            self.proc = None
-        _LIVE.discard(self)
-        if interrupted is not None:
-            raise interrupted
-
-    @staticmethod
-    def _stop(proc: "subprocess.Popen[bytes]", grace_s: float) -> None:
-        import psutil
-
-        def tree() -> list[psutil.Process]:
-            try:
-                root = psutil.Process(proc.pid)
-                return [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return []
-
-        members = {p.pid: p for p in tree()}
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        deadline = time.monotonic() + grace_s
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        members.update((p.pid, p) for p in tree())  # children spawned since
-        _, alive = psutil.wait_procs(list(members.values()), timeout=max(0.0, deadline - time.monotonic()))
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        psutil.wait_procs(alive, timeout=5)
-        proc.wait()
-
-    def __enter__(self) -> "EngineProcess":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

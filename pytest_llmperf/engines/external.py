@@ -10,6 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from ..suite import EngineConfig
+from . import STARTUP_TIMEOUT_S
 from .base import EngineAdapter, Launch
 
 
@@ -34,7 +35,7 @@ def normalize_endpoint(url: str) -> str:
 class ExternalAdapter(EngineAdapter):
     name = "external"
     boots = False
-    startup_timeout_s = 60.0  # it should be up already; allow a moment for one that is still starting
+    startup_timeout_s = STARTUP_TIMEOUT_S["external"]
     version_paths = ("/version", "/get_server_info")
     option_keys = frozenset({"endpoint", "served_model_name"})
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from ..suite import EngineConfig
+from . import STARTUP_TIMEOUT_S
 from .base import EngineAdapter, Launch, python_module_missing
 
 MODULE = "sglang.launch_server"
@@ -24,7 +25,7 @@ MODULE = "sglang.launch_server"
 class SglangAdapter(EngineAdapter):
     name = "sglang"
     uses_gpus = True
-    startup_timeout_s = 3600.0  # first boots compile DeepGEMM kernels; its own CI allows an hour on H200
+    startup_timeout_s = STARTUP_TIMEOUT_S["sglang"]
     version_paths = ("/get_server_info", "/version")
     option_keys = frozenset({"python", "chat_template", "served_model_name"})
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..suite import EngineConfig
 from ..node.sources import SimulatedNode
+from . import STARTUP_TIMEOUT_S
 from .base import EngineAdapter, Launch
 
 
@@ -22,6 +23,7 @@ def _profile(config: EngineConfig) -> str:
 
 class SimAdapter(EngineAdapter):
     name = "sim"
+    startup_timeout_s = STARTUP_TIMEOUT_S["sim"]
     option_keys = frozenset({"profile"})
 
     def validate(self, config: EngineConfig) -> None:

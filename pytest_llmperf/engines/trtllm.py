@@ -9,6 +9,7 @@ answers ``{"version": ...}``. Its request models forbid unknown fields (HTTP
 from __future__ import annotations
 
 from ..suite import EngineConfig
+from . import STARTUP_TIMEOUT_S
 from .base import EngineAdapter, Launch, find_executable
 
 # Top-level fields of TRT-LLM's OpenAI requests that the load generator may
@@ -25,7 +26,7 @@ REQUEST_FIELDS = {
 class TrtllmAdapter(EngineAdapter):
     name = "trtllm"
     uses_gpus = True
-    startup_timeout_s = 3600.0  # its own perf tests wait up to an hour
+    startup_timeout_s = STARTUP_TIMEOUT_S["trtllm"]
     version_paths = ("/version",)
     option_keys = frozenset({"executable"})
     request_fields = REQUEST_FIELDS

@@ -7,13 +7,14 @@ the engine is built); ``GET /version`` answers ``{"version": ...}``.
 from __future__ import annotations
 
 from ..suite import EngineConfig
+from . import STARTUP_TIMEOUT_S
 from .base import EngineAdapter, Launch, find_executable
 
 
 class VllmAdapter(EngineAdapter):
     name = "vllm"
     uses_gpus = True
-    startup_timeout_s = 1800.0  # weights of a large model, CUDA graphs, kernels
+    startup_timeout_s = STARTUP_TIMEOUT_S["vllm"]
     version_paths = ("/version",)
     option_keys = frozenset({"executable", "served_model_name"})
 

@@ -1,7 +1,7 @@
 """Prompt lengths in the server's own tokens: alignment through ``/tokenize`` and the check after a run.
 
 ``align_to_server`` and ``prompt_length_mismatch`` are pure (the counter is
-injected); ``server_token_counter`` is the HTTP edge.
+injected); ``server_token_counter`` reads the server through the control-plane client.
 """
 
 from __future__ import annotations
@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..tokenizer import VOCAB
 from .datasets import SampleRequest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..http import ControlClient, Reply
 
 MAX_ALIGN_STEPS = 12
 CountTokens = Callable[[str], int]
@@ -77,39 +80,58 @@ def prompt_length_mismatch(targets: Sequence[int], reported: Sequence[Optional[i
     return sum(abs(r - t) / t for t, r in pairs) * 100.0 / len(pairs), len(pairs)
 
 
-def server_token_counter(base_url: str, model: str, timeout_s: float = 60.0) -> CountTokens | None:
+class TokenizeError(RuntimeError):
+    """The server's ``/tokenize`` failed; the message is one line saying how."""
+
+
+def server_token_counter(client: "ControlClient", model: str, timeout_s: float = 60.0) -> CountTokens | None:
     """A token counter backed by the server's ``/tokenize``; None when the server has none.
 
     vLLM answers ``{"model", "prompt"}`` with ``{"count": N, ...}``. A server
     without the route (404, 405), or with another request schema (400, 422),
-    gets None; other answers raise with the
-    status and a body excerpt.
+    gets None; any other failure (an error status, no count, no answer)
+    raises TokenizeError, from the probe or from any later count.
     """
-    import requests
+    from ..http import HttpFailure
 
-    session = requests.Session()
-    session.trust_env = False
-    url = base_url.rstrip("/") + "/tokenize"
+    url = client.url("/tokenize")
+
+    def ask(text: str) -> "Reply":
+        try:
+            return client.post_json("/tokenize", {"model": model, "prompt": text, "add_special_tokens": False},
+                                    timeout_s=timeout_s)
+        except HttpFailure as exc:
+            raise TokenizeError(str(exc)) from None
 
     def count(text: str) -> int:
-        resp = session.post(url, json={"model": model, "prompt": text, "add_special_tokens": False},
-                            timeout=timeout_s)
-        if resp.status_code != 200:
-            raise RuntimeError(f"{url} answered HTTP {resp.status_code}: {' '.join(resp.text.split())[:200]}")
+        reply = ask(text)
+        if reply.status != 200:
+            raise TokenizeError(f"{url} answered HTTP {reply.status}: {reply.excerpt()}")
         try:
-            value = resp.json()["count"]
+            value = reply.json()["count"]
         except (ValueError, KeyError, TypeError):
-            raise RuntimeError(f"{url} answered without a token count: {' '.join(resp.text.split())[:200]}") from None
+            raise TokenizeError(f"{url} answered without a token count: {reply.excerpt()}") from None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RuntimeError(f"{url} answered a count that is not an integer: {value!r}")
+            raise TokenizeError(f"{url} answered a count that is not an integer: {value!r}")
         return value
 
-    try:
-        probe = session.post(url, json={"model": model, "prompt": "hello", "add_special_tokens": False},
-                             timeout=timeout_s)
-    except requests.RequestException as exc:
-        raise RuntimeError(f"cannot reach {url} to align prompt lengths: {exc}") from None
-    if probe.status_code in (400, 404, 405, 422):  # no route, or one that speaks another schema
+    if ask("hello").status in (400, 404, 405, 422):  # no route, or one that speaks another schema
         return None
     count("hello")  # the same checks as every later call
     return count
+
+
+def align_through_server(requests: Sequence[SampleRequest], client: "ControlClient", model: str, seed: int,
+                         timeout_s: float) -> tuple[list[SampleRequest], str]:
+    """Prompts aligned through the server's ``/tokenize``, and how their lengths were made.
+
+    A server without the route, or one whose ``/tokenize`` fails, leaves the
+    prompts as the word tokenizer built them; the second value says so (and why).
+    """
+    try:
+        counter = server_token_counter(client, model, timeout_s)
+        if counter is None:
+            return list(requests), "word tokenizer (the server has no /tokenize; give --tokenizer)"
+        return align_to_server(requests, counter, seed), "server /tokenize"
+    except TokenizeError as exc:
+        return list(requests), f"word tokenizer (the server's /tokenize failed: {exc}; give --tokenizer)"

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 from array import array
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from ..metrics import RequestRecord
@@ -128,31 +129,67 @@ class SSEDecoder:
         return None
 
 
-def chunk_carries_output(chunk: Mapping[str, Any], chat: bool) -> bool:
-    """Whether a parsed stream chunk carries output (the metrics reference's rule)."""
+@dataclass(frozen=True)
+class ChunkInfo:
+    """What one parsed stream event carries, as the metrics reference's rules read it."""
+
+    output: bool  # an output-carrying chunk: a TTFT / ITL event
+    text: str = ""  # the output text it carries (counted only when the server sends no usage)
+    usage: Mapping[str, Any] | None = None
+    error: str | None = None  # why the stream failed at this event (its kind): the server's error, a malformed event
+    detail: str = ""  # what the event said
+    text_field: str | None = None  # the one plain string field its output came in (the memo learns from it)
+
+
+_NOTHING = ChunkInfo(False)
+
+
+def classify_chunk(chunk: Any, chat: bool, event: str = "") -> ChunkInfo:
+    """The one set of chunk rules: output or not, its text, usage, error.
+
+    Chat: a delta with non-empty ``content``, ``reasoning_content``,
+    ``reasoning``, ``tool_calls`` or ``function_call``, or ``content: ""``
+    without a ``role``, carries output; the role-only opening chunk does not.
+    Completions: every chunk with choices carries output, even with empty text.
+    """
+    if not isinstance(chunk, dict) or event or "error" in chunk or chunk.get("object") == "error":
+        message = _error_message(event, chunk)
+        if message is not None:
+            return ChunkInfo(False, error=SERVER_ERROR, detail=message)
+        if not isinstance(chunk, dict):
+            return ChunkInfo(False, error=NOT_AN_OBJECT, detail=repr(chunk)[:BODY_EXCERPT_CHARS])
     choices = chunk.get("choices")
+    usage = chunk.get("usage")
+    usage = usage if isinstance(usage, dict) and usage else None
     if not isinstance(choices, list) or not choices:
-        return False
+        return ChunkInfo(False, usage=usage) if usage else _NOTHING
+    choice = choices[0]
     if not chat:
-        return True
-    delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
+        text = choice.get("text") if isinstance(choice, dict) else None
+        plain = isinstance(text, str) and bool(text)
+        return ChunkInfo(True, text if plain else "", usage, text_field="text" if plain and usage is None else None)
+    delta = choice.get("delta") if isinstance(choice, dict) else None
     if not isinstance(delta, dict):
-        return False
-    if any(delta.get(key) for key in _OUTPUT_DELTA_KEYS):
-        return True
-    return delta.get("content") == "" and "role" not in delta
+        return ChunkInfo(False, usage=usage) if usage else _NOTHING
+    if not (any(delta.get(key) for key in _OUTPUT_DELTA_KEYS) or (delta.get("content") == "" and "role" not in delta)):
+        return ChunkInfo(False, usage=usage) if usage else _NOTHING
+    text = "".join(v for v in (delta.get(k) for k in _TEXT_DELTA_KEYS) if isinstance(v, str))
+    carried = [k for k in _TEXT_DELTA_KEYS if delta.get(k)]
+    single = (len(carried) == 1 and isinstance(delta[carried[0]], str) and usage is None
+              and not delta.get("tool_calls") and not delta.get("function_call"))
+    return ChunkInfo(True, text, usage, text_field=carried[0] if single else None)
 
 
-def _chunk_text(chunk: Mapping[str, Any], chat: bool) -> str:
-    choice = chunk["choices"][0]
-    if not isinstance(choice, dict):
-        return ""
-    if not chat:
-        text = choice.get("text")
-        return text if isinstance(text, str) else ""
-    delta = choice.get("delta") or {}
-    parts = (delta.get(key) for key in ("reasoning_content", "reasoning", "content"))
-    return "".join(p for p in parts if isinstance(p, str))
+def chunk_carries_output(chunk: Mapping[str, Any], chat: bool) -> bool:
+    """Whether a parsed stream chunk carries output (``classify_chunk``'s rule)."""
+    return classify_chunk(chunk, chat).output
+
+
+_TEXT_DELTA_KEYS = ("reasoning_content", "reasoning", "content")
+SERVER_ERROR = "server error in stream"
+NOT_AN_OBJECT = "unexpected stream event, expected a JSON object"
+UNPARSEABLE = "unparseable stream event"
+NO_OUTPUT = "stream ended without an output-carrying chunk"
 
 
 def _error_message(event: str, chunk: Any) -> str | None:
@@ -174,6 +211,13 @@ def _error_message(event: str, chunk: Any) -> str | None:
 class StreamAccumulator:
     """Builds one request's record from its stream events, each with the time it was parsed.
 
+    Every event is decided by ``classify_chunk``. In front of it sits a memo
+    for what servers send almost always: once a chunk whose output came in
+    one plain text field has been classified, its bytes before and after
+    that text are kept; a later payload with the same bytes around a plain,
+    non-empty text (no quote, no escape) is the same JSON with another text,
+    so the same decision holds and it is taken without parsing.
+
     Kept small for long streams: chunk times in a float array, and output
     text (needed only when the server sends no usage) joined as it grows.
     """
@@ -190,81 +234,63 @@ class StreamAccumulator:
         self.completion_tokens: int | None = None
         self.prompt_tokens: int | None = None
         self.done = False
-        self.error = ""
-        self._template: tuple[bytes, bytes] | None = None
+        self.error = ""  # the kind of failure
+        self.error_detail = ""  # what this stream said
+        self._memo: tuple[bytes, bytes] | None = None
 
     def on_payload(self, payload: bytes, now_s: float) -> None:
-        """Take the payload of a plain ``data:`` event; the hot path of ``on_event``.
-
-        Decides exactly as ``on_event`` does, with fewer steps for the common
-        chunk; anything unusual goes to ``on_event``. Servers repeat one
-        chunk layout with only the text changing, so once a text chunk has
-        been parsed, its bytes before and after the text become a template:
-        a payload with the same bytes around a plain, non-empty text (no
-        quote, no escape) is the same JSON with another text, and is taken
-        without parsing.
-        """
+        """Take the payload of a plain ``data:`` event (the hot path)."""
         if self.error:
             return
-        template = self._template
-        if template is not None and payload.startswith(template[0]) and payload.endswith(template[1]):
-            text = payload[len(template[0]):len(payload) - len(template[1])]
+        memo = self._memo
+        if memo is not None and payload.startswith(memo[0]) and payload.endswith(memo[1]):
+            text = payload[len(memo[0]):len(payload) - len(memo[1])]
             if text and b'"' not in text and b"\\" not in text:
                 self.chunk_times_s.append(now_s)
                 self._keep_text(text.decode("utf-8", errors="replace"))
                 return
         try:
             chunk = _loads(payload)
-        except ValueError:
-            chunk = None
-        if type(chunk) is not dict or "error" in chunk or chunk.get("object") == "error":
+        except ValueError:  # not one JSON value (several lines, or garbage): the general path says which
             self.on_event("", payload.decode("utf-8", errors="replace"), now_s)
             return
-        choices = chunk.get("choices")
-        if choices and type(choices) is list:
-            choice = choices[0]
-            if not self.chat:
-                self.chunk_times_s.append(now_s)
-                text = choice.get("text") if type(choice) is dict else None
-                if text and type(text) is str:
-                    self._keep_text(text)
-            elif type(choice) is dict:
-                delta = choice.get("delta")
-                if type(delta) is dict:
-                    content = delta.get("content")
-                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                    if content or reasoning or delta.get("tool_calls") or delta.get("function_call") \
-                            or (content == "" and "role" not in delta):
-                        self.chunk_times_s.append(now_s)
-                        if reasoning or content:
-                            self._keep_text(_chunk_text(chunk, True))
-        usage = chunk.get("usage")
-        if usage and type(usage) is dict:
-            self._take_usage(usage)
-        elif choices and type(choices) is list and type(choices[0]) is dict:
-            self._learn(payload, choices[0])
+        self._take(chunk, "", now_s, payload)
 
-    def _learn(self, payload: bytes, choice: Mapping[str, Any]) -> None:
-        """Keep ``payload``'s layout as the template when exactly one plain text field carried its output."""
-        if self.chat:
-            delta = choice.get("delta")
-            if type(delta) is not dict or delta.get("tool_calls") or delta.get("function_call"):
+    def on_event(self, event: str, data: str, now_s: float) -> None:
+        """Take one SSE event; ``now_s`` is when it was parsed."""
+        if self.error:
+            return
+        if data == "[DONE]" or data.strip() == "[DONE]":
+            self.done = True
+            return
+        for chunk in self._parse(data):
+            self._take(chunk, event, now_s, None)
+            if self.error:
                 return
-            keys = [k for k in ("content", "reasoning_content", "reasoning") if delta.get(k)]
-            if len(keys) != 1 or type(delta[keys[0]]) is not str:
-                return
-            key = keys[0]
-        else:
-            if type(choice.get("text")) is not str or not choice["text"]:
-                return
-            key = "text"
-        needle = b'"' + key.encode() + b'":"'
+
+    def _take(self, chunk: Any, event: str, now_s: float, payload: bytes | None) -> None:
+        info = classify_chunk(chunk, self.chat, event)
+        if info.error is not None:
+            self.error, self.error_detail = info.error, info.detail
+            return
+        if info.output:
+            self.chunk_times_s.append(now_s)
+            if info.text:
+                self._keep_text(info.text)
+        if info.usage is not None:
+            self._take_usage(info.usage)
+        if payload is not None and info.text_field is not None:
+            self._learn(payload, info.text_field)
+
+    def _learn(self, payload: bytes, field_name: str) -> None:
+        """Keep the bytes around ``field_name``'s text as the memo, when they delimit it unambiguously."""
+        needle = b'"' + field_name.encode() + b'":"'
         if payload.count(needle) != 1:
             return
         start = payload.index(needle) + len(needle)
         end = payload.find(b'"', start)
         if end > start and b"\\" not in payload[start:end]:
-            self._template = (payload[:start], payload[end:])
+            self._memo = (payload[:start], payload[end:])
 
     def _keep_text(self, text: str) -> None:
         self._text.append(text)
@@ -277,32 +303,7 @@ class StreamAccumulator:
         if isinstance(usage.get("prompt_tokens"), int):
             self.prompt_tokens = usage["prompt_tokens"]
 
-    def on_event(self, event: str, data: str, now_s: float) -> None:
-        """Take one SSE event; ``now_s`` is when it was parsed."""
-        if self.error:
-            return
-        if data == "[DONE]" or data.strip() == "[DONE]":
-            self.done = True
-            return
-        for chunk in self._parse(event, data):
-            if not isinstance(chunk, dict) or event or "error" in chunk or chunk.get("object") == "error":
-                message = _error_message(event, chunk)
-                if message is not None:
-                    self.error = f"server error in stream: {message}"
-                    return
-                if not isinstance(chunk, dict):
-                    self.error = f"unexpected stream event, expected a JSON object: {data[:BODY_EXCERPT_CHARS]!r}"
-                    return
-            if chunk_carries_output(chunk, self.chat):
-                self.chunk_times_s.append(now_s)
-                text = _chunk_text(chunk, self.chat)
-                if text:
-                    self._keep_text(text)
-            usage = chunk.get("usage")
-            if usage and isinstance(usage, dict):
-                self._take_usage(usage)
-
-    def _parse(self, event: str, data: str) -> list[Any]:
+    def _parse(self, data: str) -> list[Any]:
         try:
             return [json.loads(data)]
         except json.JSONDecodeError:
@@ -311,25 +312,27 @@ class StreamAccumulator:
         try:
             return [json.loads(line) for line in data.split("\n") if line.strip() and line.strip() != "[DONE]"]
         except json.JSONDecodeError:
-            self.error = f"unparseable stream event: {data[:BODY_EXCERPT_CHARS]!r}"
+            self.error, self.error_detail = UNPARSEABLE, repr(data[:BODY_EXCERPT_CHARS])
             return []
 
-    def record(self, error: str = "") -> RequestRecord:
-        """The request's record; ``error`` (transport, timeout) makes it a failure."""
+    def record(self, error: str = "", detail: str = "") -> RequestRecord:
+        """The request's record; ``error`` (transport, timeout: its kind) makes it a failure."""
         rec = RequestRecord(
             prompt_len=self.request.prompt_len,
             expected_output_len=self.request.expected_output_len,
             start_s=self.start_s,
             input_tokens=self.prompt_tokens,
         )
-        error = error or self.error
+        if not error:
+            error, detail = self.error, self.error_detail
         times = self.chunk_times_s
         if not error and not times:
-            error = "stream ended without an output-carrying chunk" + (" (got [DONE])" if self.done else "")
+            error = NO_OUTPUT + (" (got [DONE])" if self.done else "")
         if error:
             if times:
-                error += f" (after {len(times)} output chunks)"
-            rec.error = error
+                detail = f"{detail}; " if detail else ""
+                detail += f"after {len(times)} output chunks"
+            rec.error, rec.error_detail = error, detail
             return rec
         rec.success = True
         rec.ttft_s = times[0] - self.start_s
@@ -384,15 +387,15 @@ async def _attempt(pool: ConnectionPool, protocol: StreamProtocol | None, reques
     """One try of a request; None asks for a retry (a stale idle connection)."""
     reused = protocol is not None
     if protocol is None:
+        target = pool.target
         try:
             protocol = await asyncio.wait_for(pool.connect(), timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
             return acc.record(f"timed out after {timeout_s:g} s (connecting)")
         except OSError as exc:
-            target = pool.target
-            return acc.record(f"transport error: cannot connect to {target.host}:{target.port}: "
+            return acc.record(f"transport error: cannot connect to {target.host}:{target.port}",
                               f"{type(exc).__name__}: {exc}")
-    error, reusable = await _exchange(protocol, request_bytes, acc, timeout_s - (CLOCK() - start_s))
+    error, detail, reusable = await _exchange(protocol, request_bytes, acc, timeout_s - (CLOCK() - start_s))
     if error and error != _TIMEOUT and reused and not last and protocol.bytes_seen == 0 and not acc.error:
         return None  # a stale keep-alive connection: closed before any response
     if reusable:  # _exchange says so only for a complete response, 200 or not, on a kept-alive connection
@@ -401,15 +404,15 @@ async def _attempt(pool: ConnectionPool, protocol: StreamProtocol | None, reques
         protocol.transport.close()
     if error == _TIMEOUT:
         error = f"timed out after {timeout_s:g} s"
-    return acc.record(error)
+    return acc.record(error, detail)
 
 
 _TIMEOUT = "timeout"
 
 
 async def _exchange(protocol: StreamProtocol, request_bytes: bytes, acc: StreamAccumulator,
-                    timeout_s: float) -> tuple[str, bool]:
-    """One request on ``protocol``: (error or "", whether the connection may be reused)."""
+                    timeout_s: float) -> tuple[str, str, bool]:
+    """One request on ``protocol``: (error kind or "", its detail, whether the connection may be reused)."""
     status_of = [0]
     excerpt = bytearray()
     decoder = SSEDecoder()
@@ -445,17 +448,17 @@ async def _exchange(protocol: StreamProtocol, request_bytes: bytes, acc: StreamA
     finally:
         timer.cancel()
     if acc.error:
-        return "", False  # the accumulator's own error is the record's
+        return "", "", False  # the accumulator's own error is the record's
     if response.error:
         if response.error == _TIMEOUT:
-            return _TIMEOUT, False
-        return f"transport error: {response.error}", False
+            return _TIMEOUT, "", False
+        return "transport error", response.error, False
     status = status_of[0]
     if status != 200:
         text = " ".join(bytes(excerpt).decode("utf-8", errors="replace").split())[:BODY_EXCERPT_CHARS]
         head = f"HTTP {status} {response.reason}" if response.reason else f"HTTP {status}"
-        return f"{head}: {text or '(empty body)'}", response.reusable
+        return head, text or "(empty body)", response.reusable
     now_s = CLOCK()
     for event, payload in decoder.finish():
         on_event(event, payload, now_s)
-    return "", response.reusable
+    return "", "", response.reusable

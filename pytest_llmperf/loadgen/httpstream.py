@@ -7,12 +7,13 @@ thousand of them share one core (see ``benchmarks/client_overhead.py``).
 This module does the one narrow job the measurement needs and nothing more:
 send one POST, stamp the clock once per network read, and hand each piece of
 the response body to a callback from inside ``data_received``, with no task
-switch in between. Everything else HTTP (the simulated server, control-plane
-calls) stays with aiohttp and requests.
+switch in between. Everything else HTTP stays elsewhere: the simulated server on aiohttp,
+control-plane calls on ``pytest_llmperf.http``.
 
 Supported: ``http`` and ``https``; bodies framed by ``Content-Length``,
 ``Transfer-Encoding: chunked`` or connection close; keep-alive reuse of
-idle connections, one request at a time on each.
+idle connections, one request at a time on each. Headers and the TLS context
+come from the caller (``http.HttpOptions``), as for every other request.
 """
 
 from __future__ import annotations
@@ -322,11 +323,14 @@ class StreamProtocol(asyncio.Protocol):
 class ConnectionPool:
     """Idle keep-alive connections to one target, reused most-recent first."""
 
-    def __init__(self, target: Target, connect_timeout_s: float = 60.0) -> None:
+    def __init__(self, target: Target, ssl_context: _ssl.SSLContext | None = None,
+                 connect_timeout_s: float = 60.0) -> None:
         self.target = target
         self.connect_timeout_s = connect_timeout_s
         self._idle: list[StreamProtocol] = []
-        self._ssl: _ssl.SSLContext | None = _ssl.create_default_context() if target.scheme == "https" else None
+        self._ssl: _ssl.SSLContext | None = None
+        if target.scheme == "https":  # the caller's context (HttpOptions), else the system trust store
+            self._ssl = ssl_context or _ssl.create_default_context()
 
     async def connect(self) -> StreamProtocol:
         loop = asyncio.get_running_loop()

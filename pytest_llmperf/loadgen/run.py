@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from ..http import HttpOptions
 from ..metrics import RequestRecord
 from ..tokenizer import DEFAULT_TOKENIZER
 from .arrivals import check_rate, send_offsets_s
@@ -47,7 +48,7 @@ class LoadSpec:
     seed: int = 0  # of the arrival schedule
     warmup_requests: Sequence[SampleRequest] = ()  # sent first, left out of the result
     client_processes: int = 1
-    headers: Mapping[str, str] = field(default_factory=dict)
+    http: HttpOptions = field(default_factory=HttpOptions)  # headers, API key, TLS trust
     tokenizer: Any = DEFAULT_TOKENIZER  # counts output text when a server sends no usage
 
     def __post_init__(self) -> None:
@@ -127,7 +128,7 @@ def _prepare(spec: LoadSpec, indices: Sequence[int]) -> list[bytes]:
     """The bytes of each request, encoded before the clock starts (long prompts take a while)."""
     target = Target.from_url(spec.url)
     user_agent = _user_agent()
-    headers = dict(spec.headers)
+    headers = spec.http.request_headers()
     return [build_post(target, encode_body(build_body(spec.endpoint, spec.model, spec.requests[i], spec.ignore_eos,
                                                       spec.extra_body)), user_agent, headers) for i in indices]
 
@@ -140,7 +141,8 @@ async def _drive(spec: LoadSpec, indices: Sequence[int], prepared: list[bytes], 
     Returns the records by index, the start instant and the end time.
     """
     chat = is_chat_endpoint(spec.endpoint)
-    pool = ConnectionPool(Target.from_url(spec.url))
+    target = Target.from_url(spec.url)
+    pool = ConnectionPool(target, spec.http.ssl_context() if target.scheme == "https" else None)
     limiter = asyncio.Semaphore(limit) if limit is not None else None
     results: list[tuple[int, RequestRecord]] = []
     tally = tally or _Tally()

@@ -1,17 +1,14 @@
-"""Reports: the terminal summary table and the JSON report.
+"""One case as the reports show it: what it measured, how it was judged, how pytest saw it.
 
-Pure formatting over ``CaseResult``s; the plugin decides where they go.
+Only the session writes these; every report format reads them.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from .files import atomic_write_text
-from .baselines import IMPROVED, MISSING, REGRESSED, UPDATED, Verdict
+from ..verdict import IMPROVED, MISSING, REGRESSED, UPDATED, Verdict
 
 
 @dataclass
@@ -83,55 +80,3 @@ class CaseResult:
             "prompts_aligned_by": self.prompts_aligned_by,
             **({"requests": self.requests} if self.requests is not None else {}),
         }
-
-
-def _num(value: Any, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _change(verdict: Verdict | None) -> str:
-    if verdict is None or verdict.change_pct is None:
-        return "-"
-    return f"{verdict.change_pct:+.1f}%"
-
-
-def summary_tables(results: Iterable[CaseResult]) -> str:
-    """One table per engine configuration."""
-    from tabulate import tabulate
-
-    by_config: dict[str, list[CaseResult]] = {}
-    for r in results:
-        by_config.setdefault(f"{r.engine}/{r.config}", []).append(r)
-    blocks = []
-    for config_id, rows in by_config.items():
-        headers = ["workload", "total tok/s", "change", "mean TPOT ms", "change", "mean TTFT ms", "failed", "status"]
-        with_telemetry = any(r.telemetry_line for r in rows)
-        if with_telemetry:
-            headers.append("GPUs")
-        table = [
-            [
-                r.workload,
-                _num(r.metrics.get("total_token_throughput")),
-                _change(r.verdict("total_token_throughput")),
-                _num(r.metrics.get("mean_tpot_ms"), 2),
-                _change(r.verdict("mean_tpot_ms")),
-                _num(r.metrics.get("mean_ttft_ms")),
-                r.metrics.get("failed", "-"),
-                r.status + (f" (suspect: {r.suspect})" if r.suspect else ""),
-            ]
-            + ([r.telemetry_line or "-"] if with_telemetry else [])
-            for r in rows
-        ]
-        version = next((r.engine_version for r in rows if r.engine_version), None)
-        title = config_id + (f" (engine {version})" if version else "")
-        blocks.append(title + "\n" + tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
-    return "\n\n".join(blocks)
-
-
-def json_report(results: Iterable[CaseResult], environment: Mapping[str, Any]) -> dict[str, Any]:
-    return {"cases": [r.to_json() for r in results], "environment": dict(environment)}
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write atomically so a reader never sees half a report."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

@@ -19,8 +19,8 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
-from .metrics import RequestRecord
-from .suite import Case
+from ..metrics import RequestRecord
+from ..suite import Case
 
 RESULT_SCHEMA = "pytest-llmperf/result/1"
 
@@ -48,6 +48,7 @@ def request_records(records: Sequence[RequestRecord], origin_s: float | None = N
             "output_tokens": r.output_tokens,
             "expected_output_len": r.expected_output_len,
             "error": r.error,
+            "error_detail": r.error_detail,
         })
     return out
 
@@ -55,28 +56,28 @@ def request_records(records: Sequence[RequestRecord], origin_s: float | None = N
 def result_json(
     case: Case,
     backend: str,
-    spec: Any,
+    shape: Any,
     metrics: Mapping[str, Any],
     percentiles: Sequence[float],
     records: Sequence[RequestRecord] | None = None,
     tokenizer_id: str = "word",
     now: _dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """The saved-result object of one case; ``records`` adds the per-request lists."""
+    """The saved-result object of one case (``shape``: how its load was sent); ``records`` adds the per-request lists."""
     now = now or _dt.datetime.now()
-    rate = spec.request_rate
+    rate = shape.request_rate
     data: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
         "date": now.strftime("%Y%m%d-%H%M%S"),
-        "endpoint_type": "openai-chat" if spec.endpoint.rstrip("/").endswith("chat/completions") else "openai",
+        "endpoint_type": "openai-chat" if shape.endpoint.rstrip("/").endswith("chat/completions") else "openai",
         "backend": backend,
         "label": case.id,
-        "model_id": spec.model,
+        "model_id": shape.model,
         "tokenizer_id": tokenizer_id,
-        "num_prompts": len(spec.requests),
+        "num_prompts": shape.num_prompts,
         "request_rate": "inf" if math.isinf(rate) else rate,
-        "burstiness": spec.burstiness,
-        "max_concurrency": spec.max_concurrency,
+        "burstiness": shape.burstiness,
+        "max_concurrency": shape.max_concurrency,
         "percentiles": list(percentiles),
         "workload": case.workload.params(),
     }
@@ -86,6 +87,6 @@ def result_json(
         data["output_lens"] = [r.output_tokens if r.success else 0 for r in records]
         data["ttfts"] = [r.ttft_s if r.success else 0.0 for r in records]
         data["itls"] = [list(r.itl_s) for r in records]
-        data["errors"] = [r.error for r in records]
+        data["errors"] = [f"{r.error}: {r.error_detail}" if r.error_detail else r.error for r in records]
         data["requests"] = request_records(records)
     return data

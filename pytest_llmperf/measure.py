@@ -1,0 +1,192 @@
+"""Measurement: a running engine and a case -> what was measured. No judging.
+
+``measure`` builds the workload's requests (aligned to the server's token
+counts where that is how exact lengths are had), sends the warm-up and the
+load, samples the GPUs meanwhile on a live node, computes the metrics and
+the diagnostics (prompt lengths as the server counted them, warm-up
+results), and notes whether the engine survived. It can be called again on
+the same engine (a repeat) and from another process: everything it needs
+comes in as values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .engines.lifecycle import RunningEngine
+from .metrics import RequestRecord, compute_metrics, failure_reasons
+from .suite import Case, Workload
+
+TELEMETRY_INTERVAL_S = 0.5
+PROMPT_MISMATCH_LIMIT_PCT = 1.0
+WARMUP_SEED_OFFSET = 1_000_003
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    request_timeout_s: float = 3600.0
+    percentiles: tuple[float, ...] = (99.0,)
+    goodput_slos_ms: Mapping[str, float] | None = None
+    client_processes: int = 1
+    tokenizer: Any = None  # builds prompts and counts text; None: the word tokenizer
+    exact_tokenizer: bool = False  # the model's own tokenizer: prompts need no alignment through the server
+
+
+@dataclass(frozen=True)
+class LoadShape:
+    """How the load was sent (for the results file in the reference layout)."""
+
+    model: str
+    endpoint: str
+    num_prompts: int
+    request_rate: float
+    burstiness: float
+    max_concurrency: int | None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one run of a case measured; ``failure`` says why nothing could be measured."""
+
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    failure_reasons: tuple[str, ...] = ()
+    records: tuple[RequestRecord, ...] = ()
+    shape: LoadShape | None = None
+    telemetry: Any = None  # TelemetrySummary while it ran (live GPUs only)
+    prompts_aligned_by: str | None = None
+    notes: tuple[str, ...] = ()
+    engine_exit_code: int | None = None  # the engine exited during (or before) the load
+    failure: str = ""  # the case could not be measured at all (the engine refuses the workload, is gone, ...)
+
+    @property
+    def throttle_reasons(self) -> tuple[str, ...]:
+        return tuple(self.telemetry.throttle_reasons) if self.telemetry is not None and self.telemetry.throttled else ()
+
+
+def build_requests(workload: Workload, tokenizer: Any = None) -> list:
+    """The workload's requests, from its dataset (random prompts, or its ShareGPT file)."""
+    from .loadgen import datasets
+    from .tokenizer import DEFAULT_TOKENIZER
+
+    tokenizer = tokenizer or DEFAULT_TOKENIZER
+    if workload.dataset == "random":
+        assert workload.input_len is not None and workload.output_len is not None
+        return datasets.random_requests(
+            workload.num_prompts, workload.input_len, workload.output_len, workload.seed, workload.range_ratio,
+            tokenizer=tokenizer,
+        )
+    path = Path(workload.dataset_path) if workload.dataset_path else datasets.SHAREGPT_SAMPLE_PATH
+    return datasets.sharegpt_requests(path, workload.num_prompts, workload.seed, workload.output_len,
+                                      tokenizer=tokenizer)
+
+
+def _requests(engine: RunningEngine, workload: Workload, options: MeasureOptions) -> tuple[list, list, str | None]:
+    """The measured requests, the warm-up requests (another seed, same shape), and how prompts were aligned.
+
+    Random prompts on a server that counts tokens its own way (not the
+    simulated engine, which counts words as the client does) are aligned
+    through its ``/tokenize`` unless the model's tokenizer was given.
+    """
+    requests = build_requests(workload, options.tokenizer)
+    warmup = []
+    if workload.warmup_requests:
+        warm = replace(workload, num_prompts=workload.warmup_requests, seed=workload.seed + WARMUP_SEED_OFFSET)
+        warmup = build_requests(warm, options.tokenizer)
+    if workload.dataset != "random" or options.exact_tokenizer or engine.config.engine == "sim":
+        return requests, warmup, None
+    from .http import ControlClient
+    from .loadgen.alignment import align_through_server
+
+    with ControlClient(engine.base_url, engine.http) as client:
+        timeout_s = min(options.request_timeout_s, 300.0)
+        requests, how = align_through_server(requests, client, engine.served_model, workload.seed, timeout_s)
+        if warmup and how == "server /tokenize":
+            warmup, _ = align_through_server(warmup, client, engine.served_model, workload.seed + 1, timeout_s)
+    return requests, warmup, how
+
+
+def refused_fields(engine: RunningEngine, workload: Workload, body: Mapping[str, Any]) -> list[str]:
+    """Request fields the engine is known to reject (TensorRT-LLM's models forbid unknown ones)."""
+    if engine.request_fields is None:
+        return []
+    return sorted(set(body) - engine.request_fields.get(workload.endpoint_path, frozenset()))
+
+
+def measure(engine: RunningEngine, case: Case, options: MeasureOptions,
+            progress: Callable[[Any], None] | None = None) -> Measurement:
+    """Run ``case`` once on ``engine``: warm-up, load, metrics, diagnostics."""
+    from .loadgen.client import build_body
+    from .loadgen.run import LoadSpec, run_load
+
+    workload = case.workload
+    died = engine.exit_code()
+    if died is not None:
+        where = f"; see {engine.log_path}" if engine.log_path else ""
+        return Measurement(engine_exit_code=died,
+                           failure=f"the engine of {engine.config.id} exited earlier (code {died}){where}")
+    requests, warmup, aligned_by = _requests(engine, workload, options)
+    spec = LoadSpec(
+        base_url=engine.base_url, model=engine.served_model, requests=requests, endpoint=workload.endpoint_path,
+        max_concurrency=workload.max_concurrency, ignore_eos=workload.ignore_eos,
+        request_timeout_s=options.request_timeout_s, request_rate=workload.request_rate,
+        burstiness=workload.burstiness, seed=workload.seed, warmup_requests=warmup,
+        client_processes=options.client_processes, http=engine.http, tokenizer=options.tokenizer or _word(),
+    )
+    refused = refused_fields(engine, workload, build_body(spec.endpoint, spec.model, requests[0], spec.ignore_eos,
+                                                          spec.extra_body))
+    if refused:
+        return Measurement(failure=f"{engine.config.engine} rejects request fields {refused} that workload "
+                                   f"{workload.name} needs; change the workload")
+    sampler = _sampler(engine)
+    try:
+        load = run_load(spec, progress)
+    finally:
+        telemetry = sampler.stop() if sampler is not None else None
+    metrics = dict(compute_metrics(load.records, load.duration_s, options.percentiles, options.goodput_slos_ms,
+                                   from_schedule=spec.finite_rate))
+    notes = list(_prompt_length_notes(case, load.records, metrics))
+    if load.warmup_records:
+        warm_failed = [r for r in load.warmup_records if not r.success]
+        metrics["warmup_completed"] = len(load.warmup_records) - len(warm_failed)
+        if warm_failed:
+            notes.append(f"{case.id}: {len(warm_failed)} of {len(load.warmup_records)} warm-up requests failed: "
+                         + "; ".join(failure_reasons(load.warmup_records, limit=2)))
+    if aligned_by and aligned_by != "server /tokenize":
+        notes.append(f"{case.id}: prompt lengths were not aligned to the server's tokens: {aligned_by}")
+    shape = LoadShape(spec.model, spec.endpoint, len(requests), spec.request_rate, spec.burstiness,
+                      spec.max_concurrency)
+    return Measurement(metrics, tuple(failure_reasons(load.records)), tuple(load.records), shape, telemetry,
+                       aligned_by, tuple(notes), engine.exit_code())
+
+
+def _word() -> Any:
+    from .tokenizer import DEFAULT_TOKENIZER
+
+    return DEFAULT_TOKENIZER
+
+
+def _sampler(engine: RunningEngine) -> Any:
+    if not (engine.node_live and engine.gpu_uuids):
+        return None
+    from .telemetry import TelemetrySampler
+
+    return TelemetrySampler(list(engine.gpu_uuids), interval_s=TELEMETRY_INTERVAL_S).start()
+
+
+def _prompt_length_notes(case: Case, records: Sequence[RequestRecord], metrics: dict) -> list[str]:
+    """Compare the prompt tokens the server reported with the dataset's (adds the diagnostic); a gap over 1% is noted."""
+    from .loadgen.alignment import prompt_length_mismatch
+
+    ok = [r for r in records if r.success]
+    mismatch_pct, compared = prompt_length_mismatch([r.prompt_len for r in ok], [r.input_tokens for r in ok])
+    if not compared:
+        return []
+    metrics["prompt_tokens_mismatch_pct"] = mismatch_pct
+    if mismatch_pct <= PROMPT_MISMATCH_LIMIT_PCT:
+        return []
+    template = " (on the chat endpoint the chat template's tokens count too)" if case.workload.endpoint == "chat" else ""
+    return [f"{case.id}: the server counted prompts {mismatch_pct:.1f}% away from the workload's token lengths "
+            f"(mean over {compared} requests){template}; give --tokenizer with the model's tokenizer.json "
+            f"for exact lengths"]

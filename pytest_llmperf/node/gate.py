@@ -1,0 +1,140 @@
+"""The node gate: may an engine boot on this node, on which GPUs, and are they free again after it.
+
+For each selected engine the node is read once from its snapshot source (a
+recorded file with ``--gpu-snapshot``, the simulated node for the sim, live
+NVML for real engines; an external endpoint only with ``--gpus``, and then
+for hardware only) and checked against the GPU spec. After an engine on live
+GPUs stops, its GPUs are waited for until freed; if they are not, the node is
+marked dirty and nothing else may boot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..engines import get_adapter
+from ..gpus import parse_gpu_spec
+from .check import NodeVerdict, check_node
+from .freed import GpusNotFreed
+
+
+@dataclass(frozen=True)
+class EngineNode:
+    """The node as one engine meets it."""
+
+    verdict: NodeVerdict
+    live: bool = False  # the GPUs are this machine's, read through NVML (telemetry, wait until freed)
+
+    @property
+    def gpu_uuids(self) -> tuple[str, ...]:
+        return tuple(self.verdict.gpu_uuids) if self.verdict.ok else ()
+
+
+class NodeGate:
+    """Checks the node once per selected engine; remembers a node left dirty."""
+
+    not_freed = GpusNotFreed
+
+    def __init__(self, settings: Any, gpus: str):
+        self.settings = settings
+        self.spec = settings.gpus or parse_gpu_spec(gpus)
+        self.engines: list[str] = sorted(set(settings.engines))
+        self.dirty: str | None = None
+        self._nodes: dict[str, EngineNode] | None = None
+
+    def source_for(self, engine: str, adapter: Any) -> Any:
+        """Where ``engine``'s node is read from: the recorded file given, the engine's own simulated node,
+        live NVML; None for an external endpoint without --gpus (its node may be another machine)."""
+        from .sources import LiveNvml, RecordedFile
+
+        if self.settings.gpu_snapshot is not None:
+            return RecordedFile(self.settings.gpu_snapshot)
+        own = adapter.node_source()
+        if own is not None:
+            return own
+        if not adapter.uses_gpus and self.settings.gpus is None:
+            return None
+        return LiveNvml.from_environment()
+
+    def nodes(self) -> dict[str, EngineNode]:
+        """Every selected engine's node, read and checked on first use (each source read once)."""
+        if self._nodes is None:
+            from .snapshot import hardware_only
+
+            nodes: dict[str, EngineNode] = {}
+            readings: dict[Any, Any] = {}
+            for engine in self.engines:
+                adapter = get_adapter(engine)
+                source = self.source_for(engine, adapter)
+                if source is None:
+                    nodes[engine] = EngineNode(NodeVerdict("-", "not checked: an external endpoint is checked "
+                                                                "only with --gpus"))
+                    continue
+                if source not in readings:
+                    readings[source] = source.read()
+                reading = readings[source]
+                if reading.snapshot is None:
+                    nodes[engine] = EngineNode(NodeVerdict(str(self.spec), reading.source, (reading.error,)))
+                    continue
+                snapshot, where = reading.snapshot, reading.source
+                if reading.live and not adapter.uses_gpus:  # an endpoint's own processes are not foreign
+                    snapshot, where = hardware_only(snapshot), where + ", hardware only (external endpoint)"
+                nodes[engine] = EngineNode(check_node(self.spec, snapshot, where), reading.live and adapter.uses_gpus)
+            self._nodes = nodes
+        return self._nodes
+
+    def node(self, engine: str) -> EngineNode:
+        return self.nodes().get(engine) or EngineNode(NodeVerdict(str(self.spec), "not checked"))
+
+    def verdicts(self) -> dict[str, NodeVerdict]:
+        return {engine: node.verdict for engine, node in self.nodes().items()}
+
+    def unfit(self, engine: str) -> str | None:
+        """Why ``engine`` may not boot (the node does not fit, or was left dirty), or None."""
+        if self.dirty:
+            return self.dirty
+        verdict = self.node(engine).verdict
+        return None if verdict.ok else verdict.describe()
+
+    def mark_dirty(self, message: str) -> None:
+        self.dirty = self.dirty or message
+
+    def gpu_release(self, engine: str, uuids: tuple[str, ...], label: str) -> "GpuWatch | None":
+        """What to do around the life of ``label`` (a configuration of ``engine``) on live GPUs; None elsewhere."""
+        if not (self.node(engine).live and uuids):
+            return None
+        return GpuWatch(self, label, uuids, self.settings.gpu_free_timeout_s)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            engine: {"ok": n.verdict.ok, "source": n.verdict.source, "problems": list(n.verdict.problems),
+                     "gpu_indices": list(n.verdict.gpu_indices), "gpu_uuids": list(n.gpu_uuids), "live": n.live}
+            for engine, n in (self._nodes or {}).items()
+        }
+
+
+class GpuWatch:
+    """Around one engine on live GPUs: what was on them before it booted, and waiting until they are freed."""
+
+    def __init__(self, gate: NodeGate, label: str, uuids: tuple[str, ...], timeout_s: float):
+        self.gate, self.label, self.uuids, self.timeout_s = gate, label, uuids, timeout_s
+        self._before: Any = None
+
+    def before(self) -> None:
+        from .freed import record_gpus_before
+
+        self._before = record_gpus_before(list(self.uuids))
+
+    def wait_freed(self) -> None:
+        """GpusNotFreed after the timeout; the gate is marked dirty first, so nothing else boots."""
+        from .freed import GpusBefore, wait_gpus_freed
+
+        before = self._before or GpusBefore()
+        try:
+            wait_gpus_freed(list(self.uuids), self.timeout_s, ignore_pids=before.pids,
+                            memory_before_mib=before.memory_used_mib)
+        except GpusNotFreed as exc:
+            self.gate.mark_dirty(f"after {self.label} stopped, its GPUs were not freed, so nothing else may "
+                                 f"boot: {exc}")
+            raise

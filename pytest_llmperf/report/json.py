@@ -1,0 +1,54 @@
+"""The JSON report, written atomically so a reader never sees half of one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ..files import atomic_write_text
+from .case import CaseResult
+
+
+def json_report(results: Iterable[CaseResult], environment: Mapping[str, Any]) -> dict[str, Any]:
+    return {"cases": [r.to_json() for r in results], "environment": dict(environment)}
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write atomically so a reader never sees half a report."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def environment(session: Any) -> dict[str, Any]:
+    """What the run was: plugin, platform, settings that shape figures, the node, the engines booted, notes."""
+    import platform
+    import sys
+
+    from .. import __version__
+
+    s = session.settings
+    return {
+        "plugin_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "started_at": session.started_at,
+        "engines": list(s.engines),
+        "gpus": session.resolved.gpus,
+        "suite": session.resolved.suite.source,
+        "model": session.resolved.suite.model,
+        "baseline_dir": str(s.baseline_dir),
+        "update_baselines": s.update_baselines,
+        "num_prompts_override": s.num_prompts,
+        "sim_slowdown": s.sim_slowdown,
+        "gates_pct": dict(s.gates),
+        "request_timeout_s": s.request_timeout_s,
+        "http": s.http.describe(),
+        "node": session.gate.to_json(),
+        "engines_booted": [b.to_json() for b in session.boots],
+        "notes": session.summary_notes(),
+        "unexpectedly_working": dict(session.unexpectedly_working),
+        "model_override": s.model,
+        "chat_template": str(s.chat_template) if s.chat_template else None,
+        "gpu_snapshot": str(s.gpu_snapshot) if s.gpu_snapshot else None,
+        "endpoint": s.endpoint,
+    }

@@ -1,0 +1,73 @@
+"""The terminal summary: one table per engine configuration (pure formatting)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ..verdict import Verdict
+from .case import CaseResult
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _change(verdict: Verdict | None) -> str:
+    if verdict is None or verdict.change_pct is None:
+        return "-"
+    return f"{verdict.change_pct:+.1f}%"
+
+
+def summary_tables(results: Iterable[CaseResult]) -> str:
+    """One table per engine configuration."""
+    from tabulate import tabulate
+
+    by_config: dict[str, list[CaseResult]] = {}
+    for r in results:
+        by_config.setdefault(f"{r.engine}/{r.config}", []).append(r)
+    blocks = []
+    for config_id, rows in by_config.items():
+        headers = ["workload", "total tok/s", "change", "mean TPOT ms", "change", "mean TTFT ms", "failed", "status"]
+        with_telemetry = any(r.telemetry_line for r in rows)
+        if with_telemetry:
+            headers.append("GPUs")
+        table = [
+            [
+                r.workload,
+                _num(r.metrics.get("total_token_throughput")),
+                _change(r.verdict("total_token_throughput")),
+                _num(r.metrics.get("mean_tpot_ms"), 2),
+                _change(r.verdict("mean_tpot_ms")),
+                _num(r.metrics.get("mean_ttft_ms")),
+                r.metrics.get("failed", "-"),
+                r.status + (f" (suspect: {r.suspect})" if r.suspect else ""),
+            ]
+            + ([r.telemetry_line or "-"] if with_telemetry else [])
+            for r in rows
+        ]
+        version = next((r.engine_version for r in rows if r.engine_version), None)
+        title = config_id + (f" (engine {version})" if version else "")
+        blocks.append(title + "\n" + tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
+    return "\n\n".join(blocks)
+
+
+def summary_lines(session: Any) -> list[tuple[str, bool]]:
+    """The summary after the tests: node verdicts, notes, tables, failures, baseline updates; (line, warn)."""
+    out: list[tuple[str, bool]] = []
+    for text in dict.fromkeys(v.describe() for v in session.gate.verdicts().values()):
+        out.append((text, False))
+    out += [(f"note: {note}", True) for note in session.summary_notes()]
+    results = list(session.results.values())
+    if results:
+        out.append((summary_tables(results), False))
+        for result in results:
+            if result.failure_reasons and result.metrics.get("failed"):
+                out.append((f"{result.id}: {result.metrics['failed']} requests failed: "
+                            + "; ".join(result.failure_reasons), True))
+    for update in session.updates:
+        out.append((f"baseline updated: {update.case_id} -> {update.path}", False))
+        out += [(f"    {line}", False) for line in update.lines]
+    out += [(f"error: {problem}", True) for problem in session.write_problems]
+    if session.settings.report_json and not any("JSON report" in p for p in session.write_problems):
+        out.append((f"report written to {session.settings.report_json}", False))
+    return [(session.redactor.scrub(text), warn) for text, warn in out]

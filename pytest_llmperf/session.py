@@ -1,0 +1,355 @@
+"""The session: runs the stages for the plugin and is the one writer of results.
+
+plugin -> session -> stages. The session checks the node once (``node.gate``),
+boots or attaches each configuration (``engines.lifecycle``), measures each
+case (``measure``), judges it (``verdict``) and keeps what each stage
+returned, plus the outcome pytest reports for each item (``record_outcome``,
+the plugin's one call back). At the end it writes the baseline updates and
+the reports. Nothing below it knows about pytest; nothing writes a
+``CaseResult`` but the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import __version__
+from .baselines import PendingUpdates, baseline_path, new_entry, read_for
+from .engines import get_adapter
+from .engines.base import launch_for
+from .engines.lifecycle import BootRecord, EngineStartError, RunningEngine, attach, boot, tail
+from .measure import MeasureOptions, Measurement, measure
+from .report.case import CaseResult
+from .secrets import Redactor
+from .settings import Settings
+from .suite import Case, EngineConfig, ResolvedSuite
+from .verdict import (UPDATED, failed_as_expected, judge_case, unexpectedly_working_note, version_matches)
+
+
+class UnexpectedlyWorking(UserWarning):
+    """A configuration marked as a known failure ran: the failure may be fixed."""
+
+
+class EngineVersionDrift(UserWarning):
+    """The engine is another release than the configuration was written for."""
+
+
+class UsageProblem(ValueError):
+    """The run cannot start as asked; the message says why, in one line."""
+
+
+class NodeDirty(RuntimeError):
+    """An engine's GPUs were not freed after it stopped: nothing else may boot; the message says which."""
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """What a pytest item should do: pass, fail or xfail, with the message."""
+
+    kind: str  # "pass" | "fail" | "xfail"
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class EngineUp:
+    """A configuration's engine for its items: running, or why not (``expected``: a known failure)."""
+
+    engine: RunningEngine | None
+    failure: str = ""
+    expected: bool = False
+
+
+@dataclass(frozen=True)
+class BaselineUpdate:
+    case_id: str
+    path: Path
+    lines: tuple[str, ...]
+
+
+class Session:
+    """One run of the plugin: settings, the resolved cases, and everything recorded about them."""
+
+    def __init__(self, settings: Settings, resolved: ResolvedSuite, tokenizer: Any = None):
+        from .node.gate import NodeGate
+
+        self.settings = settings
+        self.resolved = resolved
+        self.tokenizer = tokenizer
+        self.redactor = Redactor(settings.http.secrets())
+        for config in resolved.configs():
+            self.redactor.add(_config_secrets(config))
+        self.cases = {c.id: c for c in resolved.cases}
+        self.results = {c.id: CaseResult(c.id, c.config.engine, c.config.name, c.workload.name) for c in resolved.cases}
+        self.gate = NodeGate(settings, resolved.gpus)
+        self.boots: list[BootRecord] = []
+        self.notes: list[str] = list(resolved.notes)
+        self.unexpectedly_working: dict[str, str] = {}
+        self.updates: list[BaselineUpdate] = []
+        self.write_problems: list[str] = []
+        self._pending = PendingUpdates()
+        self.progress: Any = None  # the live progress line: for_case(case_id) -> callback, clear()
+        self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    def select(self, case_ids: set[str]) -> None:
+        """Keep only the cases pytest selected (``-k``, deselection): reports and the node check follow."""
+        self.results = {k: r for k, r in self.results.items() if k in case_ids}
+        self.gate.engines = sorted({self.cases[k].config.engine for k in self.results})
+
+    # ----------------------------------------------------------- engines
+    @contextlib.contextmanager
+    def engine(self, config: EngineConfig, log_dir: Path) -> Iterator[EngineUp]:
+        """The configuration's engine, booted (or attached) after the node check, stopped on every path."""
+        unfit = self.gate.unfit(config.engine)
+        if unfit:
+            yield EngineUp(None, unfit)
+            return
+        adapter = get_adapter(config.engine)
+        node = self.gate.node(config.engine)
+        launch = launch_for(config, adapter, gpu_uuids=node.gpu_uuids, chat_template=self.settings.chat_template,
+                            slowdown=self.settings.sim_slowdown)
+        timeout_s = self.settings.startup_timeout_s or adapter.startup_timeout_s
+        log_path = Path(log_dir) / f"{config.engine}-{config.name}.log"
+        for result in self._results_of(config):
+            result.log_path = str(log_path) if adapter.boots else None
+        if adapter.boots:
+            manager = boot(config, adapter, launch, Path(log_dir), self.settings.http, timeout_s, self.redactor,
+                           node.live, self.gate.gpu_release(config.engine, launch.gpu_uuids, config.id))
+        else:
+            manager = attach(config, adapter, launch, self.settings.http, timeout_s, node.live)
+        entered = False
+        try:
+            with manager as (engine, record):
+                entered = True
+                self._note_boot(config, adapter, launch, record)
+                yield EngineUp(engine)
+        except (EngineStartError, OSError) as exc:
+            if entered:
+                raise
+            message = self.redactor.scrub(str(exc) if isinstance(exc, EngineStartError)
+                                          else f"cannot boot {config.id}: {exc}")
+        except self.gate.not_freed:  # after the stop; the gate is marked: nothing else may boot
+            raise NodeDirty(self.gate.dirty or "GPUs not freed") from None
+        else:
+            return
+        if config.expected_failure:
+            yield EngineUp(None, failed_as_expected(config.id, config.expected_failure, message)
+                           + (f" (log: {log_path})" if adapter.boots else ""), expected=True)
+        else:
+            yield EngineUp(None, message)
+
+    def _note_boot(self, config: EngineConfig, adapter: Any, launch: Any, record: BootRecord) -> None:
+        self.boots.append(record)
+        for result in self._results_of(config):
+            result.engine_version = record.version
+        for note in adapter.notes(config, launch):
+            if note not in self.notes:
+                self.notes.append(note)
+        if config.engine_version and not version_matches(config.engine_version, record.version):
+            message = (f"{config.id} was written for {config.engine} {config.engine_version} but met "
+                       f"{record.version}: flags drift between releases, check the command line")
+            self.notes.append(message)
+            warnings.warn(EngineVersionDrift(message), stacklevel=3)
+        if config.expected_failure:
+            self.unexpectedly_working[config.id] = config.expected_failure
+
+    def _results_of(self, config: EngineConfig) -> list[CaseResult]:
+        return [r for r in self.results.values() if (r.engine, r.config) == (config.engine, config.name)]
+
+    # ----------------------------------------------------------- cases
+    def run_case(self, engine: RunningEngine, case: Case) -> ItemOutcome:
+        """Measure ``case`` on ``engine``, judge it, record both; what the item should do."""
+        options = MeasureOptions(self.settings.request_timeout_s, self.settings.percentiles,
+                                 self.settings.goodput_slos_ms, self.settings.client_processes, self.tokenizer,
+                                 exact_tokenizer=self.settings.tokenizer_path is not None)
+        progress = self.progress.for_case(case.id) if self.progress is not None else None
+        try:
+            measurement = measure(engine, case, options, progress)
+        finally:
+            if self.progress is not None:
+                self.progress.clear()
+        result = self.results[case.id]
+        self._record_measurement(case, engine, measurement)
+        config = case.config
+        if measurement.engine_exit_code is not None:
+            message = (f"the engine exited with code {measurement.engine_exit_code} during {case.id}; last lines "
+                       f"of {engine.log_path}:\n" + tail(engine.log_path, redactor=self.redactor))
+            message = measurement.failure or message
+            if config.expected_failure:
+                self.unexpectedly_working.pop(config.id, None)
+                return ItemOutcome("xfail", failed_as_expected(config.id, config.expected_failure, message))
+            return self._fail(result, message)
+        if measurement.failure:
+            return self._fail(result, measurement.failure)
+        if config.expected_failure:
+            if not measurement.metrics.get("completed"):
+                self.unexpectedly_working.pop(config.id, None)
+                reasons = "; ".join(measurement.failure_reasons) or "no reason recorded"
+                return ItemOutcome("xfail", failed_as_expected(config.id, config.expected_failure,
+                                                               f"no request completed: {reasons}"))
+            warnings.warn(UnexpectedlyWorking(f"{case.id} ran although {config.id} is expected to fail "
+                                              f"({config.expected_failure})"), stacklevel=2)
+        return self._judge(case, engine, measurement, result)
+
+    def _record_measurement(self, case: Case, engine: RunningEngine, measurement: Measurement) -> None:
+        result = self.results[case.id]
+        result.engine_version = engine.version
+        result.metrics = dict(measurement.metrics)
+        result.failure_reasons = [self.redactor.scrub(r) for r in measurement.failure_reasons]
+        result.prompts_aligned_by = measurement.prompts_aligned_by
+        if measurement.telemetry is not None:
+            result.telemetry = measurement.telemetry.to_dict()
+            result.telemetry_line = measurement.telemetry.line()
+            result.throttled = bool(measurement.telemetry.throttled)
+        self.notes.extend(measurement.notes)
+        if measurement.records and (self.settings.save_requests or self.settings.results_dir is not None):
+            from .report.reference import request_records, result_file_name, result_json
+            from .report.json import write_json
+
+            if self.settings.save_requests:
+                result.requests = self.redactor.scrub_data(request_records(measurement.records))
+            if self.settings.results_dir is not None:
+                data = result_json(case, case.config.engine, measurement.shape, result.metrics,
+                                   self.settings.percentiles,
+                                   measurement.records if self.settings.save_requests else None,
+                                   tokenizer_id=getattr(self.tokenizer, "name", "word"))
+                path = Path(self.settings.results_dir) / result_file_name(case)
+                write_json(path, self.redactor.scrub_data(data))
+                result.result_file = str(path)
+
+    def _judge(self, case: Case, engine: RunningEngine, measurement: Measurement, result: CaseResult) -> ItemOutcome:
+        path = baseline_path(self.settings.baseline_dir, *case.baseline_key[:4])
+        result.baseline_file = str(path)
+        baseline = read_for(path)
+        update = self.settings.update_baselines
+        judgement = judge_case(case.id, case.workload.name, measurement.metrics, list(measurement.failure_reasons),
+                               case.workload.params(), baseline, self.settings.gates, update,
+                               measurement.throttle_reasons)
+        result.verdicts = list(judgement.verdicts)
+        if judgement.failed:
+            return self._fail(result, judgement.message)
+        if judgement.status == UPDATED:
+            self._pend_update(case, engine, measurement, path, judgement)
+        return ItemOutcome("pass")
+
+    def _pend_update(self, case: Case, engine: RunningEngine, measurement: Measurement, path: Path,
+                     judgement: Any) -> None:
+        gpus, model, engine_name, config_name, workload = case.baseline_key
+        provenance = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      "plugin_version": __version__, "engine_version": engine.version, "gpus": gpus}
+        entry = new_entry(case.workload.params(), engine.command, measurement.metrics, provenance)
+        header = {"engine": engine_name, "config": config_name, "gpus": gpus, "model": model}
+        self._pending.add(path, header, workload, self.redactor.scrub_data(entry))
+        self.updates.append(BaselineUpdate(case.id, path, tuple(v.line() for v in judgement.verdicts)))
+        if measurement.throttle_reasons:
+            self.notes.append(f"{case.id}: the baseline was recorded while GPU clocks were limited "
+                              f"({', '.join(measurement.throttle_reasons)}); consider recording it again")
+
+    def _fail(self, result: CaseResult, message: str) -> ItemOutcome:
+        result.message = self.redactor.scrub(message)
+        return ItemOutcome("fail", result.message)
+
+    # ----------------------------------------------------------- from pytest
+    def record_outcome(self, case_id: str, outcome: str, message: str = "") -> None:
+        """What pytest made of an item: passed / failed / error / skipped / xfailed (the plugin's one call)."""
+        result = self.results.get(case_id)
+        if result is None:
+            return
+        if result.outcome in ("error", "xfailed") and outcome != "xfailed":
+            return  # a teardown report after a setup error or an xfail changes nothing
+        result.outcome = outcome
+        if message and (outcome in ("xfailed", "skipped") or not result.message):
+            result.message = self.redactor.scrub(message)
+
+    # ----------------------------------------------------------- the end
+    def summary_notes(self) -> list[str]:
+        """What the summary must say beyond the tables."""
+        notes = list(dict.fromkeys(n for n in [*self.notes, self.gate.dirty] if n))
+        notes += [unexpectedly_working_note(c, r) for c, r in self.unexpectedly_working.items()]
+        return [self.redactor.scrub(n) for n in notes]
+
+    def dry_run(self) -> tuple[list[str], bool]:
+        """What --dry-run prints for the selected cases, and whether the node fits every engine."""
+        from .plan import describe, plan_lines
+
+        selected = [self.cases[k] for k in self.results]
+        plans = []
+        for config in dict.fromkeys(c.config for c in selected):
+            adapter = get_adapter(config.engine)
+            launch = launch_for(config, adapter, gpu_uuids=self.gate.node(config.engine).gpu_uuids,
+                                chat_template=self.settings.chat_template, slowdown=self.settings.sim_slowdown)
+            plans.append(describe(config, adapter, launch, [c.workload for c in selected if c.config == config]))
+        verdicts = self.gate.verdicts()
+        lines = plan_lines(plans, {engine: v.describe() for engine, v in verdicts.items()})
+        return [self.redactor.scrub(line) for line in lines], all(v.ok for v in verdicts.values())
+
+    def finish(self) -> None:
+        """Write the baseline updates this run measured, then the JSON report; problems are kept to be shown."""
+        self.write_problems = [self.redactor.scrub(p) for p in self._pending.write()]
+        if self.settings.report_json:
+            from .report.json import json_report, write_json
+
+            data = json_report(self.results.values(), self.environment())
+            try:
+                write_json(self.settings.report_json, self.redactor.scrub_data(data))
+            except OSError as exc:
+                self.write_problems.append(f"cannot write the JSON report {self.settings.report_json}: "
+                                           f"{exc.strerror or exc}")
+
+    def environment(self) -> dict[str, Any]:
+        from .report.json import environment
+
+        return self.redactor.scrub_data(environment(self))
+
+
+def _config_secrets(config: EngineConfig) -> list[str]:
+    from .secrets import argv_secrets, env_secrets
+
+    return [*env_secrets(dict(config.env)), *argv_secrets(config.args)]
+
+
+def start_session(settings: Settings) -> Session:
+    """Settings -> the resolved suite, checked as far as it can be before anything boots -> a session.
+
+    UsageProblem (one line) for a suite that cannot run, a recorded node with
+    real engines, baselines that could not be written, a bad tokenizer.
+    """
+    from .baselines import unwritable
+    from .suite import SuiteError, resolve
+
+    try:
+        resolved = resolve(settings)
+    except SuiteError as exc:
+        raise UsageProblem(str(exc)) from None
+    if settings.gpu_snapshot is not None:
+        from .node.snapshot import load_snapshot
+
+        try:
+            load_snapshot(settings.gpu_snapshot)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+        real = sorted({c.engine for c in resolved.configs() if get_adapter(c.engine).uses_gpus})
+        if real and not settings.dry_run:
+            raise UsageProblem(f"--gpu-snapshot checks a recorded node, but {', '.join(real)} would boot on this "
+                               f"machine's GPUs: use it with --dry-run (or the sim); real runs check the live node")
+    if settings.update_baselines:
+        problem = unwritable(baseline_path(settings.baseline_dir, *c.baseline_key[:4]) for c in resolved.cases)
+        if problem:
+            raise UsageProblem(f"--update-baselines: {problem}")
+    tokenizer = None
+    if settings.tokenizer_path is not None:
+        from .hf_tokenizer import load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(settings.tokenizer_path)  # a bad tokenizer.json stops the run before any boot
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
+    else:
+        from .tokenizer import DEFAULT_TOKENIZER
+
+        tokenizer = DEFAULT_TOKENIZER
+    return Session(settings, resolved, tokenizer)

@@ -1,0 +1,131 @@
+"""Verdicts (pure): one metric against its baseline, a whole case, and the expected-failure policy."""
+
+from pathlib import Path
+
+import pytest
+
+from pytest_llmperf import verdict as vd
+from pytest_llmperf.metrics import HIGHER, LOWER, gateable_metrics, metric_direction
+
+bl = vd  # the judging names moved here from baselines; the tests read the same
+
+
+@pytest.mark.parametrize(
+    "metric, base, cur, tol, status, change",
+    [
+        ("total_token_throughput", 1000.0, 949.0, 5, bl.REGRESSED, -5.1),
+        ("total_token_throughput", 1000.0, 950.0, 5, bl.OK, -5.0),
+        ("total_token_throughput", 1000.0, 1060.0, 5, bl.IMPROVED, 6.0),
+        ("mean_tpot_ms", 100.0, 106.0, 5, bl.REGRESSED, 6.0),
+        ("mean_tpot_ms", 100.0, 94.0, 5, bl.IMPROVED, -6.0),
+        ("mean_tpot_ms", 100.0, 104.0, 5, bl.OK, 4.0),
+        ("failed", 0, 0, 0, bl.OK, 0.0),
+        ("failed", 0, 3, 0, bl.REGRESSED, None),
+        ("failed", 4, 2, 0, bl.IMPROVED, -50.0),
+    ],
+)
+def test_judge_directions(metric, base, cur, tol, status, change):
+    v = bl.judge(metric, base, cur, tol)
+    assert v.status == status
+    assert (v.change_pct is None) if change is None else v.change_pct == pytest.approx(change, abs=0.05)
+
+
+def test_directions_and_ungateable():
+    assert metric_direction("p99_ttft_ms") == LOWER
+    assert metric_direction("output_throughput") == HIGHER
+    assert metric_direction("completed") == HIGHER
+    with pytest.raises(ValueError, match="cannot be gated"):
+        metric_direction("total_input_tokens")
+
+
+def test_verdict_line_names_everything():
+    line = bl.judge("mean_tpot_ms", 200.0, 300.0, 10).line()
+    assert line == "mean_tpot_ms: baseline 200, current 300, change +50.0% (tolerance 10%, lower is better) REGRESSED"
+
+
+def test_tolerance_overrides_file_then_case():
+    data = {"tolerances_pct": {"mean_tpot_ms": 8, "p99_ttft_ms": 30}, "cases": {"a": {"tolerances_pct": {"mean_tpot_ms": 2}}}}
+    gates = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0}
+    assert bl.effective_tolerances(gates, data, "a") == {"total_token_throughput": 5.0, "mean_tpot_ms": 2, "p99_ttft_ms": 30}
+    assert bl.effective_tolerances(gates, data, "b")["mean_tpot_ms"] == 8
+    assert bl.effective_tolerances(gates, None, "a") == gates
+
+
+def test_compare_missing_metric_and_entry():
+    tol = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0}
+    assert {v.status for v in bl.compare({"total_token_throughput": 1.0}, None, tol)} == {bl.MISSING}
+    verdicts = bl.compare({"total_token_throughput": 100.0}, {"metrics": {"total_token_throughput": 100.0}}, tol)
+    assert [(v.metric, v.status) for v in verdicts] == [("mean_tpot_ms", bl.MISSING), ("total_token_throughput", bl.OK)]
+
+
+def test_workload_mismatch():
+    entry = {"workload": {"num_prompts": 200, "seed": 42}}
+    assert bl.workload_mismatch(entry, {"num_prompts": 200, "seed": 42}) == []
+    assert bl.workload_mismatch(entry, {"num_prompts": 20, "seed": 42}) == ["num_prompts: baseline 200, this run 20"]
+    assert bl.workload_mismatch(None, {"num_prompts": 1}) == []
+
+
+def test_gateable_metrics_are_the_ones_a_run_produces():
+    names = gateable_metrics()
+    assert {"total_token_throughput", "mean_tpot_ms", "p99_ttft_ms", "failed", "completed", "duration"} <= set(names)
+    assert "total_input_tokens" not in names and "max_concurrent_requests" not in names
+    with pytest.raises(ValueError, match="'mean_tpt_ms' cannot be gated; gateable metrics: completed, duration"):
+        metric_direction("mean_tpt_ms")
+
+
+
+GATES = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0, "failed": 0.0}
+PARAMS = {"dataset": "random", "num_prompts": 10}
+GOOD = {"completed": 10, "failed": 0, "total_token_throughput": 1000.0, "mean_tpot_ms": 10.0}
+
+
+def entry(**metrics):
+    return {"cases": {"w": {"workload": PARAMS, "metrics": {**GOOD, **metrics}}}}
+
+
+def judged(metrics=GOOD, data=None, update=False, error="", throttle=()):
+    read = vd.BaselineRead(Path("bl/c.json"), data, error)
+    return vd.judge_case("sim/c/w", "w", metrics, ["HTTP 500 (x10)"], PARAMS, read, GATES, update, throttle)
+
+
+def test_a_case_within_tolerance_passes_and_one_beyond_fails_naming_every_metric():
+    ok = judged(data=entry())
+    assert (ok.status, ok.failed) == ("ok", False) and len(ok.verdicts) == 3
+    better = judged(data=entry(total_token_throughput=900.0))
+    assert (better.status, better.failed) == ("improved", False)
+    bad = judged(data=entry(total_token_throughput=2000.0, mean_tpot_ms=5.0))
+    assert bad.status == "regressed" and bad.failed
+    assert bad.message.splitlines()[0] == "sim/c/w regressed against bl/c.json:"
+    assert "total_token_throughput: baseline 2000, current 1000, change -50.0%" in bad.message
+    assert "mean_tpot_ms: baseline 5, current 10, change +100.0%" in bad.message
+
+
+def test_throttling_makes_a_regression_suspect():
+    bad = judged(data=entry(total_token_throughput=2000.0), throttle=("hw_thermal",))
+    assert bad.message.startswith("suspect: GPU throttled (hw_thermal) during sim/c/w")
+
+
+def test_nothing_completed_no_baseline_other_workload_unreadable_file():
+    none = judged(metrics={"completed": 0, "failed": 10})
+    assert none.message == "no request of sim/c/w completed (10 failed): HTTP 500 (x10)"
+    missing = judged(data=None)
+    assert missing.status == "missing"
+    assert missing.message == "no baseline for sim/c/w in bl/c.json; record one with --update-baselines"
+    other = {"cases": {"w": {"workload": {**PARAMS, "num_prompts": 20}, "metrics": GOOD}}}
+    assert "num_prompts: baseline 20, this run 10" in judged(data=other).message
+    unreadable = judged(error="baseline file bl/c.json is not valid JSON (...); fix or delete it")
+    assert unreadable.failed and unreadable.message.startswith("baseline file bl/c.json is not valid JSON")
+
+
+def test_an_update_shows_old_to_new_and_never_fails_on_figures():
+    up = judged(data=entry(total_token_throughput=2000.0), update=True)
+    assert up.status == "updated" and not up.failed
+    assert "total_token_throughput: 2000 -> 1000 (-50.0%) updated" in [v.line() for v in up.verdicts]
+    assert judged(update=True).verdicts[0].baseline is None  # a first recording
+
+
+def test_expected_failure_messages():
+    assert vd.failed_as_expected("vllm/dcp8", "no LSE", "\n  boom: out of memory\nmore") == \
+        "vllm/dcp8 failed as expected (no LSE); seen: boom: out of memory"
+    assert vd.unexpectedly_working_note("vllm/dcp8", "no LSE").startswith("vllm/dcp8 started although it is expected")
+    assert vd.version_matches("0.13.0", "0.13.0+cu129") and not vd.version_matches("0.13.0", "0.13.1")
