@@ -222,3 +222,29 @@ def test_configured_percentiles_are_keyed_like_the_reference():
     m = compute_metrics([ok(0.0, 0.1, [0.02, 0.04], 3)], 1.0, percentiles=(50, 90, 99.9))
     assert {"p50_ttft_ms", "p90_tpot_ms", "p99.9_itl_ms", "p90_e2el_ms"} <= set(m)
     assert "p99_ttft_ms" not in m
+
+
+def test_every_figure_a_run_produces_is_declared_once_in_the_table():
+    from pytest_llmperf.metrics import METRICS, gateable_metrics, metric_def
+
+    every = compute_metrics([], 1.0, percentiles=(50, 99.9), goodput_slos_ms={"ttft": 1.0}, from_schedule=True)
+    every = {**every, "prompt_tokens_mismatch_pct": 0.0, "warmup_completed": 0}
+    assert [k for k in every if metric_def(k) is None] == []
+    # every declared metric is produced by some run (percentiles stand for all of theirs)
+    assert set(METRICS) <= set(compute_metrics([], 1.0, percentiles=(99,), goodput_slos_ms={"ttft": 1.0},
+                                               from_schedule=True)) | {"prompt_tokens_mismatch_pct", "warmup_completed"}
+    assert metric_def("p99.9_itl_ms").unit == "ms" and metric_def("p99.9_itl_ms").direction == "lower"
+    assert metric_def("p0_ttft_ms") is None and metric_def("p50_bogus_ms") is None
+    assert metric_def("total_token_throughput").unit == "tok/s" and metric_def("total_token_throughput").reference
+    assert not metric_def("max_output_tokens_per_s_token_weighted").reference  # ours, beside the reference's
+    gateable = set(gateable_metrics())
+    assert {"prompt_tokens_mismatch_pct", "warmup_completed", "total_input_tokens", "max_concurrent_requests"} \
+        .isdisjoint(gateable)  # diagnostics and workload-fixed counts are never gated
+    assert {"completed", "failed", "duration", "request_goodput", "p99_send_delay_ms", "std_itl_ms"} <= gateable
+
+
+def test_failure_reasons_group_by_kind_and_show_the_first_detail():
+    records = [failed(error="HTTP 400 Bad Request") for _ in range(3)]
+    for i, rec in enumerate(records):
+        rec.error_detail = f"prompt {i} too long"
+    assert failure_reasons(records) == ["HTTP 400 Bad Request (x3; first: prompt 0 too long)"]

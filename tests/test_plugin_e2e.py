@@ -328,3 +328,67 @@ def test_a_bad_tokenizer_file_is_a_usage_error_before_anything_boots(project, mo
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--tokenizer: *tokenizer.json is not a tokenizer.json the tokenizers library can read*"])
     assert sim_processes(model) == []
+
+
+def test_kill_9_of_pytest_mid_case_leaves_no_engine_behind(project, model):
+    project.makefile(".toml", long=suite_text(model, prompts=4000))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--suite=long.toml", "--engine=sim",
+         f"--baseline-dir={project.path / 'bl'}", "--update-baselines", "-k", "vllm and random"],
+        cwd=project.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not sim_processes(model) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sim_processes(model), "the engine never started"
+        cmd = sim_processes(model)[0].cmdline()
+        port = cmd[cmd.index("--port") + 1]
+        while running_requests(port) == 0 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert running_requests(port) > 0, "the load never reached the engine"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at = time.monotonic()
+        while sim_processes(model) and time.monotonic() - killed_at < 5:
+            time.sleep(0.05)
+        assert sim_processes(model) == [], "the engine outlived a kill -9 of its pytest by 5 s"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for p in sim_processes(model):
+            p.kill()
+
+
+def test_a_corrupt_baseline_fails_its_cases_in_one_line(project):
+    bdir = project.path / "bl"
+    run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines", "-k", "vllm").assert_outcomes(
+        passed=2, deselected=2)
+    path = next(bdir.rglob("vllm-tp8.json"))
+    path.write_text('{"cases": {')
+    for extra in ((), ("--update-baselines",)):
+        result = run(project, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={NO_TIMING}", "-k", "vllm", *extra)
+        result.assert_outcomes(failed=2, deselected=2)
+        result.stdout.fnmatch_lines([f"*baseline file {path} is not valid JSON (*); fix or delete it*"])
+        assert "Traceback" not in result.stdout.str() and "Error:" not in result.stdout.str()
+        assert path.read_text() == '{"cases": {'  # never overwritten
+
+
+def test_baselines_that_cannot_be_written_stop_the_run_before_anything_boots(project, model):
+    blocker = project.path / "not-a-dir"
+    blocker.write_text("x")
+    result = run(project, "--engine=sim", f"--baseline-dir={blocker}", "--update-baselines")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"--update-baselines: cannot write baselines under {blocker}/h200x8/" in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+    assert sim_processes(model) == []
+
+
+def test_an_update_leaves_only_baseline_files_in_the_tree(project):
+    bdir = project.path / "bl"
+    run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines").assert_outcomes(passed=4)
+    run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines", "-k", "random").assert_outcomes(
+        passed=2, deselected=2)
+    everything = sorted(p.name for p in bdir.rglob("*") if p.is_file())
+    assert everything == ["sglang-dpattn.json", "vllm-tp8.json"]

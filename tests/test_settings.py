@@ -162,3 +162,57 @@ def test_bad_measurement_options_name_option_and_source(cli, env, message):
 
 def test_save_requests_with_a_report_only():
     assert make({"save_requests": True, "report_json": "r.json"}).save_requests
+
+
+# ----------------------------------------------------------------- the HTTP edge
+def test_headers_and_the_api_key_are_resolved_once_and_never_shown():
+    s = make({"header": ["X-Tenant: a", "X-Trace:  b c "]}, {"OPENAI_API_KEY": "sk-from-env"})
+    assert s.http.headers == (("X-Tenant", "a"), ("X-Trace", "b c"))
+    assert s.http.request_headers()["Authorization"] == "Bearer sk-from-env"
+    assert s.http.api_key_source == "OPENAI_API_KEY"
+    assert "sk-from-env" not in repr(s) and "sk-from-env" not in str(s.http.describe())
+    assert make(ini={"llmperf_headers": ["X-Ini: 1", ""]}).http.headers == (("X-Ini", "1"),)
+    # the command line replaces the ini's list, as for every other option
+    assert make({"header": ["X-Cli: 2"]}, ini={"llmperf_headers": ["X-Ini: 1"]}).http.headers == (("X-Cli", "2"),)
+    other = make({"api_key_env": "MY_KEY"}, {"MY_KEY": "k-2", "OPENAI_API_KEY": "k-1"})
+    assert other.http.api_key == "k-2" and other.http.api_key_source == "MY_KEY"
+    assert make().http.api_key is None and make().http.request_headers() == {}
+
+
+@pytest.mark.parametrize("cli, env, message", [
+    ({"header": ["NoColon"]}, {}, "--header: expected \"Name: value\", got 'NoColon' (from command line --header)"),
+    ({"header": ["Bad Name: x"]}, {}, "'Bad Name' is not a valid header name"),
+    ({"header": ["X-A: 1", "x-a: 2"]}, {}, "--header: x-a is given more than once"),
+    ({"api_key_env": "1BAD"}, {}, "--api-key-env: expected an environment variable name, got '1BAD'"),
+    ({"api_key_env": "UNSET_KEY"}, {}, "--api-key-env: the environment variable UNSET_KEY is not set (or empty)"),
+])
+def test_bad_http_options_say_which_and_why(cli, env, message):
+    with pytest.raises(SettingsError) as info:
+        make(cli, env)
+    assert message in str(info.value)
+
+
+def test_ca_bundle_must_be_certificates_and_excludes_insecure(tmp_path):
+    from tls_certs import make_certs
+
+    certs = make_certs(tmp_path)
+    s = make({"ca_bundle": str(certs.ca_path)})
+    assert s.http.ca_bundle == certs.ca_path and s.http.ssl_context().verify_mode.name == "CERT_REQUIRED"
+    assert make({"insecure": True}).http.ssl_context().verify_mode.name == "CERT_NONE"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(SettingsError, match=f"--ca-bundle: {junk} is not a PEM file of certificates"):
+        make({"ca_bundle": str(junk)})
+    with pytest.raises(SettingsError, match="--insecure skips certificate checks, so --ca-bundle would do nothing"):
+        make({"ca_bundle": str(certs.ca_path), "insecure": True})
+
+
+def test_the_startup_timeout_help_says_each_engines_own_default():
+    from pytest_llmperf.engines import STARTUP_TIMEOUT_S, get_adapter
+    from pytest_llmperf.settings import OPTIONS
+
+    (spec,) = [o for o in OPTIONS if o.dest == "startup_timeout"]
+    for engine, timeout_s in STARTUP_TIMEOUT_S.items():
+        assert get_adapter(engine).startup_timeout_s == timeout_s
+        assert f"{engine} {timeout_s:g}" in spec.help
+    assert STARTUP_TIMEOUT_S["external"] == 600

@@ -1,0 +1,36 @@
+"""The node gate: which source each engine's node is read from, verdicts once per run, a node left dirty."""
+
+from pathlib import Path
+
+from pytest_llmperf.gpus import parse_gpu_spec
+from pytest_llmperf.node.gate import NodeGate
+from pytest_llmperf.node.snapshot import NODES_DIR, SIM_NODE_SNAPSHOT
+from pytest_llmperf.settings import Settings
+
+
+def test_the_sim_meets_its_simulated_node_and_an_external_endpoint_is_checked_only_with_gpus():
+    gate = NodeGate(Settings(engines=("sim", "external")), "h200x8")
+    assert gate.unfit("sim") is None
+    assert gate.node("sim").verdict.source == f"simulated node {SIM_NODE_SNAPSHOT.name}"
+    assert len(gate.node("sim").gpu_uuids) == 8 and not gate.node("sim").live
+    assert gate.node("external").verdict.source.startswith("not checked")
+    assert gate.unfit("external") is None and gate.node("external").gpu_uuids == ()
+    assert gate.gpu_release("sim", gate.node("sim").gpu_uuids, "sim/x") is None  # nothing to wait for: not live
+
+
+def test_a_recorded_file_stands_for_every_engine_and_a_misfit_says_why(tmp_path):
+    single = sorted(NODES_DIR.glob("*.json"))
+    small = next(p for p in single if p != SIM_NODE_SNAPSHOT)
+    settings = Settings(engines=("sim", "vllm"), gpus=parse_gpu_spec("h200x8"), gpu_snapshot=small, dry_run=True)
+    gate = NodeGate(settings, "h200x8")
+    for engine in ("sim", "vllm"):
+        assert gate.node(engine).verdict.source == f"snapshot {small}"
+        assert gate.unfit(engine).startswith("node does not fit h200x8")
+    assert set(gate.to_json()) == {"sim", "vllm"} and gate.to_json()["vllm"]["ok"] is False
+
+
+def test_a_dirty_node_refuses_every_later_boot_and_keeps_the_first_reason():
+    gate = NodeGate(Settings(engines=("sim",)), "h200x8")
+    gate.mark_dirty("after sim/a stopped, its GPUs were not freed")
+    gate.mark_dirty("a later reason")
+    assert gate.unfit("sim") == "after sim/a stopped, its GPUs were not freed"
