@@ -1,4 +1,4 @@
-"""Baselines: where they live, how a run compares with them, how they are updated.
+"""Baselines: where they live, how they are read and checked, how they are updated.
 
 One JSON file per engine configuration:
 ``<baseline_dir>/<gpus>/<model slug>/<engine>/<config>.json``::
@@ -32,12 +32,12 @@ import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from .files import atomic_write_text
 from .metrics import metric_direction
-from .verdict import BaselineRead
 
 SCHEMA_VERSION = 1
 LOCK_DIR_NAME = "pytest-llmperf-locks"
@@ -69,6 +69,15 @@ def read_baseline(path: Path) -> dict[str, Any] | None:
     if problems:
         raise ValueError(f"baseline file {path}: " + "; ".join(problems))
     return data
+
+
+@dataclass(frozen=True)
+class BaselineRead:
+    """What the baseline file holds for a case: its path, the file's data (None: no file), or why it is unreadable."""
+
+    path: Path
+    data: Mapping[str, Any] | None = None
+    error: str = ""
 
 
 def read_for(path: Path) -> BaselineRead:
@@ -151,21 +160,38 @@ def dumps(data: Mapping[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
+LOCK_TIMEOUT_S = 600.0
+
+
 def lock_path(path: Path) -> Path:
-    """The lock file serialising writers of ``path``: in the system temp dir, never beside the baseline."""
+    """The lock file serialising writers of ``path``: in a private directory, never beside the baseline."""
     digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
+    return _lock_dir() / f"baseline-{digest}.lock"
+
+
+def _lock_dir() -> Path:
+    """``$XDG_RUNTIME_DIR`` (or the system temp dir) / pytest-llmperf-locks-<uid>, this user's own (mode 0700)."""
     uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"{LOCK_DIR_NAME}-{uid}" / f"baseline-{digest}.lock"
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"{LOCK_DIR_NAME}-{uid}"
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock)):
-        yield
+    directory = lock.parent
+    directory.mkdir(mode=0o700, exist_ok=True)
+    info = os.lstat(directory)
+    if not os.path.isdir(directory) or os.path.islink(directory) or (
+            hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        raise OSError(f"the lock directory {directory} is not this user's own directory; remove it")
+    try:
+        with FileLock(str(lock), timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout:
+        raise OSError(f"another process has held the lock {lock} of {path} for {LOCK_TIMEOUT_S:g} s") from None
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,18 +237,15 @@ class PendingUpdates:
         _, entries = self._files.setdefault(Path(path), (dict(header), {}))
         entries[case_key] = dict(entry)
 
-    def __bool__(self) -> bool:
-        return bool(self._files)
-
-    def write(self) -> list[str]:
-        """Write every file; one line per file that could not be written (the others are written)."""
-        problems = []
+    def write(self) -> dict[Path, str]:
+        """Write every file; the files that could not be written, each with why in one line."""
+        problems: dict[Path, str] = {}
         for path, (header, entries) in sorted(self._files.items()):
             try:
                 update_cases(path, header, entries)
             except ValueError as exc:
-                problems.append(f"{exc}; its update was not written")
+                problems[path] = f"{exc}; its update was not written"
             except OSError as exc:
-                problems.append(f"cannot write baseline file {path}: {exc.strerror or exc}")
+                problems[path] = f"cannot write baseline file {path}: {exc.strerror or exc}"
         self._files.clear()
         return problems

@@ -34,7 +34,7 @@ EXCERPT_CHARS = 200
 class HttpOptions:
     """How every request reaches an engine. Picklable, so client processes rebuild the same context."""
 
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # values may be secrets
     api_key: str | None = field(default=None, repr=False)
     api_key_source: str = ""  # where the key came from (a variable's name), for reports; never the key
     ca_bundle: Path | None = None
@@ -48,8 +48,8 @@ class HttpOptions:
         return out
 
     def secrets(self) -> tuple[str, ...]:
-        """Values never to print or write: the API key and every header value."""
-        return tuple(v for v in (self.api_key, *(value for _, value in self.headers)) if v)
+        """Header values, never to print or write (the API key: ``api_key``)."""
+        return tuple(value for _, value in self.headers if value)
 
     def ssl_context(self) -> ssl.SSLContext:
         return _ssl_context(self.ca_bundle, self.insecure)
@@ -73,12 +73,33 @@ def _ssl_context(ca_bundle: Path | None, insecure: bool) -> ssl.SSLContext:
     return context
 
 
+def normalize_endpoint(url: str) -> str:
+    """``http(s)://host[:port][/prefix]`` without a trailing ``/`` or ``/v1``; ValueError otherwise."""
+    text = url.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8000, got {url!r}")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    if parts.username or parts.password:  # the URL is shown and stored: no credentials in it
+        raise ValueError("credentials in the endpoint URL are not used; give the API key with OPENAI_API_KEY "
+                         "(or --api-key-env) or a header with --header, and a URL without user:password@")
+    if parts.query or parts.fragment:
+        raise ValueError(f"expected a base URL without query or fragment, got {url!r}")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
 def parse_header(text: str) -> tuple[str, str]:
     """``"Name: value"`` -> ``("Name", "value")``; ValueError for anything a request line could not carry."""
     name, sep, value = str(text).partition(":")
     name, value = name.strip(), value.strip()
-    if not sep or not name:
-        raise ValueError(f"expected \"Name: value\", got {text!r}")
+    if not sep or not name:  # the text itself is not shown: it may hold a secret
+        raise ValueError("expected \"Name: value\", got text without a name before ':'")
     if any(c in name for c in " \t()<>@,;:\\\"/[]?={}") or not name.isascii() or not name.isprintable():
         raise ValueError(f"{name!r} is not a valid header name")
     if "\r" in value or "\n" in value or not value.isprintable():
@@ -143,7 +164,7 @@ class ControlClient:
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname, parts.port
         self._prefix = parts.path.rstrip("/")
-        self._headers = {"User-Agent": _user_agent(), "Accept": "application/json", **options.request_headers()}
+        self._headers = {"User-Agent": user_agent(), "Accept": "application/json", **options.request_headers()}
         self._conn: http.client.HTTPConnection | None = None
 
     def get(self, path: str, timeout_s: float | None = None) -> Reply:
@@ -202,7 +223,8 @@ class ControlClient:
         self.close()
 
 
-def _user_agent() -> str:
+def user_agent() -> str:
+    """The User-Agent of every request the plugin makes."""
     from . import __version__
 
     return f"pytest-llmperf/{__version__}"

@@ -5,8 +5,8 @@ counts where that is how exact lengths are had), sends the warm-up and the
 load, samples the GPUs meanwhile on a live node, computes the metrics and
 the diagnostics (prompt lengths as the server counted them, warm-up
 results), and notes whether the engine survived. It can be called again on
-the same engine (a repeat) and from another process: everything it needs
-comes in as values.
+the same engine (a repeat): everything it needs comes in as values (the
+engine's process handle is only asked whether it still runs).
 """
 
 from __future__ import annotations

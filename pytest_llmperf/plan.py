@@ -1,7 +1,8 @@
-"""What ``--dry-run`` prints (pure): each configuration's launch, its workloads, the node verdicts.
+"""What ``--dry-run`` prints: each configuration's launch, its workloads, the node verdicts.
 
-``describe`` gathers a configuration's launch as plain values (the one place
-that asks the adapter and masks secrets); ``plan_lines`` only formats.
+``describe`` gathers a configuration's launch as plain values (it asks the
+adapter, which looks for the engine's program, and masks secrets);
+``plan_lines`` is pure formatting.
 """
 
 from __future__ import annotations

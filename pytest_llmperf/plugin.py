@@ -251,10 +251,10 @@ class _Reporter:
         for line, warn in summary_lines(self.session):
             terminalreporter.write_line(line, yellow=warn, bold=warn)
 
-    @pytest.hookimpl(tryfirst=True)
+    @pytest.hookimpl(trylast=True)  # after pytest tore the engines down (on -x or Ctrl-C it does so here)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.session.settings.dry_run or session.config.option.collectonly:
             return
         self.session.finish()
-        if self.session.write_problems:
+        if self.session.write_problems and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -5,8 +5,9 @@ configuration's environment values whose names contain KEY, TOKEN, SECRET or
 PASSWORD, and command-line values of flags whose names end in key, token,
 secret or password (``--api-key sk-...``, ``--hf-token=...``). Structured
 places (an environment table, an argv, headers) are redacted by position;
-``Redactor.scrub`` then replaces any of those values still found in free text
-(a log tail, a server's error message) with ``***``.
+``Redactor.scrub`` then replaces those values still found in free text (a log
+tail, a server's error message) with ``***``: the API key from four
+characters, other values from eight (shorter ones would mask ordinary words).
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 MASK = "***"
-MIN_SCRUBBED_CHARS = 4  # shorter values would mask ordinary text; they are redacted by position only
+# Values shorter than this are masked where they stand (env, argv, headers) but not searched for in free
+# text, where they would mask ordinary words ("false", "test"); the API key is searched for from 4 characters.
+MIN_SCRUBBED_CHARS = 8
+MIN_SCRUBBED_KEY_CHARS = 4
 _SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
-_SECRET_FLAG = re.compile(r"^--?[A-Za-z0-9_-]*(key|token|secret|password)s?$", re.IGNORECASE)
+# the flag's last word is key, token, secret or password (not "tokens": --max-num-batched-tokens is no secret)
+_SECRET_FLAG = re.compile(r"^--?(?:[A-Za-z0-9]+[-_])*(?:key|token|secret|password)$", re.IGNORECASE)
 
 
 def is_secret_env(name: str) -> bool:
@@ -65,14 +70,21 @@ def argv_secrets(argv: Sequence[str]) -> list[str]:
 class Redactor:
     """Masks known secret values wherever they appear in text or in JSON-like data."""
 
-    def __init__(self, values: Iterable[str] = ()):
+    def __init__(self, values: Iterable[str] = (), keys: Iterable[str] = ()):
         self._values: tuple[str, ...] = ()
         self.add(values)
+        self.add(keys, MIN_SCRUBBED_KEY_CHARS)
 
-    def add(self, values: Iterable[str]) -> None:
+    def add(self, values: Iterable[str], min_chars: int = MIN_SCRUBBED_CHARS) -> None:
+        """Search for these values in text from now on (those of at least ``min_chars`` characters)."""
         # longest first, so a value that contains another is masked whole
-        self._values = tuple(sorted({*self._values, *(v for v in values if len(v) >= MIN_SCRUBBED_CHARS)},
+        self._values = tuple(sorted({*self._values, *(v for v in values if v and len(v) >= min_chars)},
                                     key=len, reverse=True))
+
+    @property
+    def active(self) -> bool:
+        """Whether there is anything to search for in text."""
+        return bool(self._values)
 
     def scrub(self, text: str) -> str:
         for value in self._values:

@@ -16,19 +16,22 @@ import datetime as _dt
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from . import __version__
 from .baselines import PendingUpdates, baseline_path, new_entry, read_for
 from .engines import get_adapter
 from .engines.base import launch_for
 from .engines.lifecycle import BootRecord, EngineStartError, RunningEngine, attach, boot, tail
+from .gpus import parse_gpu_spec
 from .measure import MeasureOptions, Measurement, measure
+from .node.gate import EngineNeeds, NodeGate
 from .report.case import CaseResult
 from .secrets import Redactor
 from .settings import Settings
 from .suite import Case, EngineConfig, ResolvedSuite
-from .verdict import (UPDATED, failed_as_expected, judge_case, unexpectedly_working_note, version_matches)
+from .verdict import (FAIL, GO, UNEXPECTED, UPDATED, expected_failure_policy, judge_case, unexpectedly_working_note,
+                      version_matches)
 
 
 class UnexpectedlyWorking(UserWarning):
@@ -75,17 +78,17 @@ class Session:
     """One run of the plugin: settings, the resolved cases, and everything recorded about them."""
 
     def __init__(self, settings: Settings, resolved: ResolvedSuite, tokenizer: Any = None):
-        from .node.gate import NodeGate
-
         self.settings = settings
         self.resolved = resolved
         self.tokenizer = tokenizer
-        self.redactor = Redactor(settings.http.secrets())
+        self.redactor = Redactor(settings.http.secrets(), keys=[settings.http.api_key or ""])
         for config in resolved.configs():
             self.redactor.add(_config_secrets(config))
         self.cases = {c.id: c for c in resolved.cases}
         self.results = {c.id: CaseResult(c.id, c.config.engine, c.config.name, c.workload.name) for c in resolved.cases}
-        self.gate = NodeGate(settings, resolved.gpus)
+        self.gate = NodeGate(settings.gpus or parse_gpu_spec(resolved.gpus), _needs(settings.engines),
+                             spec_given=settings.gpus is not None, recorded=settings.gpu_snapshot,
+                             free_timeout_s=settings.gpu_free_timeout_s)
         self.boots: list[BootRecord] = []
         self.notes: list[str] = list(resolved.notes)
         self.unexpectedly_working: dict[str, str] = {}
@@ -98,7 +101,7 @@ class Session:
     def select(self, case_ids: set[str]) -> None:
         """Keep only the cases pytest selected (``-k``, deselection): reports and the node check follow."""
         self.results = {k: r for k, r in self.results.items() if k in case_ids}
-        self.gate.engines = sorted({self.cases[k].config.engine for k in self.results})
+        self.gate.engines = _needs({self.cases[k].config.engine for k in self.results})
 
     # ----------------------------------------------------------- engines
     @contextlib.contextmanager
@@ -110,14 +113,13 @@ class Session:
             return
         adapter = get_adapter(config.engine)
         node = self.gate.node(config.engine)
-        launch = launch_for(config, adapter, gpu_uuids=node.gpu_uuids, chat_template=self.settings.chat_template,
-                            slowdown=self.settings.sim_slowdown)
+        launch = self._launch(config, adapter)
         timeout_s = self.settings.startup_timeout_s or adapter.startup_timeout_s
         log_path = Path(log_dir) / f"{config.engine}-{config.name}.log"
         for result in self._results_of(config):
             result.log_path = str(log_path) if adapter.boots else None
         if adapter.boots:
-            manager = boot(config, adapter, launch, Path(log_dir), self.settings.http, timeout_s, self.redactor,
+            manager = boot(config, adapter, launch, log_path, self.settings.http, timeout_s, self.redactor,
                            node.live, self.gate.gpu_release(config.engine, launch.gpu_uuids, config.id))
         else:
             manager = attach(config, adapter, launch, self.settings.http, timeout_s, node.live)
@@ -130,17 +132,20 @@ class Session:
         except (EngineStartError, OSError) as exc:
             if entered:
                 raise
-            message = self.redactor.scrub(str(exc) if isinstance(exc, EngineStartError)
-                                          else f"cannot boot {config.id}: {exc}")
+            message = str(exc) if isinstance(exc, EngineStartError) else f"cannot boot {config.id}: {exc}"
         except self.gate.not_freed:  # after the stop; the gate is marked: nothing else may boot
             raise NodeDirty(self.gate.dirty or "GPUs not freed") from None
         else:
             return
-        if config.expected_failure:
-            yield EngineUp(None, failed_as_expected(config.id, config.expected_failure, message)
-                           + (f" (log: {log_path})" if adapter.boots else ""), expected=True)
-        else:
-            yield EngineUp(None, message)
+        kind, message = expected_failure_policy(config.id, config.expected_failure, message)
+        if kind == "xfail" and adapter.boots:
+            message += f" (log: {log_path})"
+        yield EngineUp(None, self.redactor.scrub(message), expected=kind == "xfail")
+
+    def _launch(self, config: EngineConfig, adapter: Any) -> Any:
+        """How ``config`` launches in this run: the checked GPUs, the chat template and slowdown given."""
+        return launch_for(config, adapter, gpu_uuids=self.gate.node(config.engine).gpu_uuids,
+                          chat_template=self.settings.chat_template, slowdown=self.settings.sim_slowdown)
 
     def _note_boot(self, config: EngineConfig, adapter: Any, launch: Any, record: BootRecord) -> None:
         self.boots.append(record)
@@ -175,24 +180,21 @@ class Session:
         result = self.results[case.id]
         self._record_measurement(case, engine, measurement)
         config = case.config
+        if measurement.failure and measurement.engine_exit_code is None:
+            return self._outcome(result, FAIL, measurement.failure)  # the engine refuses the workload
+        trouble = ""
         if measurement.engine_exit_code is not None:
-            message = (f"the engine exited with code {measurement.engine_exit_code} during {case.id}; last lines "
-                       f"of {engine.log_path}:\n" + tail(engine.log_path, redactor=self.redactor))
-            message = measurement.failure or message
-            if config.expected_failure:
-                self.unexpectedly_working.pop(config.id, None)
-                return ItemOutcome("xfail", failed_as_expected(config.id, config.expected_failure, message))
-            return self._fail(result, message)
-        if measurement.failure:
-            return self._fail(result, measurement.failure)
-        if config.expected_failure:
-            if not measurement.metrics.get("completed"):
-                self.unexpectedly_working.pop(config.id, None)
-                reasons = "; ".join(measurement.failure_reasons) or "no reason recorded"
-                return ItemOutcome("xfail", failed_as_expected(config.id, config.expected_failure,
-                                                               f"no request completed: {reasons}"))
-            warnings.warn(UnexpectedlyWorking(f"{case.id} ran although {config.id} is expected to fail "
-                                              f"({config.expected_failure})"), stacklevel=2)
+            trouble = measurement.failure or (
+                f"the engine exited with code {measurement.engine_exit_code} during {case.id}; last lines of "
+                f"{engine.log_path}:\n" + tail(engine.log_path))
+        elif config.expected_failure and not measurement.metrics.get("completed"):
+            trouble = "no request completed: " + ("; ".join(measurement.failure_reasons) or "no reason recorded")
+        kind, message = expected_failure_policy(config.id, config.expected_failure, trouble)
+        if kind == UNEXPECTED:
+            warnings.warn(UnexpectedlyWorking(f"{case.id} {message}"), stacklevel=2)
+        elif kind != GO:
+            self.unexpectedly_working.pop(config.id, None)
+            return self._outcome(result, kind, message)
         return self._judge(case, engine, measurement, result)
 
     def _record_measurement(self, case: Case, engine: RunningEngine, measurement: Measurement) -> None:
@@ -231,7 +233,7 @@ class Session:
                                measurement.throttle_reasons)
         result.verdicts = list(judgement.verdicts)
         if judgement.failed:
-            return self._fail(result, judgement.message)
+            return self._outcome(result, FAIL, judgement.message)
         if judgement.status == UPDATED:
             self._pend_update(case, engine, measurement, path, judgement)
         return ItemOutcome("pass")
@@ -249,9 +251,10 @@ class Session:
             self.notes.append(f"{case.id}: the baseline was recorded while GPU clocks were limited "
                               f"({', '.join(measurement.throttle_reasons)}); consider recording it again")
 
-    def _fail(self, result: CaseResult, message: str) -> ItemOutcome:
+    def _outcome(self, result: CaseResult, kind: str, message: str) -> ItemOutcome:
+        """The item's outcome, its message scrubbed (the one place every case message passes)."""
         result.message = self.redactor.scrub(message)
-        return ItemOutcome("fail", result.message)
+        return ItemOutcome(kind, result.message)
 
     # ----------------------------------------------------------- from pytest
     def record_outcome(self, case_id: str, outcome: str, message: str = "") -> None:
@@ -280,16 +283,22 @@ class Session:
         plans = []
         for config in dict.fromkeys(c.config for c in selected):
             adapter = get_adapter(config.engine)
-            launch = launch_for(config, adapter, gpu_uuids=self.gate.node(config.engine).gpu_uuids,
-                                chat_template=self.settings.chat_template, slowdown=self.settings.sim_slowdown)
-            plans.append(describe(config, adapter, launch, [c.workload for c in selected if c.config == config]))
+            plans.append(describe(config, adapter, self._launch(config, adapter),
+                                  [c.workload for c in selected if c.config == config]))
         verdicts = self.gate.verdicts()
         lines = plan_lines(plans, {engine: v.describe() for engine, v in verdicts.items()})
         return [self.redactor.scrub(line) for line in lines], all(v.ok for v in verdicts.values())
 
     def finish(self) -> None:
         """Write the baseline updates this run measured, then the JSON report; problems are kept to be shown."""
-        self.write_problems = [self.redactor.scrub(p) for p in self._pending.write()]
+        failed = self._pending.write()
+        self.write_problems = [self.redactor.scrub(p) for p in failed.values()]
+        for update in [u for u in self.updates if u.path in failed]:  # not updated after all
+            self.updates.remove(update)
+            result = self.results.get(update.case_id)
+            if result is not None:
+                result.outcome = "failed"
+                result.message = self.redactor.scrub(f"its baseline update was not written: {failed[update.path]}")
         if self.settings.report_json:
             from .report.json import json_report, write_json
 
@@ -304,6 +313,11 @@ class Session:
         from .report.json import environment
 
         return self.redactor.scrub_data(environment(self))
+
+
+def _needs(engines: Any) -> dict[str, EngineNeeds]:
+    """What the node gate needs to know of each engine, from its adapter."""
+    return {e: EngineNeeds(get_adapter(e).uses_gpus, get_adapter(e).node_source()) for e in sorted(set(engines))}
 
 
 def _config_secrets(config: EngineConfig) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 from .engines import ENGINE_NAMES, STARTUP_TIMEOUT_S
 from .gpus import GpuSpec, parse_gpu_spec
-from .http import HttpOptions, parse_header
+from .http import HttpOptions, normalize_endpoint, parse_header
 from .metrics import metric_direction
 
 DEFAULT_GATES: dict[str, float] = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0, "failed": 0.0}
@@ -273,8 +273,6 @@ def resolve(
     goodput = convert("goodput", parse_goodput)
     percentiles = convert("percentiles", parse_percentiles)
     client_processes = convert("client_processes", _positive_int)
-    from .engines.external import normalize_endpoint
-
     endpoint = None
     if "external" in engines:
         endpoint = convert("endpoint", normalize_endpoint)

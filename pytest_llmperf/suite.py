@@ -105,6 +105,7 @@ class EngineConfig:
     expected_failure: str = ""  # why this configuration is known not to run (empty: it should run)
     engine_version: str = ""  # the engine release the flags were written for (empty: unknown)
     load_model: str = ""  # what the engine loads when not ``model`` (--model: a local copy, say)
+    served_name: str = ""  # the name it serves under, given on the command line (--served-model-name)
 
     @property
     def id(self) -> str:
@@ -150,8 +151,6 @@ class Suite:
 
     def engines(self) -> list[str]:
         return sorted({c.engine for c in self.configs})
-
-
 
 
 _WORKLOAD_KEYS = {f for f in Workload.__dataclass_fields__ if f != "name"} | {"preset"}
@@ -395,8 +394,8 @@ def resolve(settings: "Settings", suite: Suite | None = None) -> ResolvedSuite:
         if settings.model:
             config = replace(config, load_model=settings.model)
         if settings.served_model_name:
-            if "served_model_name" in adapter.option_keys:
-                config = config.with_option("served_model_name", settings.served_model_name)
+            if adapter.takes_served_model_name:
+                config = replace(config, served_name=settings.served_model_name)
             else:
                 notes.append(f"{config.id}: {config.engine} takes no served model name; requests carry the name "
                              f"it lists in /v1/models")
@@ -411,6 +410,9 @@ def resolve(settings: "Settings", suite: Suite | None = None) -> ResolvedSuite:
     for config in configs:
         names = config.workloads if config.workloads is not None else tuple(workloads)
         cases.extend(Case(config, workloads[n], gpus) for n in names)
+    if not cases:
+        raise SuiteError(f"suite {suite.source} selects no case for engine(s) {', '.join(settings.engines)}: "
+                         f"its configurations list no workloads")
     return ResolvedSuite(suite, tuple(cases), gpus, tuple(notes))
 
 

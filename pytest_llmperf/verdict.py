@@ -7,10 +7,12 @@ what the node saw (throttling) come in as values; a ``Judgement`` goes out.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .metrics import HIGHER, metric_direction
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .baselines import BaselineRead
 
 # Statuses of one metric's verdict, and of a case.
 OK, REGRESSED, IMPROVED, MISSING, UPDATED = "ok", "regressed", "improved", "missing", "updated"
@@ -115,15 +117,6 @@ def workload_mismatch(entry: Mapping[str, Any] | None, params: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
-class BaselineRead:
-    """What the baseline file holds for a case: its path, the file's data (None: no file), or why it is unreadable."""
-
-    path: Path
-    data: Mapping[str, Any] | None = None
-    error: str = ""
-
-
-@dataclass(frozen=True)
 class Judgement:
     """A case's verdict: its status, one Verdict per gated metric, and the failure message ("" when it passes)."""
 
@@ -137,7 +130,7 @@ class Judgement:
 
 
 def judge_case(case_id: str, workload_key: str, metrics: Mapping[str, Any], failure_reasons: list[str],
-               params: Mapping[str, Any], baseline: BaselineRead, gates: Mapping[str, float], update: bool,
+               params: Mapping[str, Any], baseline: "BaselineRead", gates: Mapping[str, float], update: bool,
                throttle_reasons: tuple[str, ...] = ()) -> Judgement:
     """A measured case against its baseline entry (or, with ``update``, what recording it would change)."""
     if not metrics.get("completed"):
@@ -174,6 +167,24 @@ def judge_case(case_id: str, workload_key: str, metrics: Mapping[str, Any], fail
 # ----------------------------------------------------------------- expected failures
 def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), text)[:300]
+
+
+XFAIL, FAIL, GO, UNEXPECTED = "xfail", "fail", "go", "unexpectedly working"
+
+
+def expected_failure_policy(config_id: str, expected_failure: str, trouble: str) -> tuple[str, str]:
+    """What a configuration's item does, given the trouble seen ("" for none): (kind, message).
+
+    A configuration the suite marks as known to fail (``expected_failure``)
+    xfails on trouble, saying what was seen; without trouble it is
+    unexpectedly working (its cases go on, and the run says so). Any other
+    configuration fails on trouble, and goes on without.
+    """
+    if expected_failure:
+        if trouble:
+            return XFAIL, failed_as_expected(config_id, expected_failure, trouble)
+        return UNEXPECTED, f"ran although {config_id} is expected to fail ({expected_failure})"
+    return (FAIL, trouble) if trouble else (GO, "")
 
 
 def failed_as_expected(config_id: str, expected_failure: str, seen: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from pytest_llmperf.engines import get_adapter
 from pytest_llmperf.engines.base import Launch
-from pytest_llmperf.engines.external import normalize_endpoint
+from pytest_llmperf.http import normalize_endpoint
 from pytest_llmperf.verdict import version_matches
 from pytest_llmperf.suite import EngineConfig, load_builtin_suite
 

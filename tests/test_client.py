@@ -6,7 +6,11 @@ import sys
 
 import pytest
 
-from pytest_llmperf.loadgen.client import SSEDecoder, StreamAccumulator, build_body, chunk_carries_output
+from pytest_llmperf.loadgen.client import SSEDecoder, StreamAccumulator, build_body, classify_chunk
+
+
+def chunk_carries_output(chunk, chat):
+    return classify_chunk(chunk, chat).output
 from pytest_llmperf.loadgen.datasets import SampleRequest
 from pytest_llmperf.loadgen.run import LoadSpec, run_load
 from streamserver import CLOSE, DONE, Reply, Sleep, StreamServer, chat_chunk, completion_chunk, sse, usage_chunk

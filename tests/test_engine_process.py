@@ -199,3 +199,77 @@ def test_sim_argv_and_display():
         adapter.argv(EngineConfig("sim", "c", "m"), Launch())
     with pytest.raises(ValueError, match=r"unknown keys \['profil'\] for engine sim; valid engine keys: profile"):
         adapter.validate(EngineConfig("sim", "c", "m", options=(("profil", "x"),)))
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_external_endpoint_that_wants_a_key_fails_at_once_saying_so(status):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Locked(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Locked)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with ControlClient(url) as client, pytest.raises(EngineStartError) as info:
+            wait_ready(client, ("/health", "/v1/models"), 600)
+        assert str(info.value) == (f"endpoint {url} refused the plugin: {url}/health answered HTTP {status}; give "
+                                   f"its API key (OPENAI_API_KEY, or --api-key-env NAME) or the header it needs "
+                                   f"(--header)")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_external_endpoint_whose_host_cannot_be_reached_fails_at_once():
+    """A name that does not resolve (simulated: no lookup leaves this machine) is not waited for."""
+    import socket
+
+    from pytest_llmperf.http import UNREACHABLE, _failure
+
+    failure = _failure(socket.gaierror(-2, "Name or service not known"), "http://gpu-node-7:8000/health", 5)
+    assert (failure.kind, str(failure)) == (UNREACHABLE, "cannot resolve the host of http://gpu-node-7:8000/health "
+                                                         "(Name or service not known)")
+
+    class Unreachable(ControlClient):
+        def get(self, path, timeout_s=None):
+            raise failure
+
+    with Unreachable("http://gpu-node-7:8000") as client, pytest.raises(EngineStartError) as info:
+        wait_ready(client, ("/health",), 600)
+    assert str(info.value) == ("endpoint http://gpu-node-7:8000 is not reachable: cannot resolve the host of "
+                               "http://gpu-node-7:8000/health (Name or service not known)")
+
+
+def test_plain_http_to_an_https_endpoint_fails_within_seconds_with_a_hint(tmp_path):
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from tls_certs import make_certs
+
+    certs = make_certs(tmp_path / "tls")
+    server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.cert_path, certs.key_path)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        t0 = time.monotonic()
+        with ControlClient(url) as client, pytest.raises(EngineStartError) as info:
+            wait_ready(client, ("/health",), 600)
+        assert time.monotonic() - t0 < 10
+        assert str(info.value).startswith(f"endpoint {url} is not reachable: ")
+        assert str(info.value).endswith("; if it serves https, give an https:// URL")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,13 +3,16 @@
 from pathlib import Path
 
 from pytest_llmperf.gpus import parse_gpu_spec
-from pytest_llmperf.node.gate import NodeGate
+from pytest_llmperf.node.gate import EngineNeeds, NodeGate
 from pytest_llmperf.node.snapshot import NODES_DIR, SIM_NODE_SNAPSHOT
-from pytest_llmperf.settings import Settings
+from pytest_llmperf.node.sources import SimulatedNode
+
+H200X8 = parse_gpu_spec("h200x8")
+SIM, REAL, EXTERNAL = EngineNeeds(False, SimulatedNode()), EngineNeeds(True), EngineNeeds(False)
 
 
 def test_the_sim_meets_its_simulated_node_and_an_external_endpoint_is_checked_only_with_gpus():
-    gate = NodeGate(Settings(engines=("sim", "external")), "h200x8")
+    gate = NodeGate(H200X8, {"sim": SIM, "external": EXTERNAL})
     assert gate.unfit("sim") is None
     assert gate.node("sim").verdict.source == f"simulated node {SIM_NODE_SNAPSHOT.name}"
     assert len(gate.node("sim").gpu_uuids) == 8 and not gate.node("sim").live
@@ -21,8 +24,7 @@ def test_the_sim_meets_its_simulated_node_and_an_external_endpoint_is_checked_on
 def test_a_recorded_file_stands_for_every_engine_and_a_misfit_says_why(tmp_path):
     single = sorted(NODES_DIR.glob("*.json"))
     small = next(p for p in single if p != SIM_NODE_SNAPSHOT)
-    settings = Settings(engines=("sim", "vllm"), gpus=parse_gpu_spec("h200x8"), gpu_snapshot=small, dry_run=True)
-    gate = NodeGate(settings, "h200x8")
+    gate = NodeGate(H200X8, {"sim": SIM, "vllm": REAL}, spec_given=True, recorded=small)
     for engine in ("sim", "vllm"):
         assert gate.node(engine).verdict.source == f"snapshot {small}"
         assert gate.unfit(engine).startswith("node does not fit h200x8")
@@ -30,7 +32,7 @@ def test_a_recorded_file_stands_for_every_engine_and_a_misfit_says_why(tmp_path)
 
 
 def test_a_dirty_node_refuses_every_later_boot_and_keeps_the_first_reason():
-    gate = NodeGate(Settings(engines=("sim",)), "h200x8")
+    gate = NodeGate(H200X8, {"sim": SIM})
     gate.mark_dirty("after sim/a stopped, its GPUs were not freed")
     gate.mark_dirty("a later reason")
     assert gate.unfit("sim") == "after sim/a stopped, its GPUs were not freed"

@@ -26,7 +26,7 @@ from pytest_llmperf.node.nvml import (
     NvmlErrorKind,
     describe_error,
     error_kind,
-    gpu_memory_used_mib,
+    memory_used_mib_by_uuid,
     gpu_processes,
     is_unsupported,
     means_no_driver,
@@ -347,7 +347,8 @@ def test_gpu_processes_by_uuid(hgx):
     assert got[uuids[0]] == tuple(sorted([GpuProcess(77, 2000), GpuProcess(os.getpid(), 900)], key=lambda p: p.pid))
     assert got[uuids[1]] == (GpuProcess(os.getpid(), 900),) and got[uuids[2]] == ()
     # memory of processes in node.json is already in its memory_used_mib (0 here); the live one adds 900
-    assert gpu_memory_used_mib(uuids[:2], fake) == {uuids[0]: 900, uuids[1]: 900}
+    with nvml_session(fake) as m:
+        assert memory_used_mib_by_uuid(m, uuids[:2]) == {uuids[0]: 900, uuids[1]: 900}
     assert fake._init_count == 0
 
 

@@ -62,11 +62,12 @@ def sim_processes(model: str) -> list[psutil.Process]:
 
 
 def running_requests(port: str) -> int:
-    import requests
+    from pytest_llmperf.http import ControlClient, HttpFailure
 
     try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-    except requests.RequestException:
+        with ControlClient(f"http://127.0.0.1:{port}") as client:
+            text = client.get("/metrics", timeout_s=2).body.decode()
+    except HttpFailure:
         return 0
     line = next(l for l in text.splitlines() if l.startswith("sim:num_requests_running "))
     return int(line.split()[1])
@@ -206,23 +207,29 @@ def test_engine_that_dies_fails_its_items_with_log_tail(project, model):
                                  "*unrecognized arguments: --no-such-flag*"])
 
 
-def test_sigterm_mid_run_tears_the_engine_down(project, model):
+def start_long_case(project, model, **popen):
+    """A pytest running one long case of the sim, returned once the engine is loaded; and the engine's port."""
     project.makefile(".toml", long=suite_text(model, prompts=4000))
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--suite=long.toml", "--engine=sim",
          f"--baseline-dir={project.path / 'bl'}", "--update-baselines", "-k", "vllm and random"],
-        cwd=project.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=project.path, **popen,
     )
+    deadline = time.monotonic() + 120
+    while not sim_processes(model) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sim_processes(model), "the engine never started"
+    cmd = sim_processes(model)[0].cmdline()
+    port = cmd[cmd.index("--port") + 1]
+    while running_requests(port) == 0 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert running_requests(port) > 0, "the load never reached the engine"
+    return proc
+
+
+def test_sigterm_mid_run_tears_the_engine_down(project, model):
+    proc = start_long_case(project, model, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while not sim_processes(model) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert sim_processes(model), "the engine never started"
-        cmd = sim_processes(model)[0].cmdline()
-        port = cmd[cmd.index("--port") + 1]
-        while running_requests(port) == 0 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert running_requests(port) > 0, "the load never reached the engine"
         proc.send_signal(signal.SIGTERM)  # mid-load
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -331,22 +338,8 @@ def test_a_bad_tokenizer_file_is_a_usage_error_before_anything_boots(project, mo
 
 
 def test_kill_9_of_pytest_mid_case_leaves_no_engine_behind(project, model):
-    project.makefile(".toml", long=suite_text(model, prompts=4000))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--suite=long.toml", "--engine=sim",
-         f"--baseline-dir={project.path / 'bl'}", "--update-baselines", "-k", "vllm and random"],
-        cwd=project.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    proc = start_long_case(project, model, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not sim_processes(model) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert sim_processes(model), "the engine never started"
-        cmd = sim_processes(model)[0].cmdline()
-        port = cmd[cmd.index("--port") + 1]
-        while running_requests(port) == 0 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert running_requests(port) > 0, "the load never reached the engine"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_at = time.monotonic()

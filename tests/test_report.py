@@ -43,6 +43,7 @@ def test_json_report_shape(tmp_path):
     write_json(path, json_report([r], {"gpus": "h200x8"}))
     data = json.loads(path.read_text())
     assert data["environment"] == {"gpus": "h200x8"}
+    assert data["metric_units"] == {"total_token_throughput": "tok/s"}  # from the metric table
     (case,) = data["cases"]
     assert {"id", "engine", "config", "workload", "outcome", "metrics", "verdicts"} <= set(case)
     assert case["verdicts"][0] == {"metric": "total_token_throughput", "baseline": 1.0, "current": 1.0,

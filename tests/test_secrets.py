@@ -16,11 +16,18 @@ def test_flags_ending_in_key_or_token_have_their_values_masked_in_both_forms():
     assert redact_argv(argv) == ["vllm", "serve", "m", "--api-key", MASK, "--hf-token=" + MASK, "--ssl-keyfile",
                                  "k.pem", "-tp", "8", "--api-key"]
     assert argv_secrets(argv) == ["sk-1", "hf_x"]
+    counts = ["--max-num-batched-tokens", "8192", "--max_num_tokens=16384", "--speculative-num-draft-tokens", "2",
+              "--ssl-keyfile", "k.pem", "--keyfile", "k.pem", "--token", "t-1"]
+    assert redact_argv(counts) == counts[:-1] + [MASK]  # counts of tokens are no secrets; a --token is
+    assert argv_secrets(counts) == ["t-1"]
 
 
 def test_the_redactor_scrubs_text_and_data_and_leaves_short_values_to_position():
-    r = Redactor(["sk-abcdef", "sk-abc", "ab"])
-    assert r.scrub("key sk-abcdef and sk-abc; about") == f"key {MASK} and {MASK}; about"  # longest first; "ab" kept
-    assert r.scrub_data({"argv": ["--k", "sk-abc"], "n": 1, "sk-abc": True}) == \
+    r = Redactor(["sk-abcdef-long", "sk-abcdef", "false", "test"], keys=["sk-x"])
+    # longest first; short values ("false", "test") are masked by position only, never in free text
+    assert r.scrub("key sk-abcdef-long and sk-abcdef; ignore_eos false; pytest") == \
+        f"key {MASK} and {MASK}; ignore_eos false; pytest"
+    assert r.scrub("Bearer sk-x") == f"Bearer {MASK}"  # the API key, however short
+    assert r.scrub_data({"argv": ["--k", "sk-abcdef"], "n": 1, "sk-abcdef": True}) == \
         {"argv": ["--k", MASK], "n": 1, MASK: True}
-    assert Redactor().scrub_data({"a": "sk-abc"}) == {"a": "sk-abc"}
+    assert Redactor().scrub_data({"a": "sk-abcdef"}) == {"a": "sk-abcdef"}

@@ -39,7 +39,7 @@ def test_outcomes_from_pytest_are_recorded_once_each_with_secrets_masked(suite_f
     assert (result.outcome, result.message) == ("error", "boom with ***")
     session.record_outcome("elsewhere/x/y", "failed")  # not a case of ours: ignored
     session.select(set())
-    assert session.results == {} and session.gate.engines == []
+    assert session.results == {} and session.gate.engines == {}
 
 
 def test_a_recorded_node_with_real_engines_is_refused_unless_dry(tmp_path):

@@ -180,7 +180,10 @@ def test_headers_and_the_api_key_are_resolved_once_and_never_shown():
 
 
 @pytest.mark.parametrize("cli, env, message", [
-    ({"header": ["NoColon"]}, {}, "--header: expected \"Name: value\", got 'NoColon' (from command line --header)"),
+    ({"header": ["Authorization Bearer sk-secret-1"]}, {},
+     "--header: expected \"Name: value\", got text without a name before ':' (from command line --header)"),
+    ({"engine": "external", "endpoint": "http://me:pw@127.0.0.1:8000"}, {},
+     "--endpoint: credentials in the endpoint URL are not used; give the API key with OPENAI_API_KEY"),
     ({"header": ["Bad Name: x"]}, {}, "'Bad Name' is not a valid header name"),
     ({"header": ["X-A: 1", "x-a: 2"]}, {}, "--header: x-a is given more than once"),
     ({"api_key_env": "1BAD"}, {}, "--api-key-env: expected an environment variable name, got '1BAD'"),
@@ -190,6 +193,7 @@ def test_bad_http_options_say_which_and_why(cli, env, message):
     with pytest.raises(SettingsError) as info:
         make(cli, env)
     assert message in str(info.value)
+    assert "sk-secret" not in str(info.value) and "pw@" not in str(info.value)
 
 
 def test_ca_bundle_must_be_certificates_and_excludes_insecure(tmp_path):

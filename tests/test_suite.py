@@ -160,10 +160,22 @@ def test_every_override_is_applied_once_and_the_case_keys_do_not_move(tmp_path):
     sim = by_id["sim/c1/w1"].config
     assert sim.model_to_load == "/models/local-copy" and sim.model == "org/model"  # baselines stay keyed by the suite's
     assert by_id["external/there/w1"].config.option("endpoint") == "http://127.0.0.1:8000"
-    assert by_id["external/there/w1"].config.option("served_model_name") == "served"
+    assert by_id["external/there/w1"].config.served_name == "served" and sim.served_name == "served"
     assert by_id["sim/c1/w1"].baseline_key == ("h100x4", "org/model", "sim", "c1", "w1")
-    # the sim takes no served model name: said once, in the summary
-    assert got.notes == ("sim/c1: sim takes no served model name; requests carry the name it lists in /v1/models",)
+    assert got.notes == ()
+    trt = parse_suite({**MIN, "configs": [{"engine": "trtllm", "name": "t"}]}, "s.toml", tmp_path)
+    noted = resolve(Settings(engines=("trtllm",), served_model_name="served"), trt)
+    assert noted.cases[0].config.served_name == ""  # TensorRT-LLM serves the model's own name: said once
+    assert noted.notes == ("trtllm/t: trtllm takes no served model name; requests carry the name it lists in "
+                           "/v1/models",)
+
+
+def test_a_suite_that_selects_no_case_is_refused_in_one_line(tmp_path):
+    parked = parse_suite({**MIN, "configs": [{"engine": "sim", "name": "c1", "profile": "vllm-tp8",
+                                               "workloads": []}]}, "s.toml", tmp_path)
+    with pytest.raises(SuiteError, match="suite s.toml selects no case for engine.s. sim: its configurations list "
+                                         "no workloads"):
+        cases(parked)
 
 
 def test_external_alone_gets_an_endpoint_configuration_and_the_seed_workloads():

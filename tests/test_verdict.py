@@ -5,27 +5,25 @@ from pathlib import Path
 import pytest
 
 from pytest_llmperf import verdict as vd
+from pytest_llmperf.baselines import BaselineRead
 from pytest_llmperf.metrics import HIGHER, LOWER, gateable_metrics, metric_direction
-
-bl = vd  # the judging names moved here from baselines; the tests read the same
-
 
 @pytest.mark.parametrize(
     "metric, base, cur, tol, status, change",
     [
-        ("total_token_throughput", 1000.0, 949.0, 5, bl.REGRESSED, -5.1),
-        ("total_token_throughput", 1000.0, 950.0, 5, bl.OK, -5.0),
-        ("total_token_throughput", 1000.0, 1060.0, 5, bl.IMPROVED, 6.0),
-        ("mean_tpot_ms", 100.0, 106.0, 5, bl.REGRESSED, 6.0),
-        ("mean_tpot_ms", 100.0, 94.0, 5, bl.IMPROVED, -6.0),
-        ("mean_tpot_ms", 100.0, 104.0, 5, bl.OK, 4.0),
-        ("failed", 0, 0, 0, bl.OK, 0.0),
-        ("failed", 0, 3, 0, bl.REGRESSED, None),
-        ("failed", 4, 2, 0, bl.IMPROVED, -50.0),
+        ("total_token_throughput", 1000.0, 949.0, 5, vd.REGRESSED, -5.1),
+        ("total_token_throughput", 1000.0, 950.0, 5, vd.OK, -5.0),
+        ("total_token_throughput", 1000.0, 1060.0, 5, vd.IMPROVED, 6.0),
+        ("mean_tpot_ms", 100.0, 106.0, 5, vd.REGRESSED, 6.0),
+        ("mean_tpot_ms", 100.0, 94.0, 5, vd.IMPROVED, -6.0),
+        ("mean_tpot_ms", 100.0, 104.0, 5, vd.OK, 4.0),
+        ("failed", 0, 0, 0, vd.OK, 0.0),
+        ("failed", 0, 3, 0, vd.REGRESSED, None),
+        ("failed", 4, 2, 0, vd.IMPROVED, -50.0),
     ],
 )
 def test_judge_directions(metric, base, cur, tol, status, change):
-    v = bl.judge(metric, base, cur, tol)
+    v = vd.judge(metric, base, cur, tol)
     assert v.status == status
     assert (v.change_pct is None) if change is None else v.change_pct == pytest.approx(change, abs=0.05)
 
@@ -39,30 +37,30 @@ def test_directions_and_ungateable():
 
 
 def test_verdict_line_names_everything():
-    line = bl.judge("mean_tpot_ms", 200.0, 300.0, 10).line()
+    line = vd.judge("mean_tpot_ms", 200.0, 300.0, 10).line()
     assert line == "mean_tpot_ms: baseline 200, current 300, change +50.0% (tolerance 10%, lower is better) REGRESSED"
 
 
 def test_tolerance_overrides_file_then_case():
     data = {"tolerances_pct": {"mean_tpot_ms": 8, "p99_ttft_ms": 30}, "cases": {"a": {"tolerances_pct": {"mean_tpot_ms": 2}}}}
     gates = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0}
-    assert bl.effective_tolerances(gates, data, "a") == {"total_token_throughput": 5.0, "mean_tpot_ms": 2, "p99_ttft_ms": 30}
-    assert bl.effective_tolerances(gates, data, "b")["mean_tpot_ms"] == 8
-    assert bl.effective_tolerances(gates, None, "a") == gates
+    assert vd.effective_tolerances(gates, data, "a") == {"total_token_throughput": 5.0, "mean_tpot_ms": 2, "p99_ttft_ms": 30}
+    assert vd.effective_tolerances(gates, data, "b")["mean_tpot_ms"] == 8
+    assert vd.effective_tolerances(gates, None, "a") == gates
 
 
 def test_compare_missing_metric_and_entry():
     tol = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0}
-    assert {v.status for v in bl.compare({"total_token_throughput": 1.0}, None, tol)} == {bl.MISSING}
-    verdicts = bl.compare({"total_token_throughput": 100.0}, {"metrics": {"total_token_throughput": 100.0}}, tol)
-    assert [(v.metric, v.status) for v in verdicts] == [("mean_tpot_ms", bl.MISSING), ("total_token_throughput", bl.OK)]
+    assert {v.status for v in vd.compare({"total_token_throughput": 1.0}, None, tol)} == {vd.MISSING}
+    verdicts = vd.compare({"total_token_throughput": 100.0}, {"metrics": {"total_token_throughput": 100.0}}, tol)
+    assert [(v.metric, v.status) for v in verdicts] == [("mean_tpot_ms", vd.MISSING), ("total_token_throughput", vd.OK)]
 
 
 def test_workload_mismatch():
     entry = {"workload": {"num_prompts": 200, "seed": 42}}
-    assert bl.workload_mismatch(entry, {"num_prompts": 200, "seed": 42}) == []
-    assert bl.workload_mismatch(entry, {"num_prompts": 20, "seed": 42}) == ["num_prompts: baseline 200, this run 20"]
-    assert bl.workload_mismatch(None, {"num_prompts": 1}) == []
+    assert vd.workload_mismatch(entry, {"num_prompts": 200, "seed": 42}) == []
+    assert vd.workload_mismatch(entry, {"num_prompts": 20, "seed": 42}) == ["num_prompts: baseline 200, this run 20"]
+    assert vd.workload_mismatch(None, {"num_prompts": 1}) == []
 
 
 def test_gateable_metrics_are_the_ones_a_run_produces():
@@ -84,7 +82,7 @@ def entry(**metrics):
 
 
 def judged(metrics=GOOD, data=None, update=False, error="", throttle=()):
-    read = vd.BaselineRead(Path("bl/c.json"), data, error)
+    read = BaselineRead(Path("bl/c.json"), data, error)
     return vd.judge_case("sim/c/w", "w", metrics, ["HTTP 500 (x10)"], PARAMS, read, GATES, update, throttle)
 
 
@@ -129,3 +127,12 @@ def test_expected_failure_messages():
         "vllm/dcp8 failed as expected (no LSE); seen: boom: out of memory"
     assert vd.unexpectedly_working_note("vllm/dcp8", "no LSE").startswith("vllm/dcp8 started although it is expected")
     assert vd.version_matches("0.13.0", "0.13.0+cu129") and not vd.version_matches("0.13.0", "0.13.1")
+
+
+def test_the_expected_failure_policy():
+    assert vd.expected_failure_policy("vllm/tp8", "", "") == ("go", "")
+    assert vd.expected_failure_policy("vllm/tp8", "", "boom") == ("fail", "boom")
+    kind, message = vd.expected_failure_policy("vllm/dcp8", "no LSE", "engine exited with code 1\nlog...")
+    assert (kind, message) == ("xfail", "vllm/dcp8 failed as expected (no LSE); seen: engine exited with code 1")
+    kind, message = vd.expected_failure_policy("vllm/dcp8", "no LSE", "")
+    assert kind == "unexpectedly working" and message == "ran although vllm/dcp8 is expected to fail (no LSE)"

@@ -1,4 +1,4 @@
-"""Engine adapters, one module per engine; ``base`` owns the process.
+"""Engine adapters, one module per engine; ``base`` is their interface, ``lifecycle`` runs the process.
 
 Names are reserved here so that adding an engine only adds its module.
 """

@@ -40,7 +40,7 @@ class Launch:
 def launch_for(config: EngineConfig, adapter: "EngineAdapter", port: str = PORT_PLACEHOLDER,
                gpu_uuids: tuple[str, ...] = (), chat_template: Path | None = None, slowdown: float = 1.0) -> Launch:
     """How ``config`` is launched: the model it loads, the name it serves, the GPUs it gets."""
-    served = config.option("served_model_name")
+    served = config.served_name or config.option("served_model_name")
     return Launch(host=LOCALHOST, port=port, model=config.model_to_load,
                   served_model_name=served if adapter.takes_served_model_name else None,
                   chat_template=chat_template, slowdown=slowdown, gpu_uuids=gpu_uuids)

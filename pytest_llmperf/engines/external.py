@@ -7,29 +7,10 @@ given, since the endpoint may live on another machine.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from ..suite import EngineConfig
 from . import STARTUP_TIMEOUT_S
+from ..http import normalize_endpoint
 from .base import EngineAdapter, Launch
-
-
-def normalize_endpoint(url: str) -> str:
-    """``http(s)://host[:port][/prefix]`` without a trailing ``/`` or ``/v1``; ValueError otherwise."""
-    text = url.strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8000, got {url!r}")
-    try:
-        parts.port
-    except ValueError:
-        raise ValueError(f"invalid port in {url!r}") from None
-    if parts.query or parts.fragment:
-        raise ValueError(f"expected a base URL without query or fragment, got {url!r}")
-    path = parts.path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[: -len("/v1")]
-    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 class ExternalAdapter(EngineAdapter):

@@ -22,14 +22,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import weakref
 import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
-from ..http import REFUSED, TLS, ControlClient, HttpFailure, HttpOptions
+from ..http import BROKEN, REFUSED, TLS, UNREACHABLE, ControlClient, HttpFailure, HttpOptions
 from ..secrets import Redactor, redact_argv, redact_env
 from ..suite import EngineConfig
 from .base import LOCALHOST, EngineAdapter, Launch, free_port
@@ -109,7 +110,9 @@ def wait_ready(client: ControlClient, paths: Sequence[str], timeout_s: float, pr
 
     With ``process`` (a launched engine): refused connections, resets and
     503 mean "not yet"; the process exiting fails at once. Without (an
-    external endpoint): a TLS failure fails at once, connections refused for
+    external endpoint): a TLS failure, a host that cannot be resolved or
+    reached, and HTTP 401/403 (a key or header missing) fail at once;
+    connections refused (or broken off: an https server asked over http) for
     a few seconds fail with "connection refused at URL". EngineStartError
     otherwise after ``timeout_s``, naming what was last seen.
     """
@@ -126,13 +129,15 @@ def wait_ready(client: ControlClient, paths: Sequence[str], timeout_s: float, pr
             status = client.get(path, timeout_s=min(5.0, max(timeout_s, 0.1))).status
         except HttpFailure as exc:
             last = str(exc)
-            if process is None and exc.kind == TLS:
+            if process is None and exc.kind in (TLS, UNREACHABLE):  # neither mends itself by waiting
                 raise EngineStartError(f"endpoint {client.base_url} is not reachable: {exc}") from None
-            if process is None and exc.kind == REFUSED:
+            if process is None and exc.kind in (REFUSED, BROKEN):
                 refused_since = clock() if refused_since is None else refused_since
                 if clock() - refused_since >= EXTERNAL_REFUSED_GRACE_S:
-                    raise EngineStartError(f"endpoint {client.base_url} is not reachable: {exc}; is the server "
-                                           f"running, and is --endpoint right?") from None
+                    hint = ("is the server running, and is --endpoint right?" if exc.kind == REFUSED else
+                            "if it serves https, give an https:// URL" if client.base_url.startswith("http:")
+                            else "is it an OpenAI-compatible server?")
+                    raise EngineStartError(f"endpoint {client.base_url} is not reachable: {exc}; {hint}") from None
             else:
                 refused_since = None
         else:
@@ -142,6 +147,10 @@ def wait_ready(client: ControlClient, paths: Sequence[str], timeout_s: float, pr
             if status == 404 and path_index + 1 < len(paths):
                 path_index += 1  # a server without this route: ready once the next one answers
                 continue
+            if process is None and status in (401, 403):
+                raise EngineStartError(
+                    f"endpoint {client.base_url} refused the plugin: {client.url(path)} answered HTTP {status}; "
+                    f"give its API key (OPENAI_API_KEY, or --api-key-env NAME) or the header it needs (--header)")
             last = f"{client.url(path)} answered HTTP {status}"
         if clock() - start > timeout_s:
             where = f"; last lines of {process.log_path}:\n" + process.log_tail() if process is not None else ""
@@ -166,21 +175,19 @@ def served_model(client: ControlClient, launch: Launch, config: EngineConfig) ->
 
 
 # ----------------------------------------------------------------- boot and attach
-class GpuRelease:
+class GpuRelease(Protocol):
     """What happens around an engine's life on live GPUs: note what was there before, wait until freed after."""
 
-    def before(self) -> None:  # pragma: no cover - interface
-        pass
+    def before(self) -> None: ...
 
-    def wait_freed(self) -> None:  # pragma: no cover - interface
-        pass
+    def wait_freed(self) -> None: ...
 
 
 @contextlib.contextmanager
-def boot(config: EngineConfig, adapter: EngineAdapter, launch: Launch, log_dir: Path, http: HttpOptions,
+def boot(config: EngineConfig, adapter: EngineAdapter, launch: Launch, log_path: Path, http: HttpOptions,
          startup_timeout_s: float, redactor: Redactor, node_live: bool = False,
          gpus: GpuRelease | None = None) -> Iterator[tuple[RunningEngine, BootRecord]]:
-    """Start ``config``, wait until ready, yield it, stop it on every path.
+    """Start ``config`` (its output to ``log_path``), wait until ready, yield it, stop it on every path.
 
     ``gpus`` (live GPUs only): what was on them is noted before the boot; after
     the stop, the engine's GPUs are waited for until freed (not after Ctrl-C).
@@ -191,7 +198,6 @@ def boot(config: EngineConfig, adapter: EngineAdapter, launch: Launch, log_dir: 
     launch = replace(launch, port=str(port))
     argv = adapter.argv(config, launch)
     env = adapter.env(config, launch)
-    log_path = Path(log_dir) / f"{config.engine}-{config.name}.log"
     base_url = f"http://{LOCALHOST}:{port}"
     process = EngineProcess(argv, env, log_path, redactor)
     if gpus is not None:
@@ -246,21 +252,36 @@ def stop_all() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _die_with_parent() -> Callable[[], None] | None:
-    """What the child runs between fork and exec so the kernel signals it when pytest dies (Linux only).
-
-    Resolved in the parent: the child must neither import nor look anything up before exec.
-    """
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl (Linux only), looked up once in the parent."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
         return None
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-    return lambda: prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """What the child runs between fork and exec so the kernel signals it when pytest dies (Linux only).
+
+    Everything is resolved here, in the parent: the child must neither import nor look anything up before
+    exec. The kernel signals when the thread that started the engine ends: engines are started from pytest's
+    main thread.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    pr_set_pdeathsig, sigterm, parent = 1, int(signal.SIGTERM), os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+        if os.getppid() != parent:  # pytest died before the request took hold: do not start at all
+            os._exit(1)
+
+    return die_with_parent
 
 
 class EngineProcess:
@@ -341,16 +362,23 @@ class EngineProcess:
             raise interrupted
 
     def _scrub_log(self) -> None:
-        """Mask secrets the engine printed (an API key among its arguments, say) in its log."""
+        """Mask secrets the engine printed (an API key among its arguments, say) in its log.
+
+        Read line by line (logs can be large); rewritten, atomically, only when a line held one.
+        """
+        if not self.redactor.active:
+            return
         try:
-            text = self.log_path.read_text(errors="replace")
+            with open(self.log_path, errors="replace") as log:
+                if not any(self.redactor.scrub(line) != line for line in log):
+                    return
+                log.seek(0)
+                fd, tmp = tempfile.mkstemp(dir=self.log_path.parent, prefix=f".{self.log_path.name}.")
+                with os.fdopen(fd, "w") as out:
+                    out.writelines(self.redactor.scrub(line) for line in log)
+            os.replace(tmp, self.log_path)
         except OSError:
             return
-        scrubbed = self.redactor.scrub(text)
-        if scrubbed != text:
-            from ..files import atomic_write_text
-
-            atomic_write_text(self.log_path, scrubbed)
 
     def __enter__(self) -> "EngineProcess":
         self.start()

@@ -19,18 +19,9 @@ import signal
 import sys
 import time
 
-POLL_S = 0.2
+POLL_S = 0.2  # how often the parent is checked
+TREE_POLL_S = 1.0  # how often the engine's descendants are listed (a scan of /proc: kept rare)
 GRACE_S = 2.0  # between SIGTERM and SIGKILL once pytest is gone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _group_alive(pgid: int) -> bool:
@@ -43,45 +34,62 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def _descendants(root: int) -> set[int]:
-    import psutil
-
-    try:
-        return {p.pid for p in psutil.Process(root).children(recursive=True)}
-    except psutil.Error:
-        return set()
-
-
-def _signal_all(pgid: int, pids: set[int], sig: int) -> None:
+def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
-def watch(parent: int, engine: int, grace_s: float = GRACE_S, poll_s: float = POLL_S) -> int:
-    """Poll until the engine is gone (0) or the parent died and the engine was ended (1)."""
-    seen: set[int] = set()
+def watch(parent: int, engine: int, grace_s: float = GRACE_S, poll_s: float = POLL_S,
+          tree_poll_s: float = TREE_POLL_S) -> int:
+    """Poll until the engine and what it started are gone (0), or the parent died and they were ended (1).
+
+    Descendants are kept as psutil processes (pid and start time), so a pid
+    reused by another process after a descendant exited is never signalled.
+    """
+    import psutil
+
+    try:
+        root = psutil.Process(engine)
+    except psutil.NoSuchProcess:
+        return 0
+    seen: dict[int, psutil.Process] = {engine: root}
+    listed_at = 0.0
     while True:
-        if os.getppid() != parent or not _alive(parent):
+        if os.getppid() != parent:  # re-parented: pytest is gone
             break
-        if not _alive(engine) and not _group_alive(engine):
-            return 0
-        seen |= _descendants(engine)
+        now = time.monotonic()
+        if now - listed_at >= tree_poll_s:
+            listed_at = now
+            if root.is_running():
+                try:
+                    seen.update((p.pid, p) for p in root.children(recursive=True))
+                except psutil.Error:
+                    pass
+            seen = {pid: p for pid, p in seen.items() if p.is_running()}  # is_running checks the start time too
+            if not seen and not _group_alive(engine):
+                return 0
         time.sleep(poll_s)
-    seen |= _descendants(engine)
-    _signal_all(engine, seen | {engine}, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not _group_alive(engine) and not any(_alive(p) for p in seen):
-            return 1
-        time.sleep(0.05)
-    _signal_all(engine, seen | {engine}, signal.SIGKILL)
+    if root.is_running():
+        try:
+            seen.update((p.pid, p) for p in root.children(recursive=True))
+        except psutil.Error:
+            pass
+    living = [p for p in seen.values() if p.is_running()]
+    _signal_group(engine, signal.SIGTERM)
+    for p in living:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(living, timeout=grace_s)
+    _signal_group(engine, signal.SIGKILL)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
     return 1
 
 

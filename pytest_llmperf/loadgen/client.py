@@ -24,6 +24,7 @@ COMPLETIONS_ENDPOINT = "/v1/completions"
 BODY_EXCERPT_CHARS = 200
 _loads = json.loads
 _OUTPUT_DELTA_KEYS = ("content", "reasoning_content", "reasoning", "tool_calls", "function_call")
+_TEXT_DELTA_KEYS = ("reasoning_content", "reasoning", "content")
 
 
 def is_chat_endpoint(endpoint: str) -> bool:
@@ -180,12 +181,6 @@ def classify_chunk(chunk: Any, chat: bool, event: str = "") -> ChunkInfo:
     return ChunkInfo(True, text, usage, text_field=carried[0] if single else None)
 
 
-def chunk_carries_output(chunk: Mapping[str, Any], chat: bool) -> bool:
-    """Whether a parsed stream chunk carries output (``classify_chunk``'s rule)."""
-    return classify_chunk(chunk, chat).output
-
-
-_TEXT_DELTA_KEYS = ("reasoning_content", "reasoning", "content")
 SERVER_ERROR = "server error in stream"
 NOT_AN_OBJECT = "unexpected stream event, expected a JSON object"
 UNPARSEABLE = "unparseable stream event"

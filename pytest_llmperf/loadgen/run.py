@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from ..http import HttpOptions
+from ..http import HttpOptions, user_agent
 from ..metrics import RequestRecord
 from ..tokenizer import DEFAULT_TOKENIZER
 from .arrivals import check_rate, send_offsets_s
@@ -118,19 +118,13 @@ class _Tally:
             self.failed += 1
 
 
-def _user_agent() -> str:
-    from .. import __version__
-
-    return f"pytest-llmperf/{__version__}"
-
-
 def _prepare(spec: LoadSpec, indices: Sequence[int]) -> list[bytes]:
     """The bytes of each request, encoded before the clock starts (long prompts take a while)."""
     target = Target.from_url(spec.url)
-    user_agent = _user_agent()
+    agent = user_agent()
     headers = spec.http.request_headers()
     return [build_post(target, encode_body(build_body(spec.endpoint, spec.model, spec.requests[i], spec.ignore_eos,
-                                                      spec.extra_body)), user_agent, headers) for i in indices]
+                                                      spec.extra_body)), agent, headers) for i in indices]
 
 
 async def _drive(spec: LoadSpec, indices: Sequence[int], prepared: list[bytes], offsets_s: Sequence[float],

@@ -11,12 +11,20 @@ marked dirty and nothing else may boot.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
-from ..engines import get_adapter
-from ..gpus import parse_gpu_spec
+from ..gpus import GpuSpec
 from .check import NodeVerdict, check_node
 from .freed import GpusNotFreed
+
+
+@dataclass(frozen=True)
+class EngineNeeds:
+    """What the gate needs to know of an engine."""
+
+    uses_gpus: bool  # it runs on this node's GPUs
+    own_source: Any = None  # the node it runs on when not this machine's (the sim's simulated node)
 
 
 @dataclass(frozen=True)
@@ -36,24 +44,26 @@ class NodeGate:
 
     not_freed = GpusNotFreed
 
-    def __init__(self, settings: Any, gpus: str):
-        self.settings = settings
-        self.spec = settings.gpus or parse_gpu_spec(gpus)
-        self.engines: list[str] = sorted(set(settings.engines))
+    def __init__(self, spec: GpuSpec, engines: Mapping[str, EngineNeeds], spec_given: bool = False,
+                 recorded: Path | None = None, free_timeout_s: float = 300.0):
+        self.spec = spec
+        self.engines = dict(engines)  # the selected engines (the session narrows them to what pytest selected)
+        self.spec_given = spec_given  # --gpus was given (an external endpoint is checked only then)
+        self.recorded = recorded  # --gpu-snapshot
+        self.free_timeout_s = free_timeout_s
         self.dirty: str | None = None
         self._nodes: dict[str, EngineNode] | None = None
 
-    def source_for(self, engine: str, adapter: Any) -> Any:
-        """Where ``engine``'s node is read from: the recorded file given, the engine's own simulated node,
+    def source_for(self, needs: EngineNeeds) -> Any:
+        """Where an engine's node is read from: the recorded file given, the engine's own simulated node,
         live NVML; None for an external endpoint without --gpus (its node may be another machine)."""
         from .sources import LiveNvml, RecordedFile
 
-        if self.settings.gpu_snapshot is not None:
-            return RecordedFile(self.settings.gpu_snapshot)
-        own = adapter.node_source()
-        if own is not None:
-            return own
-        if not adapter.uses_gpus and self.settings.gpus is None:
+        if self.recorded is not None:
+            return RecordedFile(self.recorded)
+        if needs.own_source is not None:
+            return needs.own_source
+        if not needs.uses_gpus and not self.spec_given:
             return None
         return LiveNvml.from_environment()
 
@@ -64,9 +74,8 @@ class NodeGate:
 
             nodes: dict[str, EngineNode] = {}
             readings: dict[Any, Any] = {}
-            for engine in self.engines:
-                adapter = get_adapter(engine)
-                source = self.source_for(engine, adapter)
+            for engine, needs in sorted(self.engines.items()):
+                source = self.source_for(needs)
                 if source is None:
                     nodes[engine] = EngineNode(NodeVerdict("-", "not checked: an external endpoint is checked "
                                                                 "only with --gpus"))
@@ -78,17 +87,19 @@ class NodeGate:
                     nodes[engine] = EngineNode(NodeVerdict(str(self.spec), reading.source, (reading.error,)))
                     continue
                 snapshot, where = reading.snapshot, reading.source
-                if reading.live and not adapter.uses_gpus:  # an endpoint's own processes are not foreign
+                if reading.live and not needs.uses_gpus:  # an endpoint's own processes are not foreign
                     snapshot, where = hardware_only(snapshot), where + ", hardware only (external endpoint)"
-                nodes[engine] = EngineNode(check_node(self.spec, snapshot, where), reading.live and adapter.uses_gpus)
+                nodes[engine] = EngineNode(check_node(self.spec, snapshot, where), reading.live and needs.uses_gpus)
             self._nodes = nodes
         return self._nodes
 
     def node(self, engine: str) -> EngineNode:
         return self.nodes().get(engine) or EngineNode(NodeVerdict(str(self.spec), "not checked"))
 
-    def verdicts(self) -> dict[str, NodeVerdict]:
-        return {engine: node.verdict for engine, node in self.nodes().items()}
+    def verdicts(self, check: bool = True) -> dict[str, NodeVerdict]:
+        """Each engine's verdict; ``check=False``: only those already made (the summary reads the node no more)."""
+        nodes = self.nodes() if check else (self._nodes or {})
+        return {engine: node.verdict for engine, node in nodes.items()}
 
     def unfit(self, engine: str) -> str | None:
         """Why ``engine`` may not boot (the node does not fit, or was left dirty), or None."""
@@ -104,7 +115,7 @@ class NodeGate:
         """What to do around the life of ``label`` (a configuration of ``engine``) on live GPUs; None elsewhere."""
         if not (self.node(engine).live and uuids):
             return None
-        return GpuWatch(self, label, uuids, self.settings.gpu_free_timeout_s)
+        return GpuWatch(self, label, uuids, self.free_timeout_s)
 
     def to_json(self) -> dict[str, Any]:
         return {

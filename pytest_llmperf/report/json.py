@@ -11,7 +11,13 @@ from .case import CaseResult
 
 
 def json_report(results: Iterable[CaseResult], environment: Mapping[str, Any]) -> dict[str, Any]:
-    return {"cases": [r.to_json() for r in results], "environment": dict(environment)}
+    """The cases, the run's environment, and the unit of every metric the cases carry (from the metric table)."""
+    from ..metrics import metric_def
+
+    cases = [r.to_json() for r in results]
+    names = sorted({name for case in cases for name in case["metrics"]})
+    units = {name: d.unit for name in names if (d := metric_def(name)) is not None}
+    return {"cases": cases, "environment": dict(environment), "metric_units": units}
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

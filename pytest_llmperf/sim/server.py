@@ -37,6 +37,18 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 UNAUTHORIZED = ApiError(401, UNAUTHORIZED_MESSAGE, "AuthenticationError")
 
 
+def _require(keys: ApiKeys):
+    """An aiohttp middleware letting through only what ``keys`` allow (401 otherwise, as vLLM answers)."""
+
+    @web.middleware
+    async def require_api_key(request: web.Request, handler):
+        if keys.allows(request.method, request.path, request.headers.get("Authorization")):
+            return await handler(request)
+        return UNAUTHORIZED.response(headers={"WWW-Authenticate": "Bearer"})
+
+    return require_api_key
+
+
 @dataclass(eq=False)
 class _Stream:
     """Tokens handed from the scheduler to one request's handler."""
@@ -93,7 +105,7 @@ class SimServer:
         return bool(self._api_keys)
 
     def make_app(self) -> web.Application:
-        middlewares = [self._require_api_key] if self._api_keys else []
+        middlewares = [_require(self._api_keys)] if self._api_keys else []
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=middlewares)
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_post("/v1/completions", self.handle_completions)
@@ -158,12 +170,6 @@ class SimServer:
                       plan.num_decode_seqs, plan.num_prefill_tokens, plan.cost_ms, self.engine.stats())
 
     # -- request handling ---------------------------------------------------
-
-    @web.middleware
-    async def _require_api_key(self, request: web.Request, handler):
-        if self._api_keys.allows(request.method, request.path, request.headers.get("Authorization")):
-            return await handler(request)
-        return UNAUTHORIZED.response(headers={"WWW-Authenticate": "Bearer"})
 
     async def _read_json(self, request: web.Request) -> dict:
         return json_object(await request.read())
