@@ -124,47 +124,6 @@ def test_an_external_endpoint_that_refuses_fails_within_seconds():
                                f"running, and is --endpoint right?")
 
 
-def test_an_external_https_endpoint_with_an_untrusted_certificate_fails_at_once(tmp_path):
-    import ssl
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    from tls_certs import make_certs
-
-    certs = make_certs(tmp_path / "tls")
-
-    class Ok(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Ok)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certs.cert_path, certs.key_path)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"https://127.0.0.1:{server.server_address[1]}"
-    try:
-        t0 = time.monotonic()
-        with ControlClient(url) as client, pytest.raises(EngineStartError) as info:
-            wait_ready(client, ("/health",), 600)
-        assert time.monotonic() - t0 < 10
-        message = str(info.value)
-        assert message.startswith(f"endpoint {url} is not reachable: TLS certificate of {url}/health not trusted (")
-        assert message.endswith("give the server's CA with --ca-bundle FILE, or --insecure to skip verification")
-        with ControlClient(url, HttpOptions(ca_bundle=certs.ca_path)) as client:
-            assert wait_ready(client, ("/health",), 30) >= 0
-        with ControlClient(url, HttpOptions(insecure=True)) as client:
-            assert wait_ready(client, ("/health",), 30) >= 0
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_secrets_the_engine_prints_are_masked_in_its_log_and_tail(tmp_path):
     proc, url = engine(tmp_path, "--delay", "0", "--api-key", "sk-very-secret", redactor=Redactor(["sk-very-secret"]))
     with proc, ControlClient(url) as client:
@@ -201,34 +160,6 @@ def test_sim_argv_and_display():
         adapter.validate(EngineConfig("sim", "c", "m", options=(("profil", "x"),)))
 
 
-@pytest.mark.parametrize("status", [401, 403])
-def test_an_external_endpoint_that_wants_a_key_fails_at_once_saying_so(status):
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    class Locked(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Locked)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        with ControlClient(url) as client, pytest.raises(EngineStartError) as info:
-            wait_ready(client, ("/health", "/v1/models"), 600)
-        assert str(info.value) == (f"endpoint {url} refused the plugin: {url}/health answered HTTP {status}; give "
-                                   f"its API key (OPENAI_API_KEY, or --api-key-env NAME) or the header it needs "
-                                   f"(--header)")
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_an_external_endpoint_whose_host_cannot_be_reached_fails_at_once():
     """A name that does not resolve (simulated: no lookup leaves this machine) is not waited for."""
     import socket
@@ -249,27 +180,75 @@ def test_an_external_endpoint_whose_host_cannot_be_reached_fails_at_once():
                                "http://gpu-node-7:8000/health (Name or service not known)")
 
 
-def test_plain_http_to_an_https_endpoint_fails_within_seconds_with_a_hint(tmp_path):
+@pytest.fixture
+def answering(tmp_path):
+    """Serve GET on 127.0.0.1 with one status, over https (a test CA's certificate) or not; stopped afterwards."""
     import ssl
     import threading
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     from tls_certs import make_certs
 
-    certs = make_certs(tmp_path / "tls")
-    server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certs.cert_path, certs.key_path)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        t0 = time.monotonic()
-        with ControlClient(url) as client, pytest.raises(EngineStartError) as info:
-            wait_ready(client, ("/health",), 600)
-        assert time.monotonic() - t0 < 10
-        assert str(info.value).startswith(f"endpoint {url} is not reachable: ")
-        assert str(info.value).endswith("; if it serves https, give an https:// URL")
-    finally:
+    servers = []
+
+    def serve(status: int = 200, tls: bool = False):
+        class Answer(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        server = HTTPServer(("127.0.0.1", 0), Answer)
+        certs = None
+        if tls:
+            certs = make_certs(tmp_path / "tls")
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certs.cert_path, certs.key_path)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1], certs
+
+    yield serve
+    for server in servers:
         server.shutdown()
         server.server_close()
+
+
+def external_failure(url: str, options: HttpOptions = HttpOptions()) -> str:
+    t0 = time.monotonic()
+    with ControlClient(url, options) as client, pytest.raises(EngineStartError) as info:
+        wait_ready(client, ("/health", "/v1/models"), 600)
+    assert time.monotonic() - t0 < 10
+    return str(info.value)
+
+
+def test_an_external_https_endpoint_with_an_untrusted_certificate_fails_at_once(answering):
+    port, certs = answering(tls=True)
+    url = f"https://127.0.0.1:{port}"
+    message = external_failure(url)
+    assert message.startswith(f"endpoint {url} is not reachable: TLS certificate of {url}/health not trusted (")
+    assert message.endswith("give the server's CA with --ca-bundle FILE, or --insecure to skip verification")
+    for trusting in (HttpOptions(ca_bundle=certs.ca_path), HttpOptions(insecure=True)):
+        with ControlClient(url, trusting) as client:
+            assert wait_ready(client, ("/health",), 30) >= 0
+
+
+def test_plain_http_to_an_https_endpoint_fails_within_seconds_with_a_hint(answering):
+    port, _ = answering(tls=True)
+    url = f"http://127.0.0.1:{port}"
+    message = external_failure(url)
+    assert message.startswith(f"endpoint {url} is not reachable: ")
+    assert message.endswith("; if it serves https, give an https:// URL")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_an_external_endpoint_that_wants_a_key_fails_at_once_saying_so(answering, status):
+    port, _ = answering(status)
+    url = f"http://127.0.0.1:{port}"
+    assert external_failure(url) == (f"endpoint {url} refused the plugin: {url}/health answered HTTP {status}; give "
+                                     f"its API key (OPENAI_API_KEY, or --api-key-env NAME) or the header it needs "
+                                     f"(--header)")

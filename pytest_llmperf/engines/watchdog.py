@@ -77,20 +77,22 @@ def watch(parent: int, engine: int, grace_s: float = GRACE_S, poll_s: float = PO
         except psutil.Error:
             pass
     living = [p for p in seen.values() if p.is_running()]
-    _signal_group(engine, signal.SIGTERM)
-    for p in living:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
+    _end(engine, living, signal.SIGTERM)
     _, alive = psutil.wait_procs(living, timeout=grace_s)
-    _signal_group(engine, signal.SIGKILL)
-    for p in alive:
+    _end(engine, alive, signal.SIGKILL)
+    return 1
+
+
+def _end(pgid: int, processes: list, sig: int) -> None:
+    """``sig`` to the engine's group and to each process (psutil checks it is still the one seen)."""
+    import psutil
+
+    _signal_group(pgid, sig)
+    for p in processes:
         try:
-            p.kill()
+            p.send_signal(sig)
         except psutil.Error:
             pass
-    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
