@@ -30,7 +30,7 @@ from .report.case import CaseResult
 from .secrets import Redactor
 from .settings import Settings
 from .suite import Case, EngineConfig, ResolvedSuite
-from .verdict import (FAIL, GO, UNEXPECTED, UPDATED, expected_failure_policy, judge_case, unexpectedly_working_note,
+from .verdict import (FAIL, GO, UNEXPECTED, UPDATED, XFAIL, expected_failure_policy, judge_case, unexpectedly_working_note,
                       version_matches)
 
 
@@ -138,9 +138,9 @@ class Session:
         else:
             return
         kind, message = expected_failure_policy(config.id, config.expected_failure, message)
-        if kind == "xfail" and adapter.boots:
+        if kind == XFAIL and adapter.boots:
             message += f" (log: {log_path})"
-        yield EngineUp(None, self.redactor.scrub(message), expected=kind == "xfail")
+        yield EngineUp(None, self.redactor.scrub(message), expected=kind == XFAIL)
 
     def _launch(self, config: EngineConfig, adapter: Any) -> Any:
         """How ``config`` launches in this run: the checked GPUs, the chat template and slowdown given."""
