@@ -1,6 +1,5 @@
 """The node gate: which source each engine's node is read from, verdicts once per run, a node left dirty."""
 
-from pathlib import Path
 
 from pytest_llmperf.gpus import parse_gpu_spec
 from pytest_llmperf.node.gate import EngineNeeds, NodeGate

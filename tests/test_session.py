@@ -1,6 +1,5 @@
 """The session without booting anything: what it refuses up front, and how it records pytest's outcomes."""
 
-from pathlib import Path
 
 import pytest
 
