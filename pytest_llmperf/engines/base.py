@@ -37,6 +37,15 @@ class Launch:
     gpu_uuids: tuple[str, ...] = ()  # the checked GPUs the engine gets
 
 
+@dataclass(frozen=True)
+class ResetRoute:
+    """A route that empties an engine's caches (POST), and how to read its answers."""
+
+    path: str
+    busy_statuses: frozenset[int] = frozenset()  # answers meaning "not idle yet": retried until the timeout
+    missing_hint: str = ""  # the next step when the route answers 404
+
+
 def launch_for(config: EngineConfig, adapter: "EngineAdapter", port: str = PORT_PLACEHOLDER,
                gpu_uuids: tuple[str, ...] = (), chat_template: Path | None = None, slowdown: float = 1.0) -> Launch:
     """How ``config`` is launched: the model it loads, the name it serves, the GPUs it gets."""
@@ -62,6 +71,10 @@ class EngineAdapter:
     option_keys: frozenset[str] = frozenset()  # engine-specific keys a suite configuration may set
     # Top-level request fields the engine accepts, per endpoint path; None: any (the OpenAI fields the client sends).
     request_fields: Mapping[str, frozenset[str]] | None = None
+    # What GET /metrics serves: "prometheus", "trtllm-json" (iteration stats, drained by each read) or None.
+    metrics_format: str | None = None
+    # Routes that reset the engine's caches between runs, tried in order until one exists; () when it has none.
+    cache_reset_routes: tuple[ResetRoute, ...] = ()
 
     def argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         raise NotImplementedError

@@ -2,7 +2,9 @@
 
 Nothing is launched or stopped. ``--endpoint URL`` (or ``endpoint`` in a
 suite configuration) names it; the node check runs only when ``--gpus`` is
-given, since the endpoint may live on another machine.
+given, since the endpoint may live on another machine. Its engine is not
+known: ``/metrics`` is read if it is Prometheus text, and caches are reset by
+vLLM's route, else SGLang's (404 on both: it has none).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from ..suite import EngineConfig
 from . import STARTUP_TIMEOUT_S
 from ..http import normalize_endpoint
 from .base import EngineAdapter, Launch
+from .sglang import FLUSH_CACHE
+from .vllm import RESET_PREFIX_CACHE
 
 
 class ExternalAdapter(EngineAdapter):
@@ -19,6 +23,8 @@ class ExternalAdapter(EngineAdapter):
     startup_timeout_s = STARTUP_TIMEOUT_S["external"]
     version_paths = ("/version", "/get_server_info")
     option_keys = frozenset({"endpoint", "served_model_name"})
+    metrics_format = "prometheus"
+    cache_reset_routes = (RESET_PREFIX_CACHE, FLUSH_CACHE)
 
     def validate(self, config: EngineConfig) -> None:
         super().validate(config)

@@ -2,7 +2,10 @@
 
 It refuses connections while loading, then answers 503 on ``/health`` during
 its warm-up while other routes already answer: ready is ``/health`` 200.
-Its version is in ``GET /get_server_info``.
+Its version is in ``GET /get_server_info``. ``GET /metrics`` exists only with
+``--enable-metrics``, which the launch adds unless the configuration has it;
+``POST /flush_cache`` empties its caches and answers 400 while requests are
+running or waiting.
 
 A configuration with ``chat_template = true`` is launched with the template
 the user gives (``--chat-template PATH``); without one the flag is left out
@@ -17,9 +20,11 @@ from pathlib import Path
 
 from ..suite import EngineConfig
 from . import STARTUP_TIMEOUT_S
-from .base import EngineAdapter, Launch, python_module_missing
+from .base import EngineAdapter, Launch, ResetRoute, python_module_missing
 
 MODULE = "sglang.launch_server"
+ENABLE_METRICS = "--enable-metrics"
+FLUSH_CACHE = ResetRoute("/flush_cache", busy_statuses=frozenset({400}))
 
 
 class SglangAdapter(EngineAdapter):
@@ -28,6 +33,8 @@ class SglangAdapter(EngineAdapter):
     startup_timeout_s = STARTUP_TIMEOUT_S["sglang"]
     version_paths = ("/get_server_info", "/version")
     option_keys = frozenset({"python", "chat_template", "served_model_name"})
+    metrics_format = "prometheus"
+    cache_reset_routes = (FLUSH_CACHE,)
 
     def _python(self, config: EngineConfig) -> str:
         return str(config.option("python", sys.executable))
@@ -59,6 +66,8 @@ class SglangAdapter(EngineAdapter):
         if template is not None:
             argv += ["--chat-template", str(template)]
         argv += [*config.args, "--host", launch.host, "--port", launch.port]
+        if ENABLE_METRICS not in config.args:
+            argv.append(ENABLE_METRICS)
         if launch.served_model_name:
             argv += ["--served-model-name", launch.served_model_name]
         return argv

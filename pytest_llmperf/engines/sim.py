@@ -9,6 +9,7 @@ from ..suite import EngineConfig
 from ..node.sources import SimulatedNode
 from . import STARTUP_TIMEOUT_S
 from .base import EngineAdapter, Launch
+from .vllm import RESET_PREFIX_CACHE
 
 
 def _profile(config: EngineConfig) -> str:
@@ -25,6 +26,8 @@ class SimAdapter(EngineAdapter):
     name = "sim"
     startup_timeout_s = STARTUP_TIMEOUT_S["sim"]
     option_keys = frozenset({"profile"})
+    metrics_format = "prometheus"
+    cache_reset_routes = (RESET_PREFIX_CACHE,)  # the sim answers vLLM's route
 
     def validate(self, config: EngineConfig) -> None:
         from ..sim.profiles import load_profile

@@ -4,6 +4,8 @@ Ready when ``GET /health`` answers 200 (connections are refused while the
 model loads; the newest releases answer 503 until ready). ``GET /version``
 answers ``{"version": ...}``. Its request models forbid unknown fields (HTTP
 400), so the load generator sends it only the fields listed here.
+``GET /metrics`` is JSON iteration stats, drained by each read (the plugin
+must be their only reader). It has no cache-reset route.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class TrtllmAdapter(EngineAdapter):
     version_paths = ("/version",)
     option_keys = frozenset({"executable"})
     request_fields = REQUEST_FIELDS
+    metrics_format = "trtllm-json"
+    cache_reset_routes = ()  # none: runs after the first may find the KV cache warm
     takes_served_model_name = False  # the seed's release has no such flag: it serves the model's own name
 
     def _executable(self, config: EngineConfig) -> str:
