@@ -72,12 +72,33 @@ def test_seed_command_lines_and_environment(config_id, tmp_path):
     else:
         chat = ["--chat-template", str(template)] if config_id in WITH_TEMPLATE else []
         assert argv == [sys.executable, "-m", "sglang.launch_server", "--model-path", MODEL, *chat,
-                        *SEED_FLAGS[config_id], *host_port]
+                        *SEED_FLAGS[config_id], *host_port, "--enable-metrics"]  # so that /metrics exists
     # every word is one argv item: the MTP JSON stays whole
     if config_id == "vllm/mtp1":
         assert json.loads(argv[argv.index("--speculative-config") + 1]) == {"method": "mtp", "num_speculative_tokens": 1}
     env = adapter.env(config, launch)
-    assert env == {**SEED_ENV.get(config_id, {}), "CUDA_VISIBLE_DEVICES": "GPU-aaa,GPU-bbb"}
+    dev_mode = {"VLLM_SERVER_DEV_MODE": "1"} if config.engine == "vllm" else {}  # for POST /reset_prefix_cache
+    assert env == {**SEED_ENV.get(config_id, {}), **dev_mode, "CUDA_VISIBLE_DEVICES": "GPU-aaa,GPU-bbb"}
+
+
+def test_engine_metrics_and_cache_reset_are_each_adapters_data():
+    vllm, sglang = get_adapter("vllm"), get_adapter("sglang")
+    # a configuration's own VLLM_SERVER_DEV_MODE wins over the default
+    own = EngineConfig("vllm", "c", MODEL, env=(("VLLM_SERVER_DEV_MODE", "0"),))
+    assert vllm.env(own, Launch())["VLLM_SERVER_DEV_MODE"] == "0"
+    assert vllm.env(EngineConfig("vllm", "c", MODEL), Launch()) == {"VLLM_SERVER_DEV_MODE": "1"}
+    # --enable-metrics once, whether or not the configuration has it
+    for args in ((), ("--enable-metrics", "--tp-size", "8")):
+        argv = sglang.argv(EngineConfig("sglang", "c", MODEL, args=args), Launch())
+        assert argv.count("--enable-metrics") == 1
+    formats = {name: get_adapter(name).metrics_format for name in ("vllm", "sglang", "trtllm", "sim", "external")}
+    assert formats == {"vllm": "prometheus", "sglang": "prometheus", "trtllm": "trtllm-json", "sim": "prometheus",
+                       "external": "prometheus"}
+    routes = {name: [r.path for r in get_adapter(name).cache_reset_routes]
+              for name in ("vllm", "sglang", "trtllm", "sim", "external")}
+    assert routes == {"vllm": ["/reset_prefix_cache"], "sglang": ["/flush_cache"], "trtllm": [],
+                      "sim": ["/reset_prefix_cache"], "external": ["/reset_prefix_cache", "/flush_cache"]}
+    assert sglang.cache_reset_routes[0].busy_statuses == {400}
 
 
 def test_sglang_without_a_template_leaves_the_flag_out_and_says_so():

@@ -111,7 +111,8 @@ def test_dry_run_without_gpus_prints_the_six_sglang_command_lines_and_a_topology
     commands = [l.split("command: ", 1)[1] for l in out.splitlines() if "command: " in l]
     assert len(commands) == 6
     assert all(" -m sglang.launch_server --model-path deepseek-ai/DeepSeek-V3.2 " in c for c in commands)
-    assert any(c.endswith("--tp-size 8 --dp-size 8 --enable-dp-attention --host 127.0.0.1 --port '{port}'") for c in commands)
+    assert any(c.endswith("--tp-size 8 --dp-size 8 --enable-dp-attention --host 127.0.0.1 --port '{port}' --enable-metrics")
+               for c in commands)
     assert "environment: SGLANG_ENABLE_JIT_DEEPGEMM=0" in out
     assert "runs without --chat-template" in out
     assert "expected to fail: the server fails to start when DeepGEMM is disabled" in out

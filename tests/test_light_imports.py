@@ -19,3 +19,10 @@ def test_pytest_help_lists_the_options():
     for flag in ("--engine=NAME[,NAME]", "--gpus=SPEC", "--update-baselines", "--baseline-dir=DIR", "--report-json=PATH",
                  "--num-prompts=N", "--sim-slowdown=FACTOR", "--suite=FILE", "--gate=METRIC:PCT[,...]", "llmperf_gpus"):
         assert flag in out, flag
+
+
+def test_engine_metrics_import_prometheus_client_only_when_parsing():
+    code = ("import sys, pytest_llmperf.engine_metrics, pytest_llmperf.engines.control;"
+            "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

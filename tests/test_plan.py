@@ -16,9 +16,16 @@ def test_a_launch_is_shown_with_its_secrets_masked():
     text = "\n".join(lines)
     assert "sk-secret" not in text
     assert "  command: vllm serve org/m -tp 8 --api-key '***' --host 127.0.0.1 --port '{port}'" in lines
-    assert "  environment: VLLM_API_KEY='***' VLLM_USE_DEEP_GEMM=0" in lines
+    assert "  environment: VLLM_API_KEY='***' VLLM_SERVER_DEV_MODE=1 VLLM_USE_DEEP_GEMM=0" in lines
     assert "  written for: vllm 0.13.0" in lines and "  workloads: short (random 128/4 x 10)" in lines
     assert lines[-1] == "node check for vllm: node fits h200x8"
+
+
+def test_the_plan_shows_what_the_launch_adds_for_engine_metrics():
+    config = EngineConfig("sglang", "tp8", "org/m", args=("--tp-size", "8"))
+    adapter = get_adapter("sglang")
+    lines = plan_lines([describe(config, adapter, launch_for(config, adapter), [W])], {})
+    assert any(line.startswith("  command: ") and line.endswith("--port '{port}' --enable-metrics") for line in lines)
 
 
 def test_an_endpoint_launches_nothing_and_nothing_selected_says_so():
