@@ -24,6 +24,13 @@ def test_vllm_text_is_aggregated_over_engines():
     assert not any(name.endswith("_bucket") for name in values)
 
 
+def test_parsing_only_the_roles_names_gives_the_same_values_for_them():
+    text = vllm_text(engines=8, running=3, kv_usage=0.4, kv_usage_by_engine={2: 0.9}, preemptions=5, requests=10)
+    full, only = em.parse_prometheus(text), em.parse_prometheus(text, only=em.ROLE_NAMES)
+    assert only == em.role_values(full)
+    assert only["vllm:kv_cache_usage_perc"] == 0.9  # its TYPE line is kept: still a gauge fraction, max
+
+
 def test_sglang_text_and_its_retraction_names():
     values = em.parse_prometheus(sglang_text(dp_ranks=2, running=4, queued=7, token_usage=0.5, cache_hit_rate=0.3,
                                              retracted_total=6, retracted_batch=2))

@@ -144,7 +144,7 @@ class EngineMetricsProbe:
     def sample_once(self) -> bool:
         """Take one sample now; False (counted, never raised) when the scrape failed."""
         try:
-            readings = self._scrape()
+            readings = self._scrape(only=em.ROLE_NAMES)
         except _Unavailable as exc:
             self._error(str(exc))
             return False
@@ -193,8 +193,11 @@ class EngineMetricsProbe:
         self.stop()
 
     # ------------------------------------------------------------- internals
-    def _scrape(self) -> list[dict[str, float]]:
-        """One GET: Prometheus -> [values]; TRT-LLM -> one values dict per drained iteration. _Unavailable otherwise."""
+    def _scrape(self, only: Any = None) -> list[dict[str, float]]:
+        """One GET: Prometheus -> [values]; TRT-LLM -> one values dict per drained iteration. _Unavailable otherwise.
+
+        ``only``: the sample names to parse (the sampler's: the roles' names), to keep each scrape cheap.
+        """
         with self._lock:
             try:
                 reply = self._client.get(self.path)
@@ -206,7 +209,7 @@ class EngineMetricsProbe:
         try:
             if self.fmt == TRTLLM_JSON:
                 return [em.trtllm_values(it) for it in em.parse_trtllm_iterations(text)]
-            return [em.parse_prometheus(text)]
+            return [em.parse_prometheus(text, only)]
         except ValueError as exc:
             raise _Unavailable(f"{self._client.url(self.path)}: {exc}") from None
 
