@@ -62,7 +62,7 @@ NOT_FLUSHED_TEXT = ("Cache not flushed: requests are running or waiting; the cac
                     "is idle. Retry once they have finished.\n")
 
 
-class _Collector:
+class LiveCollector:
     """A prometheus_client collector reading live values: ``families()`` gives the metric families."""
 
     def __init__(self, families):
@@ -133,7 +133,7 @@ class SimServer:
         self.chunks_sent = 0
         self.tally = ScheduleTally()
         self.metrics_registry = CollectorRegistry(auto_describe=False)
-        self.metrics_registry.register(_Collector(self.metric_families))
+        self.metrics_registry.register(LiveCollector(self.metric_families))
 
     # -- lifecycle ----------------------------------------------------------
 
