@@ -605,7 +605,7 @@ VLLM_NAMES = {
     "vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
     "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
     "llmperf_sim_scheduled_seconds_total", "llmperf_sim_busy_seconds_total", "llmperf_sim_max_late_seconds",
-    "llmperf_sim_steps_total",
+    "llmperf_sim_steps_total", "llmperf_sim_chunks_sent_total",
 }
 
 

@@ -420,6 +420,7 @@ class SimServer:
             gauge("llmperf_sim_max_late_seconds", "The most a step commit came after its scheduled end.", lab,
                   t.max_late_s),
             counter("llmperf_sim_steps", "Steps committed by the step loop.", lab, t.steps),
+            counter("llmperf_sim_chunks_sent", "SSE token chunks written to clients.", lab, self.chunks_sent),
         ]
 
     async def handle_metrics(self, request: web.Request) -> web.Response:
