@@ -39,7 +39,7 @@ prefill_ms_per_token = 0.0
 
 def metric(port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -94,9 +94,9 @@ def main() -> None:
             others = [c for c in cores if c != args.cpu]
             if others:
                 os.sched_setaffinity(0, set(others))
-            before = metric(args.port, "sim:chunks_sent")
+            before = metric(args.port, "llmperf_sim_chunks_sent_total")
             events, wall_s = asyncio.run(drive(args.port, args.streams, args.tokens))
-            chunks = metric(args.port, "sim:chunks_sent") - before
+            chunks = metric(args.port, "llmperf_sim_chunks_sent_total") - before
         finally:
             proc.terminate()
             proc.wait(10)

@@ -69,8 +69,12 @@ def running_requests(port: str) -> int:
             text = client.get("/metrics", timeout_s=2).body.decode()
     except HttpFailure:
         return 0
-    line = next(l for l in text.splitlines() if l.startswith("sim:num_requests_running "))
-    return int(line.split()[1])
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        if family.name == "vllm:num_requests_running":
+            return int(sum(sample.value for sample in family.samples))
+    raise AssertionError(f"no vllm:num_requests_running in /metrics:\n{text}")
 
 
 @pytest.fixture

@@ -152,3 +152,33 @@ def test_calibrated_profiles_stay_near_the_seed(shape):
             assert m["mean_tpot_ms"] == pytest.approx(seed_tpot_ms, rel=BAND), f"{name} mean TPOT"
     # The seed's ordering: SGLang's recommended configuration beats the vLLM baseline.
     assert got["sglang-tp8-dp8-dpattn"] > 1.5 * got["vllm-tp8"]
+
+
+# ----------------------------------------------------------------- prefix cache
+def test_distinct_prompts_keep_the_figures_of_a_run_without_keys():
+    # The prefix cache must not move a workload without repeated prompts, to the last bit.
+    dp = TINY.replace(name="tiny-dp", dp_size=2, scheduler="prefill_first", kv_capacity_tokens=2000,
+                      decode_attn_ms_per_ktoken=0.5, moe_ms_per_token=0.01)
+    for profile, reqs, slowdown in ((TINY, PINNED_MIXED, 1.0), (dp, PINNED_DP, 1.5)):
+        keyed = [SimRequest(*r, prefix_key=f"prompt-{i}") for i, r in enumerate(reqs)]
+        plain, plain_model = simulate(profile, reqs, slowdown=slowdown)
+        cached, cached_model = simulate(profile, keyed, slowdown=slowdown)
+        assert [r.chunk_times_s for r in cached] == [r.chunk_times_s for r in plain]
+        assert summarize(cached, cached_model) == summarize(plain, plain_model)
+        assert cached_model.prefix_cache_hits == 0
+        assert cached_model.prefix_cache_queries == sum(r[1] for r in reqs)
+
+
+def test_repeated_prompts_hit_the_cache_and_finish_sooner():
+    # The same 4 prompts twice, the second round after the first has finished.
+    first = [SimRequest(0.0, 300 + i, 4, prefix_key=f"p{i}") for i in range(4)]
+    again = [SimRequest(5.0, r.prompt_tokens, 4, prefix_key=r.prefix_key) for r in first]
+    results, model = simulate(TINY, first + again)
+    cold, warm = results[:4], results[4:]
+    assert model.prefix_cache_hits == sum(r.prompt_tokens - 1 for r in again)
+    assert max(r.ttft_s for r in warm) < min(r.ttft_s for r in cold)
+    assert sum(r.e2e_s for r in warm) < sum(r.e2e_s for r in cold)
+    # tuples carry a key as their fourth item
+    tupled, tupled_model = simulate(TINY, [(r.arrival_s, r.prompt_tokens, r.output_tokens, r.prefix_key)
+                                           for r in first + again])
+    assert [r.chunk_times_s for r in tupled] == [r.chunk_times_s for r in results]

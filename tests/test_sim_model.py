@@ -290,3 +290,82 @@ def test_profile_file_by_path_and_its_errors(tmp_path):
     broken.write_text("step_base_ms = \n")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_profile(broken)
+
+
+# ----------------------------------------------------------------- prefix cache
+def time_to_first_token_s(model: EngineModel, rid: str, prompt_tokens: int, key: str | None) -> tuple[float, int]:
+    """Run one request alone; (virtual seconds to its first token, prompt tokens it prefilled)."""
+    model.add_request(rid, prompt_tokens, 2, prefix_key=key)
+    elapsed_s, prefilled = 0.0, 0
+    while model.has_work():
+        plan = model.plan_step()
+        elapsed_s += model.step_duration_s(plan)
+        prefilled += plan.num_prefill_tokens
+        if any(ev.first for ev in model.commit_step(plan)):
+            break
+    while model.has_work():
+        model.commit_step(model.plan_step())
+    return elapsed_s, prefilled
+
+
+def test_a_repeated_prompt_prefills_only_its_last_token_and_comes_sooner():
+    model = EngineModel(profile())
+    cold_s, cold_tokens = time_to_first_token_s(model, "a", 300, "k")
+    warm_s, warm_tokens = time_to_first_token_s(model, "b", 300, "k")
+    assert (cold_tokens, warm_tokens) == (300, 1)  # the last token is always computed
+    assert warm_s < cold_s
+    assert (model.prefix_cache_queries, model.prefix_cache_hits) == (600, 299)
+    assert model.cached_prefix_tokens("k") == 300 and model.prefix_cache_tokens == 300
+
+
+def test_requests_without_a_key_or_with_another_key_never_hit():
+    model = EngineModel(profile())
+    time_to_first_token_s(model, "a", 300, None)
+    _, tokens = time_to_first_token_s(model, "b", 300, None)
+    _, other = time_to_first_token_s(model, "c", 300, "other")
+    assert (tokens, other) == (300, 300)
+    assert (model.prefix_cache_queries, model.prefix_cache_hits) == (900, 0)
+
+
+def test_a_key_enters_the_cache_only_once_its_prompt_is_prefilled():
+    model = EngineModel(profile(chunked_prefill_tokens=1000))
+    model.add_request("a", 300, 2, prefix_key="k")
+    model.add_request("b", 300, 2, prefix_key="k")  # admitted in the same step as a: no hit
+    plan = model.plan_step()
+    assert [n for _, n in plan.ranks[0].prefills] == [300, 300]
+    assert model.cached_prefix_tokens("k") == 0
+    model.commit_step(plan)
+    run_to_end(model)
+    assert model.prefix_cache_hits == 0 and model.cached_prefix_tokens("k") == 300
+
+
+def test_reset_prefix_cache_forgets_every_prompt():
+    model = EngineModel(profile())
+    time_to_first_token_s(model, "a", 300, "k")
+    assert model.reset_prefix_cache() is True
+    assert model.prefix_cache_tokens == 0 and model.cached_prefix_tokens("k") == 0
+    _, tokens = time_to_first_token_s(model, "b", 300, "k")
+    assert tokens == 300 and model.prefix_cache_hits == 0
+
+
+def test_the_cache_is_bounded_by_the_kv_capacity_and_evicts_the_least_recently_used():
+    model = EngineModel(profile(kv_capacity_tokens=1000, dp_size=2))  # 2000 tokens node-wide
+    assert model.prefix_cache_capacity_tokens == 2000
+    for key in ("a", "b", "c", "d"):
+        time_to_first_token_s(model, f"r-{key}", 450, key)  # 1800 tokens cached
+    time_to_first_token_s(model, "r-a2", 450, "a")  # a used again: b is now the least recently used
+    time_to_first_token_s(model, "r-e", 450, "e")  # 2250 > 2000: evict b
+    assert [model.cached_prefix_tokens(k) for k in "abcde"] == [450, 0, 450, 450, 450]
+    assert model.prefix_cache_tokens == 1800 <= model.prefix_cache_capacity_tokens
+    assert model.prefix_cache_hits == 449
+
+
+def test_output_and_request_counters():
+    model = EngineModel(profile())
+    model.add_request("a", 50, 3)
+    model.add_request("b", 40, 5)
+    model.add_request("c", 30, 5)
+    model.commit_step(model.plan_step())  # a and b prefilled (first tokens), c's first 10 tokens
+    model.abort_request("c")
+    run_to_end(model)
+    assert (model.prompt_tokens_total, model.generation_tokens_total, model.requests_finished) == (90, 8, 2)

@@ -490,7 +490,7 @@ def test_open_routes_stay_open_with_a_key(secure_sim, certs):
     with https(certs) as http:
         assert http.get(secure_sim.url + "/health", timeout=10).status_code == 200
         assert http.get(secure_sim.url + "/version", timeout=10).json()["profile"] == "fast"
-        assert "sim:num_steps" in http.get(secure_sim.url + "/metrics", timeout=10).text
+        assert "llmperf_sim_steps_total" in http.get(secure_sim.url + "/metrics", timeout=10).text
         assert http.post(secure_sim.url + "/tokenize", json={"prompt": "a b"}, timeout=10).json()["count"] == 2
 
 
@@ -567,3 +567,118 @@ def test_cli_tls_flags_that_cannot_serve_exit_2_with_one_line(profile_path, args
                            str(profile_path), *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert message in proc.stderr and proc.stderr.count("\n") == 1 and not proc.stdout
+
+
+# ----------------------------------------------------------------- prefix cache routes and /metrics
+@pytest.fixture
+def fresh_sim(profile_path):
+    srv = ThreadedServer(profile_path)
+    yield srv
+    srv.close()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """``/metrics`` parsed with prometheus_client: sample name -> value (one label set per name here)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = requests.get(url + "/metrics", timeout=10)
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            assert sample.labels == {"model_name": MODEL}, sample
+            out[sample.name] = sample.value
+    return out
+
+
+def completion(url: str, prompt: str, max_tokens: int) -> dict:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+    resp = requests.post(url + "/v1/completions", json=body, timeout=10)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+VLLM_NAMES = {
+    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+    "vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+    "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
+    "llmperf_sim_scheduled_seconds_total", "llmperf_sim_busy_seconds_total", "llmperf_sim_max_late_seconds",
+    "llmperf_sim_steps_total", "llmperf_sim_chunks_sent_total",
+}
+
+
+def test_metrics_are_vllms_names_and_agree_with_the_requests_served(fresh_sim):
+    before = scrape(fresh_sim.url)
+    assert set(before) == VLLM_NAMES and all(v == 0 for v in before.values())
+    prompt = "one two three four five six seven eight"  # 8 word tokens
+    for _ in range(3):  # one after the other: the second and third find the prompt cached
+        assert completion(fresh_sim.url, prompt, 5)["usage"] == {"prompt_tokens": 8, "completion_tokens": 5,
+                                                                 "total_tokens": 13}
+    completion(fresh_sim.url, "another prompt entirely", 2)
+    m = scrape(fresh_sim.url)
+    assert m["vllm:num_requests_running"] == m["vllm:num_requests_waiting"] == 0
+    assert m["vllm:kv_cache_usage_perc"] == 0.0 and m["vllm:num_preemptions_total"] == 0
+    assert m["vllm:prefix_cache_queries_total"] == 3 * 8 + 3
+    assert m["vllm:prefix_cache_hits_total"] == 2 * 7  # the last token of a prompt is always computed
+    assert m["vllm:prompt_tokens_total"] == 3 * 8 + 3
+    assert m["vllm:generation_tokens_total"] == 3 * 5 + 2
+    assert m["vllm:request_success_total"] == 4
+    steps = fresh_sim.call(lambda: fresh_sim.server.tally.steps)
+    assert m["llmperf_sim_steps_total"] == steps > 0
+    assert m["llmperf_sim_scheduled_seconds_total"] > 0 and m["llmperf_sim_max_late_seconds"] >= 0
+    # a real clock never commits before a step's scheduled end: busy time is at least the scheduled time
+    assert m["llmperf_sim_busy_seconds_total"] >= m["llmperf_sim_scheduled_seconds_total"] - 1e-9
+
+
+def test_kv_usage_and_queue_gauges_read_the_engine_live(fresh_sim):
+    engine = fresh_sim.server.engine
+    # Queued without waking the step loop (it waits for an arrival), so the request stays put while we read.
+    fresh_sim.call(lambda: engine.add_request("held", 100, 4))
+    m = scrape(fresh_sim.url)
+    assert (m["vllm:num_requests_running"], m["vllm:num_requests_waiting"]) == (0, 1)
+    fresh_sim.call(lambda: engine.commit_step(engine.plan_step()))  # admitted and prefilled: holds 101 KV tokens
+    m = scrape(fresh_sim.url)
+    assert (m["vllm:num_requests_running"], m["vllm:num_requests_waiting"]) == (1, 0)
+    assert m["vllm:kv_cache_usage_perc"] == pytest.approx(101 / 65536)
+    fresh_sim.call(lambda: engine.abort_request("held"))
+
+
+def test_reset_prefix_cache_forgets_the_prompts(fresh_sim):
+    prompt = "alpha beta gamma delta epsilon"
+    completion(fresh_sim.url, prompt, 2)
+    completion(fresh_sim.url, prompt, 2)
+    assert scrape(fresh_sim.url)["vllm:prefix_cache_hits_total"] == 4
+    resp = requests.post(fresh_sim.url + "/reset_prefix_cache", timeout=10)
+    assert resp.status_code == 200
+    completion(fresh_sim.url, prompt, 2)
+    m = scrape(fresh_sim.url)
+    assert m["vllm:prefix_cache_hits_total"] == 4 and m["vllm:prefix_cache_queries_total"] == 15
+    assert requests.get(fresh_sim.url + "/reset_prefix_cache", timeout=10).status_code == 405  # POST only
+
+
+def test_chat_and_completion_keys_differ_and_chat_repeats_hit(fresh_sim):
+    with chat(fresh_sim.url, "same words here", max_tokens=2, ignore_eos=True) as resp:
+        assert resp.status_code == 200
+    completion(fresh_sim.url, "same words here", 2)  # not the chat's key: a template would differ
+    assert scrape(fresh_sim.url)["vllm:prefix_cache_hits_total"] == 0
+    with chat(fresh_sim.url, "same words here", max_tokens=2, ignore_eos=True) as resp:
+        assert resp.status_code == 200
+    assert scrape(fresh_sim.url)["vllm:prefix_cache_hits_total"] == 2
+
+
+def test_flush_cache_refuses_while_requests_are_pending_and_flushes_when_idle(fresh_sim):
+    prompt = "flush me if you can"
+    completion(fresh_sim.url, prompt, 2)
+    engine = fresh_sim.server.engine
+    fresh_sim.call(lambda: engine.add_request("pending", 10, 2))  # waiting; the loop is not woken
+    resp = requests.post(fresh_sim.url + "/flush_cache", timeout=10)
+    assert resp.status_code == 400 and "not flushed" in resp.text and "waiting" in resp.text
+    assert fresh_sim.call(lambda: engine.prefix_cache_tokens) == 5  # untouched
+    fresh_sim.call(lambda: engine.abort_request("pending"))
+    resp = requests.post(fresh_sim.url + "/flush_cache", timeout=10)
+    assert resp.status_code == 200 and resp.text == "Cache flushed.\n"
+    assert fresh_sim.call(lambda: engine.prefix_cache_tokens) == 0
+    completion(fresh_sim.url, prompt, 2)
+    assert scrape(fresh_sim.url)["vllm:prefix_cache_hits_total"] == 0

@@ -158,3 +158,49 @@ def test_the_server_loop_runs_on_the_loop_clock_until_cancelled():
     got = asyncio.run(scenario())
     assert [(e.request_id, e.new_tokens, e.finished) for e in got] == [
         ("a", 1, False), ("a", 1, False), ("a", 1, True), ("b", 1, False), ("b", 1, False), ("b", 1, True)]
+
+
+# ----------------------------------------------------------------- schedule tally
+def test_the_tally_measures_how_far_a_late_waking_loop_fell_behind():
+    from pytest_llmperf.sim.steps import ScheduleTally
+
+    arrivals = [(0.0, "a"), (5.0, "b")]
+
+    def run(late_s: float) -> ScheduleTally:
+        engine = EngineModel(TINY)
+        pending = list(arrivals)
+
+        def admit(now_s):
+            while pending and pending[0][0] <= now_s:
+                engine.add_request(pending.pop(0)[1], 10, 2)
+
+        tally = ScheduleTally()
+        step_ends(engine, LateClock(late_s=late_s, next_arrival_s=lambda: pending[0][0] if pending else None),
+                  admit=admit, tally=tally)
+        return tally
+
+    on_time = run(0.0)
+    # two busy periods of two 11 ms steps each
+    assert on_time.steps == 4 and on_time.scheduled_s == pytest.approx(0.044)
+    assert on_time.actual_s == pytest.approx(0.044) and on_time.max_late_s == 0.0 and on_time.stretch == pytest.approx(0)
+    late = run(0.004)
+    # every wake-up 4 ms late; the schedule is absolute, so each period ends 4 ms after its scheduled end
+    assert late.scheduled_s == pytest.approx(0.044)
+    assert late.actual_s == pytest.approx(2 * (0.022 + 0.004))
+    assert late.max_late_s == pytest.approx(0.004)
+    assert late.stretch == pytest.approx(0.008 / 0.044)
+
+
+def test_the_tally_counts_the_current_busy_period_up_to_its_last_commit():
+    from pytest_llmperf.sim.steps import ScheduleTally
+
+    tally = ScheduleTally()
+    tally.anchor(10.0)
+    assert tally.actual_s == 0.0 and tally.stretch == 0.0
+    tally.commit(0.5, 10.5, 10.7)
+    tally.commit(0.5, 11.0, 11.2)
+    assert tally.actual_s == pytest.approx(1.2) and tally.scheduled_s == 1.0 and tally.max_late_s == pytest.approx(0.2)
+    tally.anchor(20.0)  # idle, then a new period: the idle time is not counted
+    assert tally.actual_s == pytest.approx(1.2)
+    tally.commit(1.0, 21.0, 21.0)
+    assert tally.actual_s == pytest.approx(2.2) and tally.stretch == pytest.approx(0.1)

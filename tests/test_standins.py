@@ -93,7 +93,8 @@ class Engine:
             self.argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", model, *args, *where]
         full_env = {**os.environ, **base_env, "LLMPERF_STANDIN_BOOT_S": "0.05", "LLMPERF_STANDIN_WARMUP_S": "0.05"}
         for key in ("LLMPERF_STANDIN_FIXED", "LLMPERF_STANDIN_VERSION", "LLMPERF_FAKE_NVML_DIR", "CUDA_VISIBLE_DEVICES",
-                    "VLLM_USE_DEEP_GEMM", "SGLANG_ENABLE_JIT_DEEPGEMM", "TRTLLM_DG_ENABLED", "VLLM_API_KEY"):
+                    "VLLM_USE_DEEP_GEMM", "SGLANG_ENABLE_JIT_DEEPGEMM", "TRTLLM_DG_ENABLED", "VLLM_API_KEY",
+                    "VLLM_SERVER_DEV_MODE", "LLMPERF_STANDIN_RESETS_FILE"):
             full_env.pop(key, None)
         full_env.update(env or {})
         self.log_path = tmp_path / f"{engine}-{self.port}.log"
@@ -426,5 +427,136 @@ def test_vllm_with_a_certificate_it_cannot_load_exits_naming_it(standin_env, tmp
     try:
         assert engine.wait_exit() == 1
         assert "absent.pem does not exist" in engine.log() and "Uvicorn running" not in engine.log()
+    finally:
+        engine.close()
+
+
+# ----------------------------------------------------------------- prefix-cache resets and metrics, per engine
+def prometheus(engine: Engine) -> dict[str, float]:
+    """``/metrics`` parsed with prometheus_client: sample name -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = engine.get("/metrics")
+    assert resp.status_code == 200, resp.text
+    return {s.name: s.value for f in text_string_to_metric_families(resp.text) for s in f.samples
+            if not s.name.endswith("_created")}
+
+
+def complete(engine: Engine, prompt: str, max_tokens: int = 3) -> None:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+    resp = engine.post("/v1/completions", body)
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("dev_mode", [False, True], ids=["default", "dev-mode"])
+def test_vllm_resets_its_prefix_cache_only_in_dev_mode(standin_env, tmp_path, dev_mode):
+    resets = tmp_path / "resets.txt"
+    env = {"LLMPERF_STANDIN_RESETS_FILE": str(resets), **({"VLLM_SERVER_DEV_MODE": "1"} if dev_mode else {})}
+    engine = Engine("vllm", ["-tp", "8"], standin_env, tmp_path, env=env)
+    try:
+        engine.wait_ready()
+        prompt = "the same prompt twice over"
+        complete(engine, prompt)
+        complete(engine, prompt)
+        m = prometheus(engine)
+        assert m["vllm:prefix_cache_queries_total"] == 10 and m["vllm:prefix_cache_hits_total"] == 4
+        assert m["vllm:request_success_total"] == 2 and m["vllm:generation_tokens_total"] == 6
+        assert {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                "vllm:num_preemptions_total", "vllm:prompt_tokens_total"} <= set(m)
+        assert engine.http.post(engine.url + "/reset_prefix_cache", timeout=30).status_code == (200 if dev_mode else 404)
+        assert engine.http.post(engine.url + "/flush_cache", timeout=30).status_code == 404  # SGLang's, not vLLM's
+        complete(engine, prompt)
+        assert prometheus(engine)["vllm:prefix_cache_hits_total"] == (4 if dev_mode else 8)
+        assert resets.read_text().splitlines() == [
+            "POST /reset_prefix_cache 200 ok" if dev_mode else "POST /reset_prefix_cache 404 failed",
+            "POST /flush_cache 404 failed"]
+        assert engine.terminate() == 0
+    finally:
+        engine.close()
+
+
+def test_sglang_serves_metrics_only_with_enable_metrics(standin_env, template, tmp_path):
+    engine = Engine("sglang", ["--tp-size", "8", "--chat-template", TEMPLATE], standin_env, tmp_path,
+                    template=template)
+    try:
+        engine.wait_ready()
+        assert engine.get("/metrics").status_code == 404
+        assert engine.terminate() == 0
+    finally:
+        engine.close()
+
+
+def test_sglang_flushes_its_cache_when_idle_and_reports_its_own_metric_names(standin_env, template, tmp_path):
+    resets = tmp_path / "resets.txt"
+    engine = Engine("sglang", ["--tp-size", "8", "--chat-template", TEMPLATE, "--enable-metrics"], standin_env,
+                    tmp_path, template=template, env={"LLMPERF_STANDIN_RESETS_FILE": str(resets)})
+    try:
+        engine.wait_ready()  # after its warm-up request
+        base = prometheus(engine)
+        assert set(base) == {"sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage",
+                             "sglang:cache_hit_rate", "sglang:num_retracted_reqs", "sglang:num_retracted_requests_total",
+                             "sglang:prompt_tokens_total", "sglang:generation_tokens_total"}
+        prompt = "one two three four five six seven eight nine ten"
+        complete(engine, prompt, 4)
+        complete(engine, prompt, 4)
+        m = prometheus(engine)
+        assert m["sglang:prompt_tokens_total"] - base["sglang:prompt_tokens_total"] == 20
+        assert m["sglang:generation_tokens_total"] - base["sglang:generation_tokens_total"] == 8
+        assert 0 < m["sglang:cache_hit_rate"] <= 9 / 20 and m["sglang:num_running_reqs"] == 0
+        assert m["sglang:token_usage"] == 0.0
+
+        # A long stream keeps a request running: the flush is refused until the engine is idle.
+        body = {"model": MODEL, "prompt": "keep me busy", "max_tokens": 100000, "ignore_eos": True, "stream": True}
+        stream = engine.http.post(engine.url + "/v1/completions", json=body, stream=True, timeout=30)
+        try:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()  # kept: a dropped iterator closes the connection, aborting the request
+            assert next(lines).startswith(b"data: ")  # the first token is out: the request runs
+            assert prometheus(engine)["sglang:num_running_reqs"] == 1
+            refused = engine.http.post(engine.url + "/flush_cache", timeout=30)
+            assert refused.status_code == 400 and "not flushed" in refused.text
+        finally:
+            stream.close()  # the client goes away: the request is aborted
+        deadline = time.monotonic() + DEADLINE_S
+        while (resp := engine.http.post(engine.url + "/flush_cache", timeout=30)).status_code != 200:
+            assert time.monotonic() < deadline, resp.text  # clients retry until the engine is idle
+            time.sleep(0.05)
+        assert resp.text.startswith("Cache flushed")
+        assert engine.get("/flush_cache").status_code == 200  # SGLang takes GET too
+        assert engine.http.post(engine.url + "/reset_prefix_cache", timeout=30).status_code == 404
+        lines = resets.read_text().splitlines()
+        assert lines[0] == "POST /flush_cache 400 failed" and lines[-2:] == ["GET /flush_cache 200 ok",
+                                                                             "POST /reset_prefix_cache 404 failed"]
+        assert lines[-3] == "POST /flush_cache 200 ok"
+        assert engine.terminate() == 0
+    finally:
+        engine.close()
+
+
+def test_trtllm_metrics_are_iteration_stats_that_reading_drains(standin_env, tmp_path):
+    resets = tmp_path / "resets.txt"
+    engine = Engine("trtllm", ["--tp_size", "8"], standin_env, tmp_path,
+                    env={"LLMPERF_STANDIN_RESETS_FILE": str(resets)})
+    try:
+        engine.wait_ready()
+        engine.get("/metrics")  # drain whatever came before
+        complete(engine, "count my iterations please", 3)
+        stats = engine.get("/metrics").json()
+        # one prefill step (the first token), then two decode steps
+        assert [s["inflightBatchingStats"] for s in stats] == [
+            {"numContextRequests": 1, "numGenRequests": 0, "numScheduledRequests": 1},
+            {"numContextRequests": 0, "numGenRequests": 1, "numScheduledRequests": 1},
+            {"numContextRequests": 0, "numGenRequests": 1, "numScheduledRequests": 1}]
+        assert [s["iter"] for s in stats] == list(range(stats[0]["iter"], stats[0]["iter"] + 3))
+        for s in stats:
+            kv = s["kvCacheStats"]
+            assert kv["tokensPerBlock"] == 32 and kv["usedNumBlocks"] + kv["freeNumBlocks"] == kv["maxNumBlocks"]
+            assert {"numQueuedRequests", "numActiveRequests"} <= set(s)
+        assert stats[0]["kvCacheStats"]["usedNumBlocks"] == 1 and stats[-1]["kvCacheStats"]["usedNumBlocks"] == 0
+        assert engine.get("/metrics").json() == []  # read once: drained
+        for path in ("/reset_prefix_cache", "/flush_cache"):
+            assert engine.http.post(engine.url + path, timeout=30).status_code == 404
+        assert resets.read_text().splitlines() == ["POST /reset_prefix_cache 404 failed", "POST /flush_cache 404 failed"]
+        assert engine.terminate() == 0
     finally:
         engine.close()

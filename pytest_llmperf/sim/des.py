@@ -26,6 +26,9 @@ class SimRequest:
     arrival_s: float
     prompt_tokens: int
     output_tokens: int
+    prefix_key: str | None = None
+    """Names the prompt for the engine's prefix cache (the server passes a hash of the prompt text); requests
+    with the same key repeat the same prompt and may hit. None: never hits (a request given as a tuple)."""
 
 
 @dataclass
@@ -65,20 +68,25 @@ class SimSummary:
     num_preemptions: int
 
 
-def _as_requests(requests: Iterable[SimRequest | tuple[float, int, int]]) -> list[SimRequest]:
+def _as_requests(requests: Iterable[SimRequest | tuple]) -> list[SimRequest]:
+    """SimRequests, or tuples (arrival_s, prompt_tokens, output_tokens[, prefix_key])."""
     out = []
     for r in requests:
-        out.append(r if isinstance(r, SimRequest) else SimRequest(float(r[0]), int(r[1]), int(r[2])))
+        if not isinstance(r, SimRequest):
+            r = SimRequest(float(r[0]), int(r[1]), int(r[2]), r[3] if len(r) > 3 else None)
+        out.append(r)
     return out
 
 
-def simulate(profile: Profile, requests: Iterable[SimRequest | tuple[float, int, int]], slowdown: float = 1.0,
+def simulate(profile: Profile, requests: Iterable[SimRequest | tuple], slowdown: float = 1.0,
              max_steps: int = 10_000_000) -> tuple[list[SimResult], EngineModel]:
     """Run every request to completion in virtual time; results in input order, and the model (for its counters).
 
     Requests arriving during a step join the engine when that step ends, as
     they would on a server whose scheduler loop picks them up between steps
     (the server runs the same loop, ``steps.run_steps``, on a real clock).
+    Requests sharing a ``prefix_key`` hit the prefix cache as they would on
+    the server.
     """
     reqs = _as_requests(requests)
     model = EngineModel(profile, slowdown)
@@ -95,7 +103,7 @@ def simulate(profile: Profile, requests: Iterable[SimRequest | tuple[float, int,
         nonlocal nxt
         while nxt < len(order) and reqs[order[nxt]].arrival_s <= now_s:
             i = order[nxt]
-            model.add_request(str(i), reqs[i].prompt_tokens, reqs[i].output_tokens)
+            model.add_request(str(i), reqs[i].prompt_tokens, reqs[i].output_tokens, reqs[i].prefix_key)
             nxt += 1
 
     def record(end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:

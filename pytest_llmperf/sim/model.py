@@ -14,6 +14,18 @@ with sequences, tokens and attended context. Ranks step together: a step
 lasts as long as the slowest rank plus a shared cost (MoE, communication)
 proportional to all tokens in the step.
 
+Prefix cache: a request may carry a ``prefix_key`` naming its prompt (the
+server passes a hash of the prompt text). A node-wide LRU cache maps keys to
+cached prompt tokens, bounded by the node's KV capacity
+(``kv_capacity_tokens * dp_size`` tokens). On its first admission, a request
+whose key is cached prefills only the uncached part of its prompt, always
+computing at least its last token (as vLLM does); a key enters the cache once
+its prompt has been fully prefilled. Counters are in tokens, as vLLM counts
+them: ``prefix_cache_queries`` (prompt tokens of every admitted request) and
+``prefix_cache_hits`` (of those, tokens served from cache). A recompute after
+preemption does not consult the cache, so a run without repeated prompts is
+exactly what it was without the cache.
+
 Schedulers: ``mixed`` (vLLM style: decodes first, then prefill chunks fill
 the token budget, all in one step) and ``prefill_first`` (SGLang style: a
 rank with admissible prefill work runs a prefill-only step, otherwise it
@@ -23,7 +35,7 @@ decodes).
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +159,8 @@ class _Request:
     kv_held: int = 0
     spec_credit: float = 0.0
     state: str = "waiting"  # waiting | prefill | decode | done
+    prefix_key: str | None = None
+    admitted: bool = False  # admitted at least once (a recompute after preemption does not consult the cache)
 
 
 @dataclass(eq=False)
@@ -177,6 +191,14 @@ class EngineModel:
         self._inflight: StepPlan | None = None
         self.num_preemptions = 0
         self.num_steps = 0
+        self._prefix_cache: OrderedDict[str, int] = OrderedDict()  # key -> cached prompt tokens, LRU first
+        self.prefix_cache_tokens = 0
+        self.prefix_cache_capacity_tokens = profile.kv_capacity_tokens * profile.dp_size
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
+        self.prompt_tokens_total = 0  # prompt tokens of requests whose first token came out
+        self.generation_tokens_total = 0
+        self.requests_finished = 0  # requests that produced all their tokens (aborted ones excluded)
 
     # -- requests ---------------------------------------------------------
 
@@ -192,13 +214,17 @@ class EngineModel:
                 f"{prompt_tokens + max_output_tokens} tokens ({prompt_tokens} in the messages, "
                 f"{max_output_tokens} in the completion). Please reduce the length of the messages or completion.")
 
-    def add_request(self, request_id: str, prompt_tokens: int, max_output_tokens: int) -> None:
-        """Queue a request on the least-loaded rank; it will produce exactly ``max_output_tokens`` tokens."""
+    def add_request(self, request_id: str, prompt_tokens: int, max_output_tokens: int,
+                    prefix_key: str | None = None) -> None:
+        """Queue a request on the least-loaded rank; it will produce exactly ``max_output_tokens`` tokens.
+
+        ``prefix_key``: names the prompt for the prefix cache (None: the request never hits)."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in the engine")
         self.check_request(prompt_tokens, max_output_tokens)
         rank = min(self._ranks, key=lambda r: r.load)
-        req = _Request(request_id, prompt_tokens, max_output_tokens, rank.index, prefill_target=prompt_tokens)
+        req = _Request(request_id, prompt_tokens, max_output_tokens, rank.index, prefill_target=prompt_tokens,
+                       prefix_key=prefix_key)
         self._requests[request_id] = req
         rank.waiting.append(req)
         rank.queued_tokens += prompt_tokens
@@ -234,6 +260,52 @@ class EngineModel:
 
     def rank_of(self, request_id: str) -> int:
         return self._requests[request_id].rank
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """KV tokens of the whole node (all ranks)."""
+        return self.profile.kv_capacity_tokens * self.profile.dp_size
+
+    # -- prefix cache -------------------------------------------------------
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prompt (running requests keep what they hold); True, as the reset always succeeds."""
+        self._prefix_cache.clear()
+        self.prefix_cache_tokens = 0
+        return True
+
+    def cached_prefix_tokens(self, prefix_key: str) -> int:
+        """Tokens cached under ``prefix_key`` (0 when absent); does not count as a use."""
+        return self._prefix_cache.get(prefix_key, 0)
+
+    def _lookup_prefix(self, req: _Request) -> int:
+        """On first admission: count the query, and return the prompt tokens the cache serves (at most all but one)."""
+        req.admitted = True
+        self.prefix_cache_queries += req.prefill_target
+        if req.prefix_key is None:
+            return 0
+        cached = self._prefix_cache.get(req.prefix_key)
+        if cached is None:
+            return 0
+        self._prefix_cache.move_to_end(req.prefix_key)
+        hit = min(cached, req.prefill_target - 1)
+        self.prefix_cache_hits += hit
+        return hit
+
+    def _insert_prefix(self, req: _Request) -> None:
+        key = req.prefix_key
+        if key is None:
+            return
+        old = self._prefix_cache.pop(key, 0)
+        self.prefix_cache_tokens -= old
+        tokens = max(old, req.prompt_tokens)
+        if tokens > self.prefix_cache_capacity_tokens:
+            return
+        self._prefix_cache[key] = tokens
+        self.prefix_cache_tokens += tokens
+        while self.prefix_cache_tokens > self.prefix_cache_capacity_tokens:
+            _, evicted = self._prefix_cache.popitem(last=False)
+            self.prefix_cache_tokens -= evicted
 
     # -- internals --------------------------------------------------------
 
@@ -305,9 +377,11 @@ class EngineModel:
             req.kv_held = req.prefill_target
             rank.kv_used += req.kv_held
             rank.running[req.request_id] = req
-            n = min(req.prefill_target, budget)
+            if not req.admitted:
+                req.prefilled = self._lookup_prefix(req)
+            n = min(req.prefill_target - req.prefilled, budget)
             prefills.append((req, n))
-            attn_pairs += n * (n / 2)
+            attn_pairs += n * (req.prefilled + n / 2)
             budget -= n
 
         n_prefill = sum(n for _, n in prefills)
@@ -365,6 +439,7 @@ class EngineModel:
                     req.spec_credit -= n
                 n = max(1, min(n, req.max_output_tokens - req.generated))
                 req.generated += n
+                self.generation_tokens_total += n
                 req.kv_held += n
                 rank.kv_used += n
                 rank.decode_ctx_tokens += n
@@ -379,7 +454,11 @@ class EngineModel:
                 if req.prefilled < req.prefill_target:
                     continue
                 first = req.generated == 0
+                if first:
+                    self.prompt_tokens_total += req.prompt_tokens
+                    self._insert_prefix(req)
                 req.generated += 1
+                self.generation_tokens_total += 1
                 req.kv_held += 1
                 rank.kv_used += 1
                 done = req.generated >= req.max_output_tokens
@@ -393,6 +472,7 @@ class EngineModel:
         return events
 
     def _finish(self, rank: _Rank, req: _Request) -> None:
+        self.requests_finished += 1
         self._release(rank, req)
         req.state = "done"
         self._requests.pop(req.request_id, None)

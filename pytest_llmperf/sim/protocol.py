@@ -9,6 +9,7 @@ only wires them to routes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import zlib
@@ -155,6 +156,13 @@ def parse_completion(body: dict, chat: bool, model_name: str, engine: EngineMode
         if natural < max_tokens:
             output_tokens, finish = natural, "stop"
     return ParsedRequest(chat, text, prompt_tokens, max_tokens, stream, include_usage, finish, output_tokens)
+
+
+def prefix_key(p: ParsedRequest) -> str:
+    """The engine's prefix-cache key of a request: a hash of its prompt text (for chat, the messages' content as
+    parsed), chat and plain completions apart (a chat template would make their token sequences differ)."""
+    digest = hashlib.blake2b(p.prompt_text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return ("chat:" if p.chat else "text:") + digest
 
 
 def text_seed(prompt_text: str) -> int:

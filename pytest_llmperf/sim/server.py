@@ -5,6 +5,12 @@ same loop the DES runs in virtual time) on the event loop's clock: plan a
 step, sleep until its scheduled end on an absolute timeline, commit, and hand
 each request its tokens. Handlers only parse, queue (waking the loop), wait
 and write pre-encoded SSE chunks.
+
+Besides the OpenAI routes: vLLM's ``POST /reset_prefix_cache`` and SGLang's
+``POST /flush_cache`` (refused with 400 while requests are running or
+waiting), and ``GET /metrics`` in Prometheus text with vLLM's metric names
+plus the sim's own apparatus figures (``llmperf_sim_*``: how far the step
+loop fell behind its schedule, see ``steps.ScheduleTally``).
 """
 
 from __future__ import annotations
@@ -19,14 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
 from ..tokenizer import DEFAULT_TOKENIZER
 from .access import UNAUTHORIZED_MESSAGE, ApiKeys
 from .model import EngineModel, Profile, StepPlan, TokenEvent
 from .protocol import NATURAL_STOP_FRACTION, ApiError, ParsedRequest, json_object, natural_output_tokens
-from .protocol import answer_text, completion_body, parse_completion, text_seed, tokenize_text
-from .steps import LoopClock, run_steps
+from .protocol import answer_text, completion_body, parse_completion, prefix_key, text_seed, tokenize_text
+from .steps import LoopClock, ScheduleTally, run_steps
 
 __all__ = ["ApiError", "NATURAL_STOP_FRACTION", "SimServer", "natural_output_tokens"]
 
@@ -47,6 +55,34 @@ def _require(keys: ApiKeys):
         return UNAUTHORIZED.response(headers={"WWW-Authenticate": "Bearer"})
 
     return require_api_key
+
+
+FLUSHED_TEXT = "Cache flushed.\n"
+NOT_FLUSHED_TEXT = ("Cache not flushed: requests are running or waiting; the cache is flushed only when the engine "
+                    "is idle. Retry once they have finished.\n")
+
+
+class LiveCollector:
+    """A prometheus_client collector reading live values: ``families()`` gives the metric families."""
+
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families()
+
+
+def gauge(name: str, doc: str, labels: dict[str, str], value: float) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family
+
+
+def counter(name: str, doc: str, labels: dict[str, str], value: float) -> Metric:
+    """A counter family; the exposition names its sample ``<name>_total``."""
+    family = CounterMetricFamily(name, doc, labels=list(labels))
+    family.add_metric(list(labels.values()), value)
+    return family
 
 
 @dataclass(eq=False)
@@ -75,6 +111,8 @@ class SimServer:
 
     tokenize_route = True
     """Serve vLLM's ``POST /tokenize`` (subclasses imitating an engine without one turn it off)."""
+    cache_routes: tuple[str, ...] = ("/reset_prefix_cache", "/flush_cache")
+    """The prefix-cache reset routes served (vLLM's, SGLang's); subclasses imitating an engine keep its own."""
 
     def __init__(self, profile: Profile, served_model_name: str | None = None, slowdown: float = 1.0, *,
                  api_keys: str | Iterable[str] | None = None, ssl_context: ssl.SSLContext | None = None):
@@ -93,6 +131,9 @@ class SimServer:
         self._next_id = 0
         self.port: int | None = None
         self.chunks_sent = 0
+        self.tally = ScheduleTally()
+        self.metrics_registry = CollectorRegistry(auto_describe=False)
+        self.metrics_registry.register(LiveCollector(self.metric_families))
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -115,6 +156,10 @@ class SimServer:
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/version", self.handle_version)
         app.router.add_get("/metrics", self.handle_metrics)
+        if "/reset_prefix_cache" in self.cache_routes:
+            app.router.add_post("/reset_prefix_cache", self.handle_reset_prefix_cache)
+        if "/flush_cache" in self.cache_routes:
+            app.router.add_post("/flush_cache", self.handle_flush_cache)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> int:
@@ -156,7 +201,7 @@ class SimServer:
 
     async def _schedule(self) -> None:
         assert self._clock is not None
-        await run_steps(self.engine, self._clock, self._deliver)
+        await run_steps(self.engine, self._clock, self._deliver, tally=self.tally)
 
     def _deliver(self, end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:
         """Hand each request the tokens of the step that just ended."""
@@ -189,7 +234,7 @@ class SimServer:
         rid = f"{prefix}-sim{self._next_id:08x}"
         stream = _Stream()
         self._streams[rid] = stream
-        self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens)
+        self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens, prefix_key(parsed))
         assert self._clock is not None
         self._clock.wake()
         return rid, stream
@@ -326,9 +371,57 @@ class SimServer:
     async def handle_version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": f"{__version__}+sim", "profile": self.profile.name})
 
+    # -- cache and metrics --------------------------------------------------
+
+    async def handle_reset_prefix_cache(self, request: web.Request) -> web.Response:
+        """vLLM's ``POST /reset_prefix_cache``: forget every cached prompt; 200 with an empty body."""
+        self.engine.reset_prefix_cache()
+        return web.Response(status=200)
+
+    def flush_cache(self) -> bool:
+        """SGLang's flush: only when no request is running or waiting; whether the cache was flushed."""
+        if self.engine.has_work():
+            return False
+        return self.engine.reset_prefix_cache()
+
+    async def handle_flush_cache(self, request: web.Request) -> web.Response:
+        """SGLang's ``/flush_cache``: 200 once flushed, 400 while requests are pending (clients retry until idle)."""
+        if self.flush_cache():
+            return web.Response(status=200, text=FLUSHED_TEXT)
+        return web.Response(status=400, text=NOT_FLUSHED_TEXT)
+
+    def kv_usage(self) -> float:
+        """The fraction (0..1) of the node's KV tokens in use."""
+        return self.engine.stats()["kv_used_tokens"] / self.engine.kv_capacity_tokens
+
+    def metric_families(self) -> list[Metric]:
+        """vLLM's metrics (names and ``model_name`` label as vLLM exposes them) and the sim's apparatus figures."""
+        e, s, t = self.engine, self.engine.stats(), self.tally
+        lab = {"model_name": self.model_name}
+        return [
+            gauge("vllm:num_requests_running", "Number of requests in model execution batches.", lab, s["running"]),
+            gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", lab, s["waiting"]),
+            gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", lab, self.kv_usage()),
+            counter("vllm:num_preemptions", "Cumulative number of preemptions from the engine.", lab,
+                    s["preemptions"]),
+            counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens.", lab,
+                    e.prefix_cache_queries),
+            counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.", lab,
+                    e.prefix_cache_hits),
+            counter("vllm:prompt_tokens", "Number of prefill tokens processed.", lab, e.prompt_tokens_total),
+            counter("vllm:generation_tokens", "Number of generation tokens processed.", lab,
+                    e.generation_tokens_total),
+            counter("vllm:request_success", "Count of successfully processed requests.", lab, e.requests_finished),
+            counter("llmperf_sim_scheduled_seconds", "Sum of the scheduled durations of committed steps.", lab,
+                    t.scheduled_s),
+            counter("llmperf_sim_busy_seconds", "Clock time of the busy periods, each from its anchor to its last "
+                                                "commit; over scheduled seconds, how far the timeline stretched.",
+                    lab, t.actual_s),
+            gauge("llmperf_sim_max_late_seconds", "The most a step commit came after its scheduled end.", lab,
+                  t.max_late_s),
+            counter("llmperf_sim_steps", "Steps committed by the step loop.", lab, t.steps),
+            counter("llmperf_sim_chunks_sent", "SSE token chunks written to clients.", lab, self.chunks_sent),
+        ]
+
     async def handle_metrics(self, request: web.Request) -> web.Response:
-        s = self.engine.stats()
-        lines = [f"sim:num_requests_running {s['running']}", f"sim:num_requests_waiting {s['waiting']}",
-                 f"sim:kv_used_tokens {s['kv_used_tokens']}", f"sim:num_preemptions {s['preemptions']}",
-                 f"sim:num_steps {self.engine.num_steps}", f"sim:chunks_sent {self.chunks_sent}"]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+        return web.Response(body=generate_latest(self.metrics_registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

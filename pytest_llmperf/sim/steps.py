@@ -18,11 +18,16 @@ Requests join between steps: the server's handlers add them to the engine
 directly (and wake the clock); the DES passes ``admit``, called with the
 time before each plan, to add those due by then. A request arriving during a
 step therefore joins when that step ends, in both.
+
+``ScheduleTally`` (optional) measures how far the loop fell behind its own
+schedule on the clock: a busy machine wakes the loop late, and the timeline
+stretches.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Callable, Coroutine, Optional, Protocol, TypeVar
 
 from .model import EngineModel, StepPlan, TokenEvent
@@ -116,20 +121,73 @@ class LoopClock:
             pass
 
 
+@dataclass
+class ScheduleTally:
+    """How the step loop kept to its schedule on the clock.
+
+    A busy period runs from a re-anchor of the timeline (start, end of an idle
+    wait, or after a pause) to the last step committed before the engine goes
+    idle. ``scheduled_s`` sums the scheduled durations of committed steps;
+    ``actual_s`` sums, per busy period, the clock's time at its last commit
+    minus its anchor (the current period up to its last commit). Over a run
+    that starts and ends idle, ``stretch`` (``actual_s / scheduled_s - 1``) is
+    the fraction by which the timeline stretched; on a virtual clock it is 0.
+    ``max_late_s``: the most a commit came after its scheduled end.
+    """
+
+    scheduled_s: float = 0.0
+    max_late_s: float = 0.0
+    steps: int = 0
+    _closed_s: float = 0.0  # actual_s of the busy periods already ended
+    _anchor_s: float | None = None
+    _last_commit_s: float | None = None  # clock time of the current period's last commit
+
+    @property
+    def actual_s(self) -> float:
+        current = 0.0
+        if self._anchor_s is not None and self._last_commit_s is not None:
+            current = self._last_commit_s - self._anchor_s
+        return self._closed_s + current
+
+    @property
+    def stretch(self) -> float:
+        """``actual_s / scheduled_s - 1`` (0 before any step)."""
+        return self.actual_s / self.scheduled_s - 1.0 if self.scheduled_s > 0 else 0.0
+
+    def anchor(self, now_s: float) -> None:
+        """The timeline re-anchored at ``now_s``: the current busy period (if any) ends, a new one begins."""
+        self._closed_s = self.actual_s
+        self._anchor_s = now_s
+        self._last_commit_s = None
+
+    def commit(self, duration_s: float, scheduled_end_s: float, now_s: float) -> None:
+        """A step of ``duration_s`` scheduled to end at ``scheduled_end_s`` was committed at ``now_s``."""
+        self.scheduled_s += duration_s
+        self.steps += 1
+        self._last_commit_s = now_s
+        late_s = now_s - scheduled_end_s
+        if late_s > self.max_late_s:
+            self.max_late_s = late_s
+
+
 class StepLimitExceeded(RuntimeError):
     """The loop ran more steps than it was allowed."""
 
 
 async def run_steps(engine: EngineModel, clock: Clock, on_step: OnStep, *,
-                    admit: Callable[[float], None] | None = None, max_steps: int | None = None) -> int:
+                    admit: Callable[[float], None] | None = None, max_steps: int | None = None,
+                    tally: ScheduleTally | None = None) -> int:
     """Step ``engine`` on ``clock`` until the clock says no request will come; returns the steps run.
 
     ``admit(now_s)``: called before each plan, to add the requests due by then
     (the server adds them from its handlers instead). ``max_steps``: raise
     ``StepLimitExceeded`` once more steps than this have run (empty ones count).
-    A server's loop ends only when cancelled.
+    ``tally``: kept up to date with how the loop kept to its schedule (see
+    ``ScheduleTally``). A server's loop ends only when cancelled.
     """
     step_start_s = clock.now_s()
+    if tally is not None:
+        tally.anchor(step_start_s)
     steps = 0
     while True:
         if admit is not None:
@@ -138,16 +196,23 @@ async def run_steps(engine: EngineModel, clock: Clock, on_step: OnStep, *,
             if not await clock.wait_for_arrival():
                 return steps
             step_start_s = clock.now_s()  # idle: re-anchor the timeline to now
+            if tally is not None:
+                tally.anchor(step_start_s)
             continue
         plan = engine.plan_step()
         if plan.empty:  # nothing runnable (e.g. everything just aborted): do not spin
             engine.commit_step(plan)
             await clock.pause()
             step_start_s = clock.now_s()
+            if tally is not None:
+                tally.anchor(step_start_s)
         else:
-            step_end_s = step_start_s + engine.step_duration_s(plan)
+            duration_s = engine.step_duration_s(plan)
+            step_end_s = step_start_s + duration_s
             await clock.sleep_until(step_end_s)
             events = engine.commit_step(plan)
+            if tally is not None:
+                tally.commit(duration_s, step_end_s, clock.now_s())
             step_start_s = step_end_s
             on_step(step_end_s, plan, events)
         steps += 1

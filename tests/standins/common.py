@@ -16,11 +16,20 @@ Environment (all optional):
 - ``LLMPERF_STANDIN_FIXED=1``: the seed's known failures start normally instead.
 - ``LLMPERF_FAKE_NVML_DIR``: write ``procs/<pid>.json`` there (the GPUs this process holds).
 - ``LLMPERF_STANDIN_RELEASE_S``: the fake NVML frees those GPUs this long after the process died.
+- ``LLMPERF_STANDIN_RESETS_FILE``: append one line per prefix-cache reset call (``POST /reset_prefix_cache``,
+  ``/flush_cache``), served or not: ``METHOD PATH STATUS ok|failed``, so a test can count the resets it caused.
+
+Cache and metrics routes, as each engine has them: vLLM serves ``POST /reset_prefix_cache`` only with
+``VLLM_SERVER_DEV_MODE=1`` and ``/metrics`` with vLLM's names; SGLang serves ``/flush_cache`` (400 while
+requests are pending) and ``/metrics`` with its own names only with ``--enable-metrics``; TensorRT-LLM has no
+cache reset, and its ``GET /metrics`` returns the iteration stats gathered since the last read (reading drains
+them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import os
@@ -38,7 +47,10 @@ from aiohttp import ClientSession, ClientTimeout, web
 from pytest_llmperf.sim.access import server_ssl_context
 from pytest_llmperf.sim.model import Profile
 from pytest_llmperf.sim.profiles import list_profiles, load_profile
-from pytest_llmperf.sim.server import ApiError, SimServer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from pytest_llmperf.sim.model import StepPlan, TokenEvent
+from pytest_llmperf.sim.server import ApiError, SimServer, counter, gauge, LiveCollector
 
 ENV_BOOT = "LLMPERF_STANDIN_BOOT_S"
 ENV_WARMUP = "LLMPERF_STANDIN_WARMUP_S"
@@ -47,6 +59,11 @@ ENV_SLOWDOWN = "LLMPERF_STANDIN_SLOWDOWN"
 ENV_FIXED = "LLMPERF_STANDIN_FIXED"
 ENV_NVML_DIR = "LLMPERF_FAKE_NVML_DIR"
 ENV_RELEASE = "LLMPERF_STANDIN_RELEASE_S"
+ENV_RESETS_FILE = "LLMPERF_STANDIN_RESETS_FILE"
+
+RESET_ROUTES = ("/reset_prefix_cache", "/flush_cache")
+TRTLLM_TOKENS_PER_BLOCK = 32
+TRTLLM_STATS_KEPT = 1000  # iteration stats kept between two reads of /metrics (the oldest dropped)
 
 DEFAULT_BOOT_S = 0.3
 DEFAULT_WARMUP_S = 0.5
@@ -198,6 +215,7 @@ class Personality:
     metrics: str = "prometheus"  # "prometheus" | "json" | "none"
     metrics_prefix: str = "vllm"
     tokenize_route: bool = True  # POST /tokenize (vLLM and SGLang have it; TRT-LLM's server does not)
+    cache_routes: tuple[str, ...] = ()  # prefix-cache resets served: "/reset_prefix_cache", "/flush_cache"
 
 
 class StandinServer(SimServer):
@@ -208,8 +226,14 @@ class StandinServer(SimServer):
         super().__init__(profile, served_model_name, slowdown, **access)  # api_keys, ssl_context
         self.personality = personality
         self.tokenize_route = personality.tokenize_route
+        self.cache_routes = personality.cache_routes
         self.model_path = model_path
         self.ready = True  # False: /health answers 503 (SGLang's warm-up)
+        self.resets_file = os.environ.get(ENV_RESETS_FILE, "").strip() or None
+        self.iteration_stats: collections.deque = collections.deque(maxlen=TRTLLM_STATS_KEPT)
+        self.last_retracted = 0  # requests preempted by the last step (SGLang's gauge)
+        self.sglang_registry = CollectorRegistry(auto_describe=False)
+        self.sglang_registry.register(LiveCollector(self.sglang_families))
 
     # -- app --------------------------------------------------------------
     def make_app(self) -> web.Application:
@@ -224,11 +248,32 @@ class StandinServer(SimServer):
             app.router.add_route("PUT", "/generate", self.handle_generate)
         if p.engine == "vllm":
             app.router.add_get("/ping", self.handle_health)
+        if "/flush_cache" in p.cache_routes:
+            app.router.add_get("/flush_cache", self.handle_flush_cache)  # SGLang takes GET and POST
+        if self.resets_file:
+            app.middlewares.insert(0, self._count_resets)
         if p.flat_errors:
             app.middlewares.append(self._flat_errors)
         if p.strict_fields is not None:
             app.middlewares.append(self._strict_fields)
         return app
+
+    @web.middleware
+    async def _count_resets(self, request: web.Request, handler):
+        """One line per cache-reset call in ``LLMPERF_STANDIN_RESETS_FILE``, whether the route exists or not."""
+        if request.path not in RESET_ROUTES:
+            return await handler(request)
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            with open(self.resets_file, "a") as f:
+                f.write(f"{request.method} {request.path} {status} {'ok' if status == 200 else 'failed'}\n")
 
     @web.middleware
     async def _strict_fields(self, request: web.Request, handler):
@@ -347,27 +392,56 @@ class StandinServer(SimServer):
                 "e2e_latency": time.monotonic() - started}})
         return web.json_response(items[0] if single else items)
 
+    def _deliver(self, end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:
+        super()._deliver(end_s, plan, events)
+        self.last_retracted = sum(len(r.preempted) for r in plan.ranks)
+        if self.personality.metrics == "json":
+            self.iteration_stats.append(self.iteration_stat(plan))
+
+    def iteration_stat(self, plan: StepPlan) -> dict[str, Any]:
+        """trtllm-serve's stats of the iteration that just ended (one per step)."""
+        s = self.engine.stats()
+        per_block = TRTLLM_TOKENS_PER_BLOCK
+        max_blocks = self.engine.kv_capacity_tokens // per_block
+        used_blocks = min(max_blocks, -(-s["kv_used_tokens"] // per_block))
+        context = sum(len(r.prefills) for r in plan.ranks)
+        generation = sum(len(r.decodes) for r in plan.ranks)
+        return {"iter": self.engine.num_steps, "numQueuedRequests": s["waiting"], "numActiveRequests": s["running"],
+                "kvCacheStats": {"maxNumBlocks": max_blocks, "freeNumBlocks": max_blocks - used_blocks,
+                                 "usedNumBlocks": used_blocks, "tokensPerBlock": per_block},
+                "inflightBatchingStats": {"numContextRequests": context, "numGenRequests": generation,
+                                          "numScheduledRequests": context + generation}}
+
+    def sglang_families(self) -> list:
+        """SGLang's metric names (``--enable-metrics``); the cache hit rate over the server's life."""
+        e, s = self.engine, self.engine.stats()
+        lab = {"model_name": self.model_name}
+        hit_rate = e.prefix_cache_hits / e.prefix_cache_queries if e.prefix_cache_queries else 0.0
+        return [
+            gauge("sglang:num_running_reqs", "The number of running requests.", lab, s["running"]),
+            gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.", lab, s["waiting"]),
+            gauge("sglang:token_usage", "The token usage.", lab, self.kv_usage()),
+            gauge("sglang:cache_hit_rate", "The prefix cache hit rate.", lab, hit_rate),
+            gauge("sglang:num_retracted_reqs", "The number of retracted requests.", lab, self.last_retracted),
+            counter("sglang:num_retracted_requests", "Total number of retracted requests.", lab,
+                    s["preemptions"]),
+            counter("sglang:prompt_tokens", "Number of prefill tokens processed.", lab, e.prompt_tokens_total),
+            counter("sglang:generation_tokens", "Number of generation tokens processed.", lab,
+                    e.generation_tokens_total),
+        ]
+
     async def handle_metrics(self, request: web.Request) -> web.Response:
         p = self.personality
-        s = self.engine.stats()
         if p.metrics == "none":
             return web.json_response({"detail": "Not Found"}, status=404)
-        if p.metrics == "json":  # trtllm-serve: iteration stats, JSON
-            return web.json_response([{"iter": self.engine.num_steps, "numActiveRequests": s["running"],
-                                       "numQueuedRequests": s["waiting"],
-                                       "kvCacheStats": {"usedNumBlocks": s["kv_used_tokens"]}}])
-        usage = s["kv_used_tokens"] / max(1, self.profile.kv_capacity_tokens * self.profile.dp_size)
-        label = f'{{model_name="{self.model_name}"}}'
+        if p.metrics == "json":  # trtllm-serve: the iteration stats since the last read; reading drains them
+            stats = list(self.iteration_stats)
+            self.iteration_stats.clear()
+            return web.json_response(stats)
         if p.engine == "sglang":
-            lines = [f"sglang:num_running_reqs{label} {s['running']}", f"sglang:num_queue_reqs{label} {s['waiting']}",
-                     f"sglang:token_usage{label} {usage:.6f}", f"sglang:cache_hit_rate{label} 0.0",
-                     f"sglang:gen_throughput{label} 0.0"]
-        else:
-            lines = [f"vllm:num_requests_running{label} {s['running']}",
-                     f"vllm:num_requests_waiting{label} {s['waiting']}",
-                     f"vllm:kv_cache_usage_perc{label} {usage:.6f}",
-                     f"vllm:num_preemptions_total{label} {s['preemptions']}"]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+            return web.Response(body=generate_latest(self.sglang_registry),
+                                headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return await super().handle_metrics(request)
 
 
 # ----------------------------------------------------------------- the life of an engine

@@ -8,6 +8,8 @@ never abbreviated; an unknown one exits 2 with click's "No such option".
 listening while "loading", and, as trtllm-serve's request models forbid
 extra fields, answers HTTP 400 naming any top-level request field that
 TensorRT-LLM's ``ChatCompletionRequest``/``CompletionRequest`` do not declare.
+``GET /metrics`` returns the iteration stats since the last read (JSON) and
+drains them; there is no cache reset route.
 """
 
 from __future__ import annotations

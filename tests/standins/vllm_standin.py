@@ -6,7 +6,8 @@ as ``--foo-bar`` as vLLM's parser does), maps the parallelism, speculative
 and DeepGEMM settings to a sim profile, passes ``--api-key`` (else
 ``VLLM_API_KEY``) and ``--ssl-certfile``/``--ssl-keyfile`` on to the sim,
 reserves the port while "loading" (connections refused, no 503 phase) and
-answers ``/health``, ``/version`` and the OpenAI routes. ``-dcp > 1`` fails
+answers ``/health``, ``/version``, ``/metrics`` and the OpenAI routes, and
+``POST /reset_prefix_cache`` only with ``VLLM_SERVER_DEV_MODE=1``. ``-dcp > 1`` fails
 after loading as in the seed (FlashMLA sparse returns no softmax LSE; vLLM
 issue 27544).
 """
@@ -184,6 +185,16 @@ def spec_key(spec: dict | None):
     return ("unsupported", json.dumps(spec, sort_keys=True))
 
 
+def dev_mode() -> bool:
+    """``VLLM_SERVER_DEV_MODE``, read as vLLM reads it (an integer, 0 by default)."""
+    text = os.environ.get("VLLM_SERVER_DEV_MODE", "0").strip() or "0"
+    try:
+        return bool(int(text))
+    except ValueError:
+        raise StandinExit(1, f"ValueError: invalid literal for int() with base 10: {text!r} "
+                             f"(VLLM_SERVER_DEV_MODE)") from None
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(normalize(argv))
     log = Log(_fmt)
@@ -229,7 +240,10 @@ def main(argv: list[str]) -> int:
     log.info(f"CUDA_VISIBLE_DEVICES={visible_devices()}")
     log.info(f"simulated engine profile: {name}; world size {tp * dp * pp}")
     log.info(f"Resolved architecture: DeepseekV32ForCausalLM; loading {model}")
-    personality = Personality(engine="vllm", version=version, owned_by="vllm", metrics="prometheus")
+    # As vLLM: the development routes, /reset_prefix_cache among them, only with VLLM_SERVER_DEV_MODE=1.
+    cache_routes = ("/reset_prefix_cache",) if dev_mode() else ()
+    personality = Personality(engine="vllm", version=version, owned_by="vllm", metrics="prometheus",
+                              cache_routes=cache_routes)
     # As vLLM: --api-key (one or more) takes precedence over VLLM_API_KEY; empty keys are none.
     api_keys = tuple(k for k in (args.api_key or [os.environ.get(ENV_API_KEY, "")]) if k)
     return run(Launch(profile=profile, personality=personality, log=log, model_path=model, served_model_name=served,

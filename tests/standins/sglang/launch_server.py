@@ -8,7 +8,9 @@ to a sim profile. Refuses connections while "loading", then answers
 ``/health_generate`` answer 503 during its warm-up (one ``/generate``
 request to itself), logs "The server is fired up and ready to roll!" and
 answers ``/health`` 200. ``GET /get_server_info`` carries ``"version"``;
-there is no ``/version`` route (as in SGLang). With
+there is no ``/version`` route (as in SGLang). ``/flush_cache`` flushes the
+prefix cache when idle (400 while requests are pending); ``/metrics`` is
+served only with ``--enable-metrics``. With
 ``SGLANG_ENABLE_JIT_DEEPGEMM=0`` it fails to start, as in the seed.
 """
 
@@ -208,7 +210,8 @@ def main(argv: list[str]) -> int:
     server_info = {**vars(args), "served_model_name": served, "version": version}
     personality = Personality(engine="sglang", version=version, owned_by="sglang", flat_errors=True,
                               version_route=False, server_info=server_info,
-                              metrics="prometheus" if args.enable_metrics else "none", metrics_prefix="sglang")
+                              metrics="prometheus" if args.enable_metrics else "none", metrics_prefix="sglang",
+                              cache_routes=("/flush_cache",))
     return run(Launch(profile=profile, personality=personality, log=log, model_path=args.model_path,
                       served_model_name=served, host=args.host, port=args.port, bind_before_loading=False,
                       warmup=not args.skip_server_warmup, failure=failure,
