@@ -13,6 +13,9 @@ in a fresh process of its own, so its CPU time and peak memory are its own:
   notes when the first body bytes arrive and counts chunks; no parsing.
 - ``llmperf``: the plugin's load generator (``run_load``).
 - ``llmperf xN``: the same spread over N client processes.
+  For both, the client's own health figures (``LoadResult.client_health``):
+  its event loop's lag at p99 / max, and the share of reads that carried
+  more than one chunk of a stream.
 - ``aiohttp reference-style``: an aiohttp client that reads the way the
   reference benchmark does (iterate the body line by line, ``json.loads``
   every ``data:`` message, one clock reading per message).
@@ -119,12 +122,13 @@ def run_llmperf(port: int, run_id: str, streams: int, tokens: int, processes: in
     reqs = [SampleRequest(p, 3, tokens) for p in prompts(run_id, streams)]
     result = run_load(LoadSpec(base_url=f"http://127.0.0.1:{port}", model="m", requests=reqs,
                                client_processes=processes))
-    out = {}
+    out = {"health": result.client_health.to_json() if getattr(result, "client_health", None) else None}
     for p, rec in zip(prompts(run_id, streams), result.records):
         out[p] = {"start_s": rec.start_s, "first_s": rec.start_s + rec.ttft_s if rec.success else None,
                   "chunks": len(rec.itl_s) + 1 if rec.success else 0,
                   "tpot_s": rec.tpot_s, "error": rec.error}
-    return {"requests": out}
+    health = out.pop("health")
+    return {"requests": out, "health": health}
 
 
 def run_reference_style(port: int, run_id: str, streams: int, tokens: int) -> dict:
@@ -166,6 +170,7 @@ def run_reference_style(port: int, run_id: str, streams: int, tokens: int) -> di
 def child(args) -> None:
     """One client run; prints one JSON line with its own CPU and memory (imports not counted)."""
     import aiohttp  # noqa: F401  (imported before the clock, like the others' modules)
+    import psutil  # noqa: F401  (the load's health probe reads the machine's CPU times with it)
 
     import pytest_llmperf.loadgen.run  # noqa: F401
 
@@ -213,7 +218,11 @@ def measure(server, client: str, streams: int, tokens: int, processes: int) -> d
             "ttft_inflation_ms": statistics.fmean(ttft_s) * 1000 if ttft_s else float("nan"),
             "tpot_error_pct": statistics.fmean(tpot_err) * 100 if tpot_err else float("nan"),
             "rss_mb": got["rss_mb"], "ok": len(late_s), "server_late_max_ms": lateness["max_ms"],
-            "server_late_mean_ms": lateness["mean_ms"]}
+            "server_late_mean_ms": lateness["mean_ms"],
+            # the client's own view of itself (llmperf only): loop lag and reads that carried several chunks
+            "loop_lag_p99_ms": (got.get("health") or {}).get("loop_lag_p99_ms", float("nan")),
+            "loop_lag_max_ms": (got.get("health") or {}).get("loop_lag_max_ms", float("nan")),
+            "coalesced_reads_pct": (got.get("health") or {}).get("coalesced_reads_pct", float("nan"))}
 
 
 def main() -> None:
@@ -274,10 +283,14 @@ def main() -> None:
                              f"{ratio:.2f}", f"{med['first_token_late_ms']:.1f}",
                              "-" if name == "bare" else f"{med['tpot_error_pct']:.3f}",
                              f"{med['rss_mb']:.0f}", f"{med['server_late_mean_ms']:.1f} / {med['server_late_max_ms']:.0f}",
+                             "-" if not name.startswith("llmperf") else
+                             f"{med['loop_lag_p99_ms']:.1f} / {med['loop_lag_max_ms']:.0f}",
+                             "-" if not name.startswith("llmperf") else f"{med['coalesced_reads_pct']:.1f}",
                              int(med["ok"])])
     print(tabulate(rows, headers=["streams", "client", "CPU us/chunk", "TTFT inflation ms", "vs bare",
                                   "seen after sent ms",
-                                  "TPOT err %", "RSS MB", "server late ms mean/max", "requests"],
+                                  "TPOT err %", "RSS MB", "server late ms mean/max", "client lag ms p99/max",
+                                  "coalesced %", "requests"],
                    tablefmt="simple", disable_numparse=True))
     print(f"\ntargets: CPU <= {TARGET_CPU_US} us/chunk; first-token lateness <= {TARGET_LATENESS_RATIO}x bare "
           f"at 1000 streams; TPOT error <= {TARGET_TPOT_ERROR_PCT}% while the server keeps its schedule; "

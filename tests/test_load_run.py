@@ -6,6 +6,7 @@ import pytest
 
 from pytest_llmperf.loadgen.arrivals import send_offsets_s
 from pytest_llmperf.loadgen.datasets import SampleRequest
+from pytest_llmperf.loadgen.health import read_counts
 from pytest_llmperf.loadgen.run import LoadSpec, Progress, _limit_share, run_load
 from streamserver import DONE, Sleep, StreamServer, chat_chunk, usage_chunk
 
@@ -79,6 +80,9 @@ def test_client_processes_share_the_clock_and_merge_in_order():
     assert sorted(b["messages"][0]["content"] for b in server.bodies) == sorted(f"r{i} x" for i in range(7))
     assert len({r.scheduled_s for r in result.records}) == 1  # one start instant for both processes
     assert result.duration_s >= max(r.start_s + r.latency_s for r in result.records) - result.records[0].scheduled_s
+    health = result.client_health  # each process measured its own; the result combines them
+    assert health.processes == 2 and health.output_reads == read_counts(result.records)[0]
+    assert health.cpu_s > 0 and health.cpu_pct_max_process <= health.cpu_pct
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -6,7 +6,9 @@ optionally capped by a limit on requests in flight. Warm-up requests go
 first and are left out of the result. One event loop drives every stream;
 with ``client_processes`` > 1 the requests are dealt round-robin to that many
 worker processes, which share the start instant and the monotonic clock, so
-their records merge into one run.
+their records merge into one run. Every process that reads streams checks
+its own measurement over the measured load (``health.ClientHealth``: loop
+lag, CPU, coalesced reads); the result carries them combined.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..tokenizer import DEFAULT_TOKENIZER
 from .arrivals import check_rate, send_offsets_s
 from .client import CHAT_ENDPOINT, StreamAccumulator, build_body, encode_body, is_chat_endpoint, send_request
 from .datasets import SampleRequest
+from .health import ClientHealth, HealthProbe, combine
 from .httpstream import CLOCK, ConnectionPool, Target, build_post
 
 PROGRESS_INTERVAL_S = 0.5
@@ -79,11 +82,13 @@ class LoadSpec:
 
 @dataclass
 class LoadResult:
-    """Every request's record (in the order of the spec's requests) and the run's duration."""
+    """Every request's record (in the order of the spec's requests), the run's duration, and how well the
+    client kept up during it (the measured load only; several client processes combined, see ``health``)."""
 
     records: list[RequestRecord]
     duration_s: float
     warmup_records: list[RequestRecord] = field(default_factory=list)
+    client_health: ClientHealth | None = None
 
 
 @dataclass(frozen=True)
@@ -193,22 +198,26 @@ async def run_load_async(spec: LoadSpec, progress: ProgressCallback | None = Non
         warmup = [rec for _, rec in sorted(got, key=lambda p: p[0])]
     offsets_s = send_offsets_s(len(spec.requests), spec.request_rate, spec.burstiness, spec.seed)
     if spec.client_processes > 1 and len(spec.requests) > 1:
-        records, duration_s = await _run_in_workers(spec, offsets_s, progress)
+        records, duration_s, health = await _run_in_workers(spec, offsets_s, progress)
     else:
         tally = _Tally()
         every = range(len(spec.requests))
         prepared = _prepare(spec, every)
+        probe = HealthProbe(CLOCK)
         t0_s = CLOCK()  # just before the first dispatch
         reporter = _report_progress(progress, lambda: (tally.done, tally.failed, tally.output_tokens()),
                                     len(spec.requests), t0_s)
+        probe.start()
         try:
             got, t0_s, end_s = await _drive(spec, every, prepared, offsets_s, t0_s, spec.max_concurrency, tally)
+            health = probe.finish(rec for _, rec in got)
         finally:
+            probe.cancel()
             if reporter is not None:
                 reporter.cancel()
         records = [rec for _, rec in sorted(got, key=lambda p: p[0])]
         duration_s = end_s - t0_s
-    return LoadResult(records, duration_s, warmup)
+    return LoadResult(records, duration_s, warmup, health)
 
 
 def _report_progress(progress: ProgressCallback | None, counts: Callable[[], tuple[int, int, int]],
@@ -239,7 +248,7 @@ def _worker_main(conn: Any, spec: LoadSpec, indices: list[int], offsets_s: list[
             return
         tally = _Tally()
 
-        async def main() -> tuple[list[tuple[int, RequestRecord]], float, float]:
+        async def main() -> tuple[list[tuple[int, RequestRecord]], float, float, ClientHealth]:
             async def publish() -> None:
                 while True:
                     if os.getppid() != parent_pid:  # the parent died (killed): stop sending
@@ -249,9 +258,16 @@ def _worker_main(conn: Any, spec: LoadSpec, indices: list[int], offsets_s: list[
                     await asyncio.sleep(PROGRESS_INTERVAL_S / 2)
 
             publisher = asyncio.ensure_future(publish())
+            probe = HealthProbe(CLOCK)
             try:
-                return await _drive(spec, indices, prepared, offsets_s, t0_s, limit, tally)
+                wait_s = t0_s - CLOCK()
+                if wait_s > 0:  # the readings cover the load, not the wait for its start
+                    await asyncio.sleep(wait_s)
+                probe.start()
+                got, start_s, end_s = await _drive(spec, indices, prepared, offsets_s, t0_s, limit, tally)
+                return got, start_s, end_s, probe.finish(rec for _, rec in got)
             finally:
+                probe.cancel()
                 publisher.cancel()
 
         conn.send(("done", asyncio.run(main())))
@@ -265,7 +281,7 @@ def _worker_main(conn: Any, spec: LoadSpec, indices: list[int], offsets_s: list[
 
 
 async def _run_in_workers(spec: LoadSpec, offsets_s: list[float],
-                          progress: ProgressCallback | None) -> tuple[list[RequestRecord], float]:
+                          progress: ProgressCallback | None) -> tuple[list[RequestRecord], float, ClientHealth]:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
@@ -309,17 +325,19 @@ async def _run_in_workers(spec: LoadSpec, offsets_s: list[float],
                 reporter.cancel()
         records: list[RequestRecord | None] = [None] * len(spec.requests)
         end_s = t0_s
+        healths = []
         for w, (kind, detail) in enumerate(outcomes):
             if kind != "done":
                 raise RuntimeError(f"client process {w} failed: {detail}")
-            got, _, worker_end_s = detail
+            got, _, worker_end_s, health = detail
+            healths.append(health)
             end_s = max(end_s, worker_end_s)
             for local, rec in got:
                 records[shares[w][local]] = rec
         missing = [i for i, rec in enumerate(records) if rec is None]
         if missing:
             raise RuntimeError(f"client processes lost {len(missing)} requests (first: #{missing[0]})")
-        return records, end_s - t0_s  # type: ignore[return-value]
+        return records, end_s - t0_s, combine(healths)  # type: ignore[return-value]
     finally:
         for pipe in pipes:
             pipe.close()
