@@ -4,18 +4,26 @@ One JSON file per engine configuration:
 ``<baseline_dir>/<gpus>/<model slug>/<engine>/<config>.json``::
 
     {
-      "schema": 1,
+      "schema": 2,
       "engine": "sim", "config": "vllm-tp8", "gpus": "h200x8",
       "model": "deepseek-ai/DeepSeek-V3.2",
       "tolerances_pct": {"total_token_throughput": 10},      # optional, file-wide
       "cases": {
         "sharegpt": {
-          "workload": {...}, "command": [...], "metrics": {...},
-          "provenance": {...},
-          "tolerances_pct": {"mean_tpot_ms": 8}               # optional, per case
+          "workload": {...},
+          "tolerances_pct": {"mean_tpot_ms": 8},              # optional, per case
+          "history": [                                        # oldest first, at most --baseline-history
+            {"metrics": {...},                                # the medians of its runs
+             "runs": [{...}, ...],                            # each run's gateable metrics
+             "command": [...], "provenance": {...},           # date, versions, node, environment
+             "engine_metrics": {...}}                         # what the engine said about itself
+          ]
         }
       }
     }
+
+A schema-1 file (one ``metrics``/``command``/``provenance`` per case) is read
+as a history of one entry, and written back in schema 2 with nothing lost.
 
 Judging a run against an entry is ``verdict``'s (pure). Here: reading and
 validating files, checking up front that an update can be written, and
@@ -39,7 +47,8 @@ from typing import Any, Iterable, Iterator, Mapping
 from .files import atomic_write_text
 from .metrics import metric_direction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_ONE_KEYS = ("metrics", "command", "provenance")  # a schema-1 entry's record, moved into its history
 LOCK_DIR_NAME = "pytest-llmperf-locks"
 
 
@@ -68,7 +77,29 @@ def read_baseline(path: Path) -> dict[str, Any] | None:
     problems = _validate(data)
     if problems:
         raise ValueError(f"baseline file {path}: " + "; ".join(problems))
-    return data
+    return upgrade(data)
+
+
+def upgrade(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A valid baseline file's content in the current schema (a schema-1 case becomes a history of one)."""
+    out = dict(data)
+    out["cases"] = {name: _upgrade_entry(entry) for name, entry in data.get("cases", {}).items()}
+    out["schema"] = SCHEMA_VERSION
+    return out
+
+
+def _upgrade_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
+    if "history" in entry:
+        return dict(entry)
+    out = {k: v for k, v in entry.items() if k not in SCHEMA_ONE_KEYS}
+    record = {k: entry[k] for k in SCHEMA_ONE_KEYS if k in entry}
+    out["history"] = [record] if "metrics" in record else []
+    return out
+
+
+def history(entry: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """A case entry's recorded results, oldest first (empty for no entry)."""
+    return list(entry.get("history", [])) if entry else []
 
 
 @dataclass(frozen=True)
@@ -129,14 +160,32 @@ def _validate(data: Any) -> list[str]:
         if not isinstance(entry, dict):
             problems.append(f"{where}: expected an object")
             continue
-        metrics = entry.get("metrics", {})
-        if not isinstance(metrics, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
-        ):
+        if "history" in entry:
+            problems += _validate_history(entry["history"], f"{where}.history")
+        elif not _numbers(entry.get("metrics", {})):
             problems.append(f"{where}.metrics: expected an object of metric name -> number")
         if not isinstance(entry.get("workload", {}), dict):
             problems.append(f"{where}.workload: expected an object")
         problems += _validate_tolerances(entry.get("tolerances_pct", {}), f"{where}.tolerances_pct")
+    return problems
+
+
+def _numbers(metrics: Any) -> bool:
+    return isinstance(metrics, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
+
+
+def _validate_history(records: Any, where: str) -> list[str]:
+    if not isinstance(records, list):
+        return [f"{where}: expected a list of recorded results"]
+    problems = []
+    for n, record in enumerate(records):
+        if not isinstance(record, dict) or not _numbers(record.get("metrics")):
+            problems.append(f"{where}[{n}].metrics: expected an object of metric name -> number")
+            continue
+        runs = record.get("runs", [])
+        if not isinstance(runs, list) or not all(_numbers(r) for r in runs):
+            problems.append(f"{where}[{n}].runs: expected a list of objects of metric name -> number")
     return problems
 
 
@@ -198,51 +247,63 @@ def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and not math.isfinite(v))}
 
 
-def update_cases(path: Path, header: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write these case entries (case key -> entry) into one baseline file.
+def update_cases(path: Path, header: Mapping[str, Any], entries: Mapping[str, Mapping[str, Any]],
+                 history_limit: int = 5) -> None:
+    """Append each case's new record (case key -> ``{"workload": ..., "record": ...}``) to its history in one file.
 
-    Other cases and any tolerance overrides in the file are kept. ValueError
-    when the file on disk is not a valid baseline (it is never overwritten).
+    A case keeps its last ``history_limit`` records (the oldest drop out);
+    when its workload changed, its history restarts with the new record (old
+    records measured another workload). Other cases and every tolerance
+    override are kept. ValueError when the file on disk is not a valid
+    baseline (it is never overwritten).
     """
     path = Path(path)
     with _locked(path):
         data = read_baseline(path) or {}
         cases = data.setdefault("cases", {})
-        for case_key, entry in entries.items():
-            old = cases.get(case_key)
-            new_entry = dict(entry)
-            new_entry["metrics"] = _finite(entry["metrics"])
-            if old and "tolerances_pct" in old:
-                new_entry["tolerances_pct"] = old["tolerances_pct"]
-            cases[case_key] = new_entry
+        for case_key, new in entries.items():
+            old = cases.get(case_key) or {}
+            record = dict(new["record"])
+            record["metrics"] = _finite(record["metrics"])
+            record["runs"] = [_finite(r) for r in record.get("runs", [])]
+            kept = history(old) if old.get("workload", new["workload"]) == new["workload"] else []
+            entry = {k: v for k, v in old.items() if k not in ("history", "workload")}
+            entry["workload"] = dict(new["workload"])
+            entry["history"] = (kept + [record])[-max(1, history_limit):]
+            cases[case_key] = entry
         data.update(header)
         data["schema"] = SCHEMA_VERSION
         atomic_write_text(path, dumps(data))
 
 
-def new_entry(workload_params: Mapping[str, Any], command: Iterable[str], metrics: Mapping[str, Any],
-              provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """A case's entry as an update records it."""
-    return {"workload": dict(workload_params), "command": list(command), "metrics": dict(metrics),
-            "provenance": dict(provenance)}
+def new_record(metrics: Mapping[str, Any], runs: Iterable[Mapping[str, Any]], command: Iterable[str],
+               provenance: Mapping[str, Any], engine_metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One recorded result of a case, as an update appends it to the case's history."""
+    record = {"metrics": dict(metrics), "runs": [dict(r) for r in runs], "command": list(command),
+              "provenance": dict(provenance)}
+    if engine_metrics:
+        record["engine_metrics"] = dict(engine_metrics)
+    return record
 
 
 class PendingUpdates:
     """Baseline entries measured by this run, written together at its end (one write per file)."""
 
-    def __init__(self) -> None:
+    def __init__(self, history_limit: int = 5) -> None:
+        self.history_limit = history_limit
         self._files: dict[Path, tuple[dict[str, Any], dict[str, dict[str, Any]]]] = {}
 
-    def add(self, path: Path, header: Mapping[str, Any], case_key: str, entry: Mapping[str, Any]) -> None:
+    def add(self, path: Path, header: Mapping[str, Any], case_key: str, workload: Mapping[str, Any],
+            record: Mapping[str, Any]) -> None:
         _, entries = self._files.setdefault(Path(path), (dict(header), {}))
-        entries[case_key] = dict(entry)
+        entries[case_key] = {"workload": dict(workload), "record": dict(record)}
 
     def write(self) -> dict[Path, str]:
         """Write every file; the files that could not be written, each with why in one line."""
         problems: dict[Path, str] = {}
         for path, (header, entries) in sorted(self._files.items()):
             try:
-                update_cases(path, header, entries)
+                update_cases(path, header, entries, self.history_limit)
             except ValueError as exc:
                 problems[path] = f"{exc}; its update was not written"
             except OSError as exc:
