@@ -39,6 +39,13 @@ def test_directions_and_ungateable():
 def test_verdict_line_names_everything():
     line = vd.judge("mean_tpot_ms", 200.0, 300.0, 10).line()
     assert line == "mean_tpot_ms: baseline 200, current 300, change +50.0% (tolerance 10%, lower is better) REGRESSED"
+    banded = vd.judge("mean_tpot_ms", 200.0, 230.0, 10, band_pct=20.0, history_n=5)
+    assert banded.status == vd.OK and banded.tolerance_from == "noise band"
+    assert banded.line() == ("mean_tpot_ms: baseline 200 (median of 5), current 230, change +15.0% "
+                             "(tolerance 20% = noise band, configured 10%, lower is better) OK")
+    data = banded.to_json()
+    assert (data["reference"], data["tolerance_pct"], data["configured_pct"], data["band_pct"],
+            data["tolerance_from"]) == (200.0, 20.0, 10, 20.0, "noise band")
 
 
 def test_tolerance_overrides_file_then_case():
@@ -52,7 +59,8 @@ def test_tolerance_overrides_file_then_case():
 def test_compare_missing_metric_and_entry():
     tol = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0}
     assert {v.status for v in vd.compare({"total_token_throughput": 1.0}, None, tol)} == {vd.MISSING}
-    verdicts = vd.compare({"total_token_throughput": 100.0}, {"metrics": {"total_token_throughput": 100.0}}, tol)
+    verdicts = vd.compare({"total_token_throughput": 100.0},
+                          {"history": [{"metrics": {"total_token_throughput": 100.0}}]}, tol)
     assert [(v.metric, v.status) for v in verdicts] == [("mean_tpot_ms", vd.MISSING), ("total_token_throughput", vd.OK)]
 
 
@@ -78,12 +86,13 @@ GOOD = {"completed": 10, "failed": 0, "total_token_throughput": 1000.0, "mean_tp
 
 
 def entry(**metrics):
-    return {"cases": {"w": {"workload": PARAMS, "metrics": {**GOOD, **metrics}}}}
+    return {"cases": {"w": {"workload": PARAMS, "history": [{"metrics": {**GOOD, **metrics}}]}}}
 
 
-def judged(metrics=GOOD, data=None, update=False, error="", throttle=()):
+def judged(metrics=GOOD, data=None, update=False, error="", causes=(), current=None, evidence=()):
     read = BaselineRead(Path("bl/c.json"), data, error)
-    return vd.judge_case("sim/c/w", "w", metrics, ["HTTP 500 (x10)"], PARAMS, read, GATES, update, throttle)
+    pooled = vd.Pooled.of([metrics], [list(causes)])
+    return vd.judge_case("sim/c/w", "w", pooled, ["HTTP 500 (x10)"], PARAMS, read, GATES, update, current, evidence)
 
 
 def test_a_case_within_tolerance_passes_and_one_beyond_fails_naming_every_metric():
@@ -98,9 +107,73 @@ def test_a_case_within_tolerance_passes_and_one_beyond_fails_naming_every_metric
     assert "mean_tpot_ms: baseline 5, current 10, change +100.0%" in bad.message
 
 
-def test_throttling_makes_a_regression_suspect():
-    bad = judged(data=entry(total_token_throughput=2000.0), throttle=("hw_thermal",))
-    assert bad.message.startswith("suspect: GPU throttled (hw_thermal) during sim/c/w")
+def test_a_distorted_measurement_is_inconclusive_never_regressed():
+    cause = "the simulated engine ran 31% behind its schedule (the machine is busy)"
+    bad = judged(data=entry(total_token_throughput=2000.0), causes=[cause])
+    assert (bad.status, bad.verdicts) == (vd.INCONCLUSIVE, ())
+    assert bad.message == f"inconclusive: {cause}; nothing was compared"
+    assert not bad.settled
+    up = judged(data=entry(), update=True, causes=[cause])
+    assert up.status == vd.INCONCLUSIVE and up.message.endswith("; no baseline was recorded")
+
+
+def test_distortions_name_their_cause_past_documented_limits():
+    assert vd.distortions({}) == []
+    assert vd.distortions({"sim_slip_pct": vd.SIM_SLIP_LIMIT_PCT, "client": {"cpu_pct": 50.0, "loop_lag_p99_ms": 1.0},
+                           "gpu_throttle_reasons": ["sw_power_cap"]}) == []
+    causes = vd.distortions({"sim_slip_pct": 31.2, "client": {"cpu_pct": 97.0, "loop_lag_p99_ms": 80.0},
+                             "gpu_throttle_reasons": ["sw_power_cap", "hw_thermal"]})
+    assert causes[0] == "the simulated engine ran 31% behind its schedule (the machine is busy)"
+    assert "97% of a CPU core" in causes[1] and "80 ms late" in causes[2]
+    assert causes[3] == "the GPUs were throttled (hw_thermal)"
+
+
+def test_pooled_runs_leave_distorted_ones_out():
+    runs = [{"m": 10.0, "completed": 5}, {"m": 30.0, "completed": 5}, {"m": 12.0, "completed": 5}]
+    pooled = vd.Pooled.of(runs, [[], ["busy"], []])
+    assert pooled.metrics == {"m": 11.0, "completed": 5} and pooled.left_out == 1 and not pooled.distortion
+    none = vd.Pooled.of(runs, [["busy"], ["busy", "lag"], ["busy"]])
+    assert none.distortion == "busy; lag" and none.runs == () and none.metrics["m"] == 12.0
+    spread = vd.run_spread(runs)
+    assert spread["m"]["median"] == 12.0 and spread["m"]["min"] == 10.0 and spread["m"]["max"] == 30.0
+    assert spread["m"]["cv_pct"] == pytest.approx(63.6, abs=0.1) and spread["completed"]["cv_pct"] == 0.0
+
+
+def test_the_reference_is_the_history_median_and_the_band_its_widest_spread():
+    history = [{"metrics": {"m": v}, "runs": [{"m": v}, {"m": v * 1.02}]} for v in (100.0, 104.0, 98.0, 101.0, 99.0)]
+    assert vd.reference(history, "m") == (100.0, 5)
+    assert vd.noise_band_pct(history, "m") == pytest.approx(6.0)  # (104 - 98) / 100
+    assert vd.noise_band_pct(history, "m", [{"m": 80.0}, {"m": 100.0}]) == pytest.approx(22.2, abs=0.1)
+    assert vd.reference([], "m") == (None, 0) and vd.noise_band_pct([], "m") == 0.0
+
+
+def test_a_noisy_history_widens_the_tolerance_and_the_verdict_says_so():
+    history = [{"metrics": {**GOOD, "total_token_throughput": v}} for v in (1000.0, 1100.0, 950.0)]
+    data = {"cases": {"w": {"workload": PARAMS, "history": history}}}
+    j = judged(metrics={**GOOD, "total_token_throughput": 920.0}, data=data)  # -8%, band 15%
+    v = next(v for v in j.verdicts if v.metric == "total_token_throughput")
+    assert (j.status, v.baseline, v.tolerance_from) == (vd.OK, 1000.0, "noise band")
+    assert v.tolerance_pct == pytest.approx(15.0)
+    j = judged(metrics={**GOOD, "total_token_throughput": 800.0}, data=data)  # -20%
+    assert j.status == vd.REGRESSED and "(median of 3)" in j.message
+
+
+def test_what_changed_since_the_baseline_is_named_and_the_case_still_compared():
+    record = {"metrics": GOOD, "command": ["vllm", "serve", "m", "-tp", "8"],
+              "provenance": {"engine_version": "0.13.0", "gpu_name": "NVIDIA H200", "driver_version": "570.1",
+                             "env": {"A": "1"}}}
+    data = {"cases": {"w": {"workload": PARAMS, "history": [record]}}}
+    current = {"command": ["vllm", "serve", "m", "-tp", "8", "--enable-x"],
+               "provenance": {"engine_version": "0.14.0", "gpu_name": "NVIDIA H200", "driver_version": "575.2",
+                              "env": {"A": "2"}}}
+    ok = judged(data=data, current=current)
+    assert ok.status == vd.OK and ok.changes == (
+        "engine version 0.13.0 -> 0.14.0", "GPU driver 570.1 -> 575.2", "command line (+--enable-x)",
+        "environment (A)")
+    bad = judged(metrics={**GOOD, "total_token_throughput": 500.0}, data=data, current=current,
+                 evidence=["preemptions: baseline 0, current 412"])
+    assert "\nchanged since the baseline: engine version 0.13.0 -> 0.14.0; " in bad.message
+    assert bad.message.endswith("\nthe engine says: preemptions: baseline 0, current 412")
 
 
 def test_nothing_completed_no_baseline_other_workload_unreadable_file():
