@@ -11,5 +11,7 @@ def test_llmperf(llmperf_engine, llmperf_case, llmperf_session):
     outcome = llmperf_session.run_case(llmperf_engine, llmperf_case)
     if outcome.kind == "xfail":
         pytest.xfail(outcome.message)
+    if outcome.kind == "skip":
+        pytest.skip(outcome.message)
     if outcome.kind == "fail":
         pytest.fail(outcome.message, pytrace=False)

@@ -59,6 +59,8 @@ class Measurement:
     notes: tuple[str, ...] = ()
     engine_exit_code: int | None = None  # the engine exited during (or before) the load
     failure: str = ""  # the case could not be measured at all (the engine refuses the workload, is gone, ...)
+    apparatus: Mapping[str, Any] = field(default_factory=dict)  # health of what measured it (client, sim, GPUs)
+    engine_metrics: Mapping[str, Any] = field(default_factory=dict)  # what the engine said about itself meanwhile
 
     @property
     def throttle_reasons(self) -> tuple[str, ...]:
@@ -140,10 +142,12 @@ def measure(engine: RunningEngine, case: Case, options: MeasureOptions,
         return Measurement(failure=f"{engine.config.engine} rejects request fields {refused} that workload "
                                    f"{workload.name} needs; change the workload")
     sampler = _sampler(engine)
+    probe = _probe(engine)
     try:
         load = run_load(spec, progress)
     finally:
         telemetry = sampler.stop() if sampler is not None else None
+        engine_metrics = probe.stop()
     metrics = dict(compute_metrics(load.records, load.duration_s, options.percentiles, options.goodput_slos_ms,
                                    from_schedule=spec.finite_rate))
     notes = list(_prompt_length_notes(case, load.records, metrics))
@@ -157,14 +161,95 @@ def measure(engine: RunningEngine, case: Case, options: MeasureOptions,
         notes.append(f"{case.id}: prompt lengths were not aligned to the server's tokens: {aligned_by}")
     shape = LoadShape(spec.model, spec.endpoint, len(requests), spec.request_rate, spec.burstiness,
                       spec.max_concurrency)
+    apparatus = apparatus_of(load, telemetry, probe.before, probe.after)
     return Measurement(metrics, tuple(failure_reasons(load.records)), tuple(load.records), shape, telemetry,
-                       aligned_by, tuple(notes), engine.exit_code())
+                       aligned_by, tuple(notes), engine.exit_code(), apparatus=apparatus,
+                       engine_metrics=engine_metrics)
+
+
+SIM_SCHEDULED = "llmperf_sim_scheduled_seconds_total"
+SIM_BUSY = "llmperf_sim_busy_seconds_total"
+
+
+def sim_slip_pct(before: Mapping[str, float] | None, after: Mapping[str, float] | None) -> float | None:
+    """How far the simulated engine's timeline stretched over a run, in percent (None: not a sim, or idle).
+
+    From its own counters of scheduled and actually elapsed busy time, read
+    before and after the run: (busy / scheduled - 1) x 100.
+    """
+    if not before or not after or SIM_SCHEDULED not in after or SIM_BUSY not in after:
+        return None
+    scheduled_s = after[SIM_SCHEDULED] - before.get(SIM_SCHEDULED, 0.0)
+    busy_s = after[SIM_BUSY] - before.get(SIM_BUSY, 0.0)
+    if scheduled_s <= 0:
+        return None
+    return max(0.0, (busy_s / scheduled_s - 1.0) * 100.0)
+
+
+def apparatus_of(load: Any, telemetry: Any, before: Mapping[str, float] | None,
+                 after: Mapping[str, float] | None) -> dict[str, Any]:
+    """The health of what measured a run: the client, the simulated engine's schedule, the GPUs."""
+    out: dict[str, Any] = {}
+    health = getattr(load, "client_health", None)
+    if health is not None:
+        out["client"] = health.to_json()
+    slip = sim_slip_pct(before, after)
+    if slip is not None:
+        out["sim_slip_pct"] = round(slip, 3)
+    if telemetry is not None:
+        out["gpu_throttle_reasons"] = list(telemetry.throttle_reasons)
+    return out
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """The requests sent once after a boot, before any case; left out of every figure."""
+
+    requests: int
+    completed: int
+    duration_s: float
+    workload: str
+    failure_reasons: tuple[str, ...] = ()
+
+    def line(self, config_id: str) -> str:
+        failed = self.requests - self.completed
+        text = (f"warm-up of {config_id}: {self.requests} requests shaped as {self.workload}, {self.completed} "
+                f"completed in {self.duration_s:.1f} s (left out of every figure)")
+        if failed:
+            text += f"; {failed} failed: " + "; ".join(self.failure_reasons)
+        return text
+
+
+def warm_up(engine: RunningEngine, workload: Workload, requests: int, options: MeasureOptions) -> Warmup:
+    """Send ``requests`` requests shaped as ``workload`` (other prompts: another seed) and wait for them all."""
+    from .loadgen.run import LoadSpec, run_load
+
+    shaped = replace(workload, num_prompts=requests, seed=workload.seed + 2 * WARMUP_SEED_OFFSET, warmup_requests=0)
+    prompts = build_requests(shaped, options.tokenizer)
+    spec = LoadSpec(
+        base_url=engine.base_url, model=engine.served_model, requests=prompts, endpoint=workload.endpoint_path,
+        max_concurrency=workload.max_concurrency, ignore_eos=workload.ignore_eos,
+        request_timeout_s=options.request_timeout_s, seed=shaped.seed, http=engine.http,
+        tokenizer=options.tokenizer or _word(),
+    )
+    load = run_load(spec)
+    completed = sum(1 for r in load.records if r.success)
+    return Warmup(len(prompts), completed, load.duration_s, workload.name,
+                  tuple(failure_reasons(load.records, limit=2)) if completed < len(prompts) else ())
 
 
 def _word() -> Any:
     from .tokenizer import DEFAULT_TOKENIZER
 
     return DEFAULT_TOKENIZER
+
+
+def _probe(engine: RunningEngine) -> Any:
+    """The engine's /metrics, scraped before, during and after the run (started here)."""
+    from .engines import get_adapter
+    from .engines.control import probe_for
+
+    return probe_for(get_adapter(engine.config.engine), engine.base_url, engine.http).start()
 
 
 def _sampler(engine: RunningEngine) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import __version__
-from .baselines import PendingUpdates, baseline_path, new_entry, read_for
+from .baselines import PendingUpdates, baseline_path, read_for
 from .engines import get_adapter
 from .engines.base import launch_for
 from .engines.lifecycle import BootRecord, EngineStartError, RunningEngine, attach, boot, tail
@@ -30,8 +30,8 @@ from .report.case import CaseResult
 from .secrets import Redactor
 from .settings import Settings
 from .suite import Case, EngineConfig, ResolvedSuite
-from .verdict import (FAIL, GO, UNEXPECTED, UPDATED, XFAIL, expected_failure_policy, judge_case, unexpectedly_working_note,
-                      version_matches)
+from .verdict import (FAIL, GO, INCONCLUSIVE, UNEXPECTED, UPDATED, XFAIL, expected_failure_policy, judge_case,
+                      unexpectedly_working_note, version_matches)
 
 
 class UnexpectedlyWorking(UserWarning):
@@ -54,7 +54,7 @@ class NodeDirty(RuntimeError):
 class ItemOutcome:
     """What a pytest item should do: pass, fail or xfail, with the message."""
 
-    kind: str  # "pass" | "fail" | "xfail"
+    kind: str  # "pass" | "fail" | "xfail" | "skip"
     message: str = ""
 
 
@@ -94,7 +94,10 @@ class Session:
         self.unexpectedly_working: dict[str, str] = {}
         self.updates: list[BaselineUpdate] = []
         self.write_problems: list[str] = []
-        self._pending = PendingUpdates()
+        self._pending = PendingUpdates(settings.baseline_history)
+        self._measurements: dict[str, list[Measurement]] = {}
+        self._warned_working: set[str] = set()
+        self.warmups: list[Any] = []
         self.progress: Any = None  # the live progress line: for_case(case_id) -> callback, clear()
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -128,6 +131,7 @@ class Session:
             with manager as (engine, record):
                 entered = True
                 self._note_boot(config, adapter, launch, record)
+                self._warm_up(engine, config)
                 yield EngineUp(engine)
         except (EngineStartError, OSError) as exc:
             if entered:
@@ -162,23 +166,97 @@ class Session:
         if config.expected_failure:
             self.unexpectedly_working[config.id] = config.expected_failure
 
+    def _warm_up(self, engine: RunningEngine, config: EngineConfig) -> None:
+        """Warm a freshly booted engine up with requests shaped as its first selected workload (no figure kept)."""
+        from .engines import default_warmup_requests
+        from .measure import warm_up
+
+        first = next((self.cases[k] for k in self.results if self.cases[k].config == config), None)
+        if first is None:
+            return
+        count = config.warmup_requests
+        if count is None:  # the engine's default, never more than the workload itself sends
+            count = min(default_warmup_requests(config.engine), first.workload.num_prompts)
+        if not count:
+            return
+        done = warm_up(engine, first.workload, count, self._options())
+        self.warmups.append(done)
+        self.notes.append(self.redactor.scrub(done.line(config.id)))
+
     def _results_of(self, config: EngineConfig) -> list[CaseResult]:
         return [r for r in self.results.values() if (r.engine, r.config) == (config.engine, config.name)]
 
     # ----------------------------------------------------------- cases
+    def _options(self) -> MeasureOptions:
+        return MeasureOptions(self.settings.request_timeout_s, self.settings.percentiles,
+                              self.settings.goodput_slos_ms, self.settings.client_processes, self.tokenizer,
+                              exact_tokenizer=self.settings.tokenizer_path is not None)
+
     def run_case(self, engine: RunningEngine, case: Case) -> ItemOutcome:
-        """Measure ``case`` on ``engine``, judge it, record both; what the item should do."""
-        options = MeasureOptions(self.settings.request_timeout_s, self.settings.percentiles,
-                                 self.settings.goodput_slos_ms, self.settings.client_processes, self.tokenizer,
-                                 exact_tokenizer=self.settings.tokenizer_path is not None)
-        progress = self.progress.for_case(case.id) if self.progress is not None else None
+        """Run ``case`` on ``engine`` (its repeats, then confirmation runs while a verdict is not settled), judge it.
+
+        Each run starts from reset caches where the engine allows it. The
+        case's figures are the medians of its runs; runs whose measurement
+        was distorted do not count. A regressed, improved or inconclusive
+        verdict is re-run up to ``--confirm`` times and judged again on all
+        its runs pooled.
+        """
+        result = self.results[case.id]
+        runs: list[Measurement] = []
+        for _ in range(case.workload.repeats):
+            runs.append(self._run_once(engine, case, len(runs) + 1, confirm=False))
+            if _broken(runs[-1]):
+                break
+        stop = self._trouble(engine, case, runs[-1], result)
+        if stop is not None:
+            return stop
+        judgement = self._judge(case, engine, runs, result)
+        confirms = 0
+        while not judgement.settled and confirms < self.settings.confirm:
+            confirms += 1
+            runs.append(self._run_once(engine, case, len(runs) + 1, confirm=True))
+            stop = self._trouble(engine, case, runs[-1], result)
+            if stop is not None:
+                return stop
+            judgement = self._judge(case, engine, runs, result)
+        result.confirm_runs = confirms
+        if judgement.status == INCONCLUSIVE:
+            if self.settings.inconclusive == "skip":
+                return self._outcome(result, "skip", judgement.message)
+            return self._outcome(result, FAIL, judgement.message)
+        if judgement.failed:
+            return self._outcome(result, FAIL, judgement.message)
+        if judgement.status == UPDATED:
+            self._pend_update(case, engine, runs, judgement)
+        return ItemOutcome("pass")
+
+    def _run_once(self, engine: RunningEngine, case: Case, number: int, confirm: bool) -> Measurement:
+        """One run of ``case``: caches reset, measured, recorded as one of the case's runs."""
+        reset = self._reset_caches(engine)
+        label = f"{case.id} run {number}" + (" (confirming)" if confirm else "")
+        progress = self.progress.for_case(label) if self.progress is not None else None
         try:
-            measurement = measure(engine, case, options, progress)
+            measurement = measure(engine, case, self._options(), progress)
         finally:
             if self.progress is not None:
                 self.progress.clear()
-        result = self.results[case.id]
-        self._record_measurement(case, engine, measurement)
+        self._record_run(case, engine, measurement, number, confirm, reset)
+        return measurement
+
+    def _reset_caches(self, engine: RunningEngine) -> str:
+        """Reset the engine's caches before a run, where it allows it; what happened, in a few words."""
+        from .engines.control import reset_caches
+
+        outcome = reset_caches(engine.base_url, engine.http, get_adapter(engine.config.engine))
+        if not outcome.done and outcome.note:
+            note = f"{engine.config.id}: {outcome.note}"
+            if note not in self.notes:
+                self.notes.append(note)
+        return outcome.route if outcome.done and outcome.route else f"none ({outcome.note})" if outcome.note else "none"
+
+    def _trouble(self, engine: RunningEngine, case: Case, measurement: Measurement,
+                 result: CaseResult) -> ItemOutcome | None:
+        """What the item does when the engine is gone or refuses the workload (None: go on and judge)."""
         config = case.config
         if measurement.failure and measurement.engine_exit_code is None:
             return self._outcome(result, FAIL, measurement.failure)  # the engine refuses the workload
@@ -191,65 +269,128 @@ class Session:
             trouble = "no request completed: " + ("; ".join(measurement.failure_reasons) or "no reason recorded")
         kind, message = expected_failure_policy(config.id, config.expected_failure, trouble)
         if kind == UNEXPECTED:
-            warnings.warn(UnexpectedlyWorking(f"{case.id} {message}"), stacklevel=2)
-        elif kind != GO:
+            if config.id not in self._warned_working:
+                self._warned_working.add(config.id)
+                warnings.warn(UnexpectedlyWorking(f"{case.id} {message}"), stacklevel=3)
+            return None
+        if kind != GO:
             self.unexpectedly_working.pop(config.id, None)
             return self._outcome(result, kind, message)
-        return self._judge(case, engine, measurement, result)
+        return None
 
-    def _record_measurement(self, case: Case, engine: RunningEngine, measurement: Measurement) -> None:
+    def _record_run(self, case: Case, engine: RunningEngine, measurement: Measurement, number: int, confirm: bool,
+                    reset: str) -> None:
+        """Keep one run of a case: its figures, the health of what measured it, what the engine said."""
+        from .verdict import distortions
+
         result = self.results[case.id]
         result.engine_version = engine.version
-        result.metrics = dict(measurement.metrics)
-        result.failure_reasons = [self.redactor.scrub(r) for r in measurement.failure_reasons]
-        result.prompts_aligned_by = measurement.prompts_aligned_by
+        causes = distortions(measurement.apparatus)
+        result.runs.append({
+            "run": number, "confirming": confirm, "cache_reset": reset,
+            "metrics": dict(measurement.metrics), "apparatus": dict(measurement.apparatus),
+            "distorted": causes, "engine_metrics": dict(measurement.engine_metrics),
+            "failure_reasons": [self.redactor.scrub(r) for r in measurement.failure_reasons],
+        })
+        self._measurements.setdefault(case.id, []).append(measurement)
+        self.notes.extend(n for n in measurement.notes if n not in self.notes)
         if measurement.telemetry is not None:
             result.telemetry = measurement.telemetry.to_dict()
             result.telemetry_line = measurement.telemetry.line()
-            result.throttled = bool(measurement.telemetry.throttled)
-        self.notes.extend(measurement.notes)
+            result.throttled = result.throttled or bool(measurement.telemetry.throttled)
+        result.prompts_aligned_by = measurement.prompts_aligned_by
         if measurement.records and (self.settings.save_requests or self.settings.results_dir is not None):
-            from .report.reference import request_records, result_file_name, result_json
-            from .report.json import write_json
+            self._save_records(case, measurement, number)
 
-            if self.settings.save_requests:
-                result.requests = self.redactor.scrub_data(request_records(measurement.records))
-            if self.settings.results_dir is not None:
-                data = result_json(case, case.config.engine, measurement.shape, result.metrics,
-                                   self.settings.percentiles,
-                                   measurement.records if self.settings.save_requests else None,
-                                   tokenizer_id=getattr(self.tokenizer, "name", "word"))
-                path = Path(self.settings.results_dir) / result_file_name(case)
-                write_json(path, self.redactor.scrub_data(data))
-                result.result_file = str(path)
+    def _save_records(self, case: Case, measurement: Measurement, number: int) -> None:
+        from .report.json import write_json
+        from .report.reference import request_records, result_file_name, result_json
 
-    def _judge(self, case: Case, engine: RunningEngine, measurement: Measurement, result: CaseResult) -> ItemOutcome:
+        result = self.results[case.id]
+        if self.settings.save_requests:
+            result.requests = (result.requests or []) + [
+                {**r, "run": number} for r in self.redactor.scrub_data(request_records(measurement.records))]
+        if self.settings.results_dir is not None:
+            data = result_json(case, case.config.engine, measurement.shape, measurement.metrics,
+                               self.settings.percentiles,
+                               measurement.records if self.settings.save_requests else None,
+                               tokenizer_id=getattr(self.tokenizer, "name", "word"))
+            name = result_file_name(case)
+            if number > 1:
+                name = name[: -len(".json")] + f".run{number}.json"
+            path = Path(self.settings.results_dir) / name
+            write_json(path, self.redactor.scrub_data(data))
+            result.result_files.append(str(path))
+            result.result_file = result.result_files[0]
+
+    def _current_record(self, case: Case, engine: RunningEngine, metrics: Any, runs: Any,
+                        engine_metrics: Any) -> dict[str, Any]:
+        """This run's result as a baseline history record: figures, runs, command, provenance."""
+        from .baselines import new_record
+        from .metrics import gateable_metrics
+
+        node = self.gate.node(case.config.engine)
+        provenance = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                      "plugin_version": __version__, "engine_version": engine.version, "gpus": case.gpus,
+                      "gpu_name": node.gpu_name, "driver_version": node.driver_version,
+                      "env": dict(case.config.env)}
+        gated = set(gateable_metrics()) | set(self.settings.gates)
+        slim_runs = [{k: v for k, v in r.items() if k in gated} for r in runs]
+        return self.redactor.scrub_data(new_record(metrics, slim_runs, engine.command, provenance, engine_metrics))
+
+    def _judge(self, case: Case, engine: RunningEngine, runs: list[Measurement], result: CaseResult) -> Any:
+        """The case's runs so far, pooled and judged against the baseline history; kept on its result."""
+        from .engine_metrics import evidence_lines
+        from .verdict import Pooled, distortions, run_spread
+
         path = baseline_path(self.settings.baseline_dir, *case.baseline_key[:4])
         result.baseline_file = str(path)
         baseline = read_for(path)
-        update = self.settings.update_baselines
-        judgement = judge_case(case.id, case.workload.name, measurement.metrics, list(measurement.failure_reasons),
-                               case.workload.params(), baseline, self.settings.gates, update,
-                               measurement.throttle_reasons)
+        causes = [distortions(m.apparatus) for m in runs]
+        pooled = Pooled.of([m.metrics for m in runs], causes)
+        counted = [m for m, c in zip(runs, causes) if not c] or runs
+        representative = _representative(counted, pooled.metrics)
+        entry = (baseline.data or {}).get("cases", {}).get(case.workload.name)
+        records = (entry or {}).get("history", [])
+        recorded_engine = records[-1].get("engine_metrics") if records else None
+        evidence = evidence_lines(recorded_engine or {}, representative.engine_metrics or {})
+        current = self._current_record(case, engine, pooled.metrics, pooled.runs, representative.engine_metrics)
+        reasons = [self.redactor.scrub(r) for r in representative.failure_reasons]
+        judgement = judge_case(case.id, case.workload.name, pooled, reasons, case.workload.params(), baseline,
+                               self.settings.gates, self.settings.update_baselines, current, evidence)
+        result.metrics = dict(pooled.metrics)
+        result.spread = run_spread(pooled.runs or [m.metrics for m in runs])
+        result.failure_reasons = reasons
         result.verdicts = list(judgement.verdicts)
-        if judgement.failed:
-            return self._outcome(result, FAIL, judgement.message)
-        if judgement.status == UPDATED:
-            self._pend_update(case, engine, measurement, path, judgement)
-        return ItemOutcome("pass")
+        result.verdict_status = judgement.status
+        result.changes = list(judgement.changes)
+        result.evidence = list(evidence)
+        result.engine_metrics = dict(representative.engine_metrics or {})
+        result.apparatus = _apparatus_summary(runs, causes)
+        result.current_record = current
+        differing = {(m.metrics.get("completed"), m.metrics.get("failed")) for m in runs}
+        if len(differing) > 1:
+            note = (f"{case.id}: its runs differ in completed/failed requests: "
+                    + ", ".join(f"run {n}: {c} completed, {f} failed"
+                                for n, (c, f) in enumerate(((m.metrics.get('completed'), m.metrics.get('failed'))
+                                                            for m in runs), 1)))
+            self.notes = [n for n in self.notes if not n.startswith(f"{case.id}: its runs differ")] + [note]
+        return judgement
 
-    def _pend_update(self, case: Case, engine: RunningEngine, measurement: Measurement, path: Path,
-                     judgement: Any) -> None:
+    def _pend_update(self, case: Case, engine: RunningEngine, runs: list[Measurement], judgement: Any) -> None:
         gpus, model, engine_name, config_name, workload = case.baseline_key
-        provenance = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                      "plugin_version": __version__, "engine_version": engine.version, "gpus": gpus}
-        entry = new_entry(case.workload.params(), engine.command, measurement.metrics, provenance)
+        result = self.results[case.id]
+        path = Path(result.baseline_file or baseline_path(self.settings.baseline_dir, *case.baseline_key[:4]))
         header = {"engine": engine_name, "config": config_name, "gpus": gpus, "model": model}
-        self._pending.add(path, header, workload, self.redactor.scrub_data(entry))
-        self.updates.append(BaselineUpdate(case.id, path, tuple(v.line() for v in judgement.verdicts)))
-        if measurement.throttle_reasons:
+        self._pending.add(path, header, workload, case.workload.params(), result.current_record)
+        lines = [v.line() for v in judgement.verdicts]
+        if judgement.changes:
+            lines.append("changed since the last recording: " + "; ".join(judgement.changes))
+        self.updates.append(BaselineUpdate(case.id, path, tuple(lines)))
+        throttled = sorted({r for m in runs for r in m.throttle_reasons})
+        if throttled:
             self.notes.append(f"{case.id}: the baseline was recorded while GPU clocks were limited "
-                              f"({', '.join(measurement.throttle_reasons)}); consider recording it again")
+                              f"({', '.join(throttled)}); consider recording it again")
 
     def _outcome(self, result: CaseResult, kind: str, message: str) -> ItemOutcome:
         """The item's outcome, its message scrubbed (the one place every case message passes)."""
@@ -313,6 +454,41 @@ class Session:
         from .report.json import environment
 
         return self.redactor.scrub_data(environment(self))
+
+
+def _broken(measurement: Measurement) -> bool:
+    """Whether further runs of the case are pointless (nothing measured, the engine gone, nothing completed)."""
+    return bool(measurement.failure) or measurement.engine_exit_code is not None or not measurement.metrics.get(
+        "completed")
+
+
+def _representative(runs: list[Measurement], pooled: Any) -> Measurement:
+    """The run whose total token throughput lies closest to the pooled median (its engine metrics stand for the case)."""
+    target = pooled.get("total_token_throughput")
+    if target is None:
+        return runs[-1]
+    return min(runs, key=lambda m: abs(float(m.metrics.get("total_token_throughput", 0.0)) - float(target)))
+
+
+def _apparatus_summary(runs: list[Measurement], causes: list[list[str]]) -> dict[str, Any]:
+    """The health of what measured the case over its runs: the worst of each figure, and the runs distorted."""
+    worst: dict[str, Any] = {}
+    for m in runs:
+        for key, value in _flatten(m.apparatus).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                worst[key] = max(worst.get(key, value), value)
+    return {"worst": worst, "runs_distorted": sum(1 for c in causes if c), "runs": len(runs),
+            "causes": list(dict.fromkeys(c for cs in causes for c in cs))}
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in (data or {}).items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _needs(engines: Any) -> dict[str, EngineNeeds]:

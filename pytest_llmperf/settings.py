@@ -19,6 +19,9 @@ from .metrics import metric_direction
 
 DEFAULT_GATES: dict[str, float] = {"total_token_throughput": 5.0, "mean_tpot_ms": 5.0, "failed": 0.0}
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_BASELINE_HISTORY = 5
+DEFAULT_CONFIRM = 2
+INCONCLUSIVE_ACTIONS = ("fail", "skip")
 
 
 class SettingsError(ValueError):
@@ -113,6 +116,22 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("ca_bundle", "--ca-bundle", "PEM file of the CAs to trust for https endpoints instead of the system "
                "trust store", env="LLMPERF_CA_BUNDLE", ini="llmperf_ca_bundle", metavar="FILE"),
     OptionSpec("insecure", "--insecure", "do not verify https certificates (prefer --ca-bundle)", is_flag=True),
+    OptionSpec("repeats", "--repeats", "run each case N times on the same engine (caches reset between runs); its "
+               "figures are the medians (default: the workload's repeats, else 1)", env="LLMPERF_REPEATS",
+               ini="llmperf_repeats", metavar="N"),
+    OptionSpec("warmup_requests", "--warmup-requests", "requests sent once after each engine boots, shaped as its "
+               "first workload, left out of every figure (0: none; default: the configuration's warmup_requests, "
+               "else the engine's own default)", env="LLMPERF_WARMUP_REQUESTS", ini="llmperf_warmup_requests",
+               metavar="N"),
+    OptionSpec("baseline_history", "--baseline-history", "results kept per case in a baseline file; the reference "
+               f"is their median and their spread the noise band (default {DEFAULT_BASELINE_HISTORY})", env="LLMPERF_BASELINE_HISTORY",
+               ini="llmperf_baseline_history", metavar="K"),
+    OptionSpec("confirm", "--confirm", "re-run a case that regressed, improved or was measured distorted up to N "
+               "times; it fails only if the verdict holds on all its runs pooled (default 2; 0: never)",
+               env="LLMPERF_CONFIRM", ini="llmperf_confirm", metavar="N"),
+    OptionSpec("inconclusive", "--inconclusive", "what a case whose measurement stayed distorted (a busy machine, a "
+               "saturated client, throttled GPUs) does: fail (default) or skip", env="LLMPERF_INCONCLUSIVE",
+               ini="llmperf_inconclusive", metavar="fail|skip"),
 )
 
 DEFAULT_REQUEST_TIMEOUT_S = 3600.0
@@ -148,6 +167,11 @@ class Settings:
     save_requests: bool = False
     client_processes: int = 1
     http: HttpOptions = field(default_factory=HttpOptions)  # headers, API key, TLS trust: every request
+    repeats: int | None = None  # None: each workload's own
+    warmup_requests: int | None = None  # None: each configuration's (or engine's) own
+    baseline_history: int = DEFAULT_BASELINE_HISTORY
+    confirm: int = DEFAULT_CONFIRM
+    inconclusive: str = "fail"
 
     @property
     def active(self) -> bool:
@@ -182,6 +206,23 @@ def _positive_float(text: str) -> float:
         raise ValueError(f"expected a positive number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _inconclusive(text: str) -> str:
+    value = str(text).strip().lower()
+    if value not in INCONCLUSIVE_ACTIONS:
+        raise ValueError(f"expected one of {', '.join(INCONCLUSIVE_ACTIONS)}, got {text!r}")
     return value
 
 
@@ -273,6 +314,11 @@ def resolve(
     goodput = convert("goodput", parse_goodput)
     percentiles = convert("percentiles", parse_percentiles)
     client_processes = convert("client_processes", _positive_int)
+    repeats = convert("repeats", _positive_int)
+    warmup_requests = convert("warmup_requests", _count)
+    baseline_history = convert("baseline_history", _positive_int)
+    confirm = convert("confirm", _count)
+    inconclusive = convert("inconclusive", _inconclusive)
     endpoint = None
     if "external" in engines:
         endpoint = convert("endpoint", normalize_endpoint)
@@ -334,6 +380,11 @@ def resolve(
         save_requests=bool(cli.get("save_requests")),
         client_processes=client_processes if client_processes is not None else 1,
         http=http,
+        repeats=repeats,
+        warmup_requests=warmup_requests,
+        baseline_history=baseline_history if baseline_history is not None else DEFAULT_BASELINE_HISTORY,
+        confirm=confirm if confirm is not None else DEFAULT_CONFIRM,
+        inconclusive=inconclusive or "fail",
     )
 
 

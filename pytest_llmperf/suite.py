@@ -62,6 +62,7 @@ class Workload:
     request_rate: float = math.inf  # requests per second; inf sends every request at once
     burstiness: float = 1.0  # gamma shape of the arrival gaps; 1 = Poisson
     warmup_requests: int = 0  # sent before the measured requests, left out of the figures
+    repeats: int = 1  # runs of the case on the same engine; its figures are their medians (not a parameter)
 
     @property
     def endpoint_path(self) -> str:
@@ -106,6 +107,7 @@ class EngineConfig:
     engine_version: str = ""  # the engine release the flags were written for (empty: unknown)
     load_model: str = ""  # what the engine loads when not ``model`` (--model: a local copy, say)
     served_name: str = ""  # the name it serves under, given on the command line (--served-model-name)
+    warmup_requests: int | None = None  # requests sent once after boot, before any case (None: the engine's default)
 
     @property
     def id(self) -> str:
@@ -161,7 +163,8 @@ def workload_presets() -> dict[str, dict[str, Any]]:
     """The named workloads of the seed study (``presets/workloads.toml``), usable as ``preset = NAME``."""
     data = tomllib.loads(WORKLOAD_PRESETS_FILE.read_text())
     return {name: dict(table) for name, table in data.get("workloads", {}).items()}
-_CONFIG_KEYS = {"engine", "name", "model", "args", "env", "workloads", "description", "expected_failure", "engine_version"}
+_CONFIG_KEYS = {"engine", "name", "model", "args", "env", "workloads", "description", "expected_failure", "engine_version",
+                "warmup_requests"}
 
 
 def _where(source: str, key: str) -> str:
@@ -227,6 +230,7 @@ def _parse_workload(source: str, name: str, table: Mapping[str, Any], base_dir: 
     if "burstiness" in table and math.isinf(request_rate):
         raise SuiteError(f"{_where(source, key + '.burstiness')}: only applies with a finite request_rate")
     warmup_requests = _int(source, key + ".warmup_requests", table.get("warmup_requests", 0), minimum=0)
+    repeats = _int(source, key + ".repeats", table.get("repeats", 1))
     ignore_eos = table.get("ignore_eos", dataset == "random")
     if not isinstance(ignore_eos, bool):
         raise SuiteError(f"{_where(source, key + '.ignore_eos')}: expected true or false, got {ignore_eos!r}")
@@ -245,6 +249,7 @@ def _parse_workload(source: str, name: str, table: Mapping[str, Any], base_dir: 
         request_rate=float(request_rate),
         burstiness=float(burstiness),
         warmup_requests=warmup_requests,
+        repeats=repeats,
     )
 
 
@@ -275,6 +280,9 @@ def _parse_config(
         if not isinstance(table.get(text_key, ""), str):
             raise SuiteError(f"{_where(source, key + '.' + text_key)}: expected a string, got {table[text_key]!r}")
     options = tuple(sorted((k, v) for k, v in table.items() if k not in _CONFIG_KEYS))
+    warmup = table.get("warmup_requests")
+    if warmup is not None:
+        warmup = _int(source, key + ".warmup_requests", warmup, minimum=0)
     return EngineConfig(
         engine=engine,
         name=name,
@@ -287,6 +295,7 @@ def _parse_config(
         source_dir=str(base_dir),
         expected_failure=table.get("expected_failure", ""),
         engine_version=table.get("engine_version", ""),
+        warmup_requests=warmup,
     )
 
 
@@ -393,6 +402,8 @@ def resolve(settings: "Settings", suite: Suite | None = None) -> ResolvedSuite:
             raise SuiteError(str(exc)) from None
         if settings.model:
             config = replace(config, load_model=settings.model)
+        if settings.warmup_requests is not None:
+            config = replace(config, warmup_requests=settings.warmup_requests)
         if settings.served_model_name:
             if adapter.takes_served_model_name:
                 config = replace(config, served_name=settings.served_model_name)
@@ -419,6 +430,8 @@ def resolve(settings: "Settings", suite: Suite | None = None) -> ResolvedSuite:
 def _override_workload(workload: Workload, settings: "Settings") -> Workload:
     if settings.num_prompts:
         workload = replace(workload, num_prompts=settings.num_prompts)
+    if settings.repeats:
+        workload = replace(workload, repeats=settings.repeats)
     if settings.dataset_path is not None and workload.dataset == "sharegpt":
         workload = replace(workload, dataset_path=str(settings.dataset_path))
     return workload

@@ -330,7 +330,8 @@ def test_fewer_gpus_than_the_node_has_get_the_first_fit_ones_by_uuid(pytester, n
     assert proc["uuids"] == [g["uuid"] for g in HGX["gpus"][1:5]]
 
 
-def test_a_regression_under_thermal_throttling_is_marked_suspect(pytester, node, monkeypatch):
+def test_a_regression_under_thermal_throttling_is_inconclusive_confirmed_and_never_regressed(pytester, node,
+                                                                                              monkeypatch):
     pytester.makefile(".toml", suite=SUITE)
     bdir = pytester.path / "bl"
     run(pytester, "--suite=suite.toml", "--engine=vllm", f"--baseline-dir={bdir}", "--update-baselines").assert_outcomes(passed=1)
@@ -338,9 +339,16 @@ def test_a_regression_under_thermal_throttling_is_marked_suspect(pytester, node,
     monkeypatch.setenv("LLMPERF_STANDIN_SLOWDOWN", "10")
     result = run(pytester, "--suite=suite.toml", "--engine=vllm", f"--baseline-dir={bdir}", f"--gate={TOL}", "--report-json=r.json")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*suspect: GPU throttled (hw_thermal) during vllm/tp8/tiny*", "*regressed (suspect: GPU throttled)*"])
+    result.stdout.fnmatch_lines(["*inconclusive: the GPUs were throttled (hw_thermal); nothing was compared*",
+                                 "*tiny *inconclusive*"])
     case = report(pytester)["cases"][0]
-    assert case["suspect"] == "GPU throttled" and case["telemetry"]["throttled"] is True
+    assert case["status"] == "inconclusive" and case["telemetry"]["throttled"] is True and case["verdicts"] == []
+    assert len(case["runs"]) == 3 and case["confirm_runs"] == 2  # re-run twice (--confirm), distorted each time
+    assert all(r["distorted"] == ["the GPUs were throttled (hw_thermal)"] for r in case["runs"])
+    skipped = run(pytester, "--suite=suite.toml", "--engine=vllm", f"--baseline-dir={bdir}", f"--gate={TOL}",
+                  "--inconclusive=skip", "--confirm=0", "-rs")
+    skipped.assert_outcomes(skipped=1)
+    skipped.stdout.fnmatch_lines(["*inconclusive: the GPUs were throttled (hw_thermal); nothing was compared*"])
 
 
 # ----------------------------------------------------------------- external endpoint
@@ -386,3 +394,38 @@ def test_an_external_endpoint_is_measured_and_left_running(pytester):
     finally:
         server.terminate()
         server.wait(10)
+
+
+# ----------------------------------------------------------------- repeats, cache resets, warm-up
+@pytest.mark.parametrize("engine, config, route", [("vllm", "tp8", "/reset_prefix_cache"),
+                                                   ("sglang", "tp8-dpattn", "/flush_cache")])
+def test_each_run_of_a_repeated_case_starts_from_a_reset_cache(pytester, node, monkeypatch, engine, config, route):
+    resets = pytester.path / "resets.log"
+    monkeypatch.setenv("LLMPERF_STANDIN_RESETS_FILE", str(resets))
+    template = pytester.path / "tool_chat_template_deepseekv32.jinja"
+    result = run(pytester, f"--engine={engine}", "--gpus=h200x8", "--num-prompts=4", "-k", f"{engine}/{config}/short",
+                 "--repeats=3", "--confirm=0", f"--chat-template={template}", "--report-json=r.json",
+                 f"--gate={NO_TIMING}", "--warmup-requests=2")
+    result.assert_outcomes(failed=1)  # no baseline here
+    assert resets.read_text().splitlines() == [f"POST {route} 200 ok"] * 3  # one per run, none for the warm-up
+    (case,) = report(pytester)["cases"]
+    assert [r["cache_reset"] for r in case["runs"]] == [route] * 3
+    assert [r["metrics"]["completed"] for r in case["runs"]] == [4, 4, 4]
+    assert case["spread"]["completed"]["n"] == 3
+    assert case["engine_metrics"]["available"] and case["engine_metrics"]["counters"]["generation_tokens"] == 4 * 4
+    notes = report(pytester)["environment"]["notes"]
+    assert any(n.startswith(f"warm-up of {engine}/{config}: 2 requests shaped as short, 2 completed") for n in notes)
+
+
+def test_trtllm_has_no_reset_route_and_the_report_says_so(pytester, node, monkeypatch):
+    resets = pytester.path / "resets.log"
+    monkeypatch.setenv("LLMPERF_STANDIN_RESETS_FILE", str(resets))
+    result = run(pytester, "--engine=trtllm", "--gpus=h200x8", "--num-prompts=4", "-k", "trtllm/tp8/short",
+                 "--repeats=2", "--confirm=0", "--report-json=r.json", f"--gate={NO_TIMING}")
+    result.assert_outcomes(failed=1)
+    assert not resets.exists()
+    data = report(pytester)
+    (case,) = data["cases"]
+    assert [r["cache_reset"].startswith("none (trtllm has no cache-reset route") for r in case["runs"]] == [True, True]
+    assert any("trtllm has no cache-reset route" in n for n in data["environment"]["notes"])
+    assert case["engine_metrics"]["format"] == "trtllm-json" and case["engine_metrics"]["samples"] > 0

@@ -106,10 +106,13 @@ def test_record_then_pass_then_detect_slowdown(project, model):
     data = json.loads((bdir / files[1]).read_text())
     case = data["cases"]["tiny-random"]
     assert case["workload"]["input_len"] == 64 and case["workload"]["num_prompts"] == 24
-    assert case["metrics"]["completed"] == 24 and case["metrics"]["total_input_tokens"] == 24 * 64
-    assert case["metrics"]["total_output_tokens"] == 24 * 12
-    assert case["command"][:4] == ["python", "-m", "pytest_llmperf.sim", "serve"] and "{port}" in case["command"]
-    assert case["provenance"]["gpus"] == "h200x8" and case["provenance"]["engine_version"].endswith("+sim")
+    (record,) = case["history"]
+    assert data["schema"] == 2
+    assert record["metrics"]["completed"] == 24 and record["metrics"]["total_input_tokens"] == 24 * 64
+    assert record["metrics"]["total_output_tokens"] == 24 * 12
+    assert record["command"][:4] == ["python", "-m", "pytest_llmperf.sim", "serve"] and "{port}" in record["command"]
+    assert record["provenance"]["gpus"] == "h200x8" and record["provenance"]["engine_version"].endswith("+sim")
+    assert record["provenance"]["gpu_name"] == "NVIDIA H200" and record["provenance"]["driver_version"]
 
     ok = run(project, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "--report-json=ok.json")
     ok.assert_outcomes(passed=4)
@@ -271,7 +274,11 @@ def test_improvement_passes_flagged_and_file_tolerances_override(project):
     # a 10x slowdown against this baseline fails by default, passes under a file-wide override
     path = next(bdir.rglob("vllm-tp8.json"))
     data = json.loads(path.read_text())
-    run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines", "-k", "vllm and random").assert_outcomes(passed=1, deselected=3)
+    # the slow recording stays in the history: its median and noise band would hide a 10x slowdown, so the
+    # history restarts from the new result (a history of one)
+    run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines", "--baseline-history=1", "-k",
+        "vllm and random").assert_outcomes(passed=1, deselected=3)
+    assert len(json.loads(path.read_text())["cases"]["tiny-random"]["history"]) == 1
     run(project, "--engine=sim", f"--baseline-dir={bdir}", "--sim-slowdown=10", "-k", "vllm and random").assert_outcomes(failed=1, deselected=3)
     data = json.loads(path.read_text())
     data["tolerances_pct"] = {"total_token_throughput": 99, "mean_tpot_ms": 100000}
@@ -389,3 +396,101 @@ def test_an_update_leaves_only_baseline_files_in_the_tree(project):
         passed=2, deselected=2)
     everything = sorted(p.name for p in bdir.rglob("*") if p.is_file())
     assert everything == ["sglang-dpattn.json", "vllm-tp8.json"]
+
+
+# ----------------------------------------------------------------- verdicts a CI can trust
+def one_config_suite(model: str, args: str = "", repeats: int = 1) -> str:
+    return f'''
+model = "{model}"
+gpus = "h200x8"
+
+[workloads.tiny]
+dataset = "random"
+input_len = 64
+output_len = 12
+num_prompts = 16
+repeats = {repeats}
+
+[[configs]]
+engine = "sim"
+name = "vllm-tp8"
+profile = "vllm-tp8"
+args = [{args}]
+'''
+
+
+def test_a_sim_behind_its_own_schedule_is_inconclusive_rerun_and_never_recorded(pytester, model):
+    # The sim blocks its event loop 60 ms after every step: its timeline stretches whatever the machine.
+    pytester.makefile(".toml", suite=one_config_suite(model, '"--stall-ms-per-step", "60"', repeats=2))
+    bdir = pytester.path / "bl"
+    result = run(pytester, "--engine=sim", f"--baseline-dir={bdir}", "--confirm=1", "--report-json=r.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*inconclusive: the simulated engine ran *% behind its schedule (the machine is busy);"
+                                 " nothing was compared*", "*tiny *inconclusive*"])
+    (case,) = json.loads((pytester.path / "r.json").read_text())["cases"]
+    assert case["status"] == "inconclusive" and case["verdicts"] == []
+    assert [r["confirming"] for r in case["runs"]] == [False, False, True]  # 2 repeats, then 1 confirming run
+    assert all(r["apparatus"]["sim_slip_pct"] > 50 and r["distorted"] for r in case["runs"])
+    assert case["apparatus"]["runs_distorted"] == 3
+    skipped = run(pytester, "--engine=sim", f"--baseline-dir={bdir}", "--confirm=0", "--inconclusive=skip", "-rs")
+    skipped.assert_outcomes(skipped=1)
+    update = run(pytester, "--engine=sim", f"--baseline-dir={bdir}", "--confirm=0", "--update-baselines")
+    update.assert_outcomes(failed=1)
+    update.stdout.fnmatch_lines(["*inconclusive: *behind its schedule*; no baseline was recorded*"])
+    assert not bdir.exists() or not list(bdir.rglob("*.json"))
+    assert sim_processes(model) == []
+
+
+def test_a_regression_is_confirmed_by_rerunning_and_every_run_is_reported(pytester, model):
+    pytester.makefile(".toml", suite=one_config_suite(model))
+    bdir = pytester.path / "bl"
+    run(pytester, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines").assert_outcomes(passed=1)
+    slow = run(pytester, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "--sim-slowdown=10",
+               "--report-json=r.json")
+    slow.assert_outcomes(failed=1)
+    slow.stdout.fnmatch_lines(["*sim/vllm-tp8/tiny regressed against * (median of 3 runs):*",
+                               "*sim/vllm-tp8/tiny: 2 confirming run(s); judged on its runs pooled: regressed*"])
+    (case,) = json.loads((pytester.path / "r.json").read_text())["cases"]
+    assert [r["confirming"] for r in case["runs"]] == [False, True, True] and case["confirm_runs"] == 2
+    assert [r["cache_reset"] for r in case["runs"]] == ["/reset_prefix_cache"] * 3
+    assert case["spread"]["mean_tpot_ms"]["n"] == 3
+    fast = run(pytester, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "--report-json=ok.json")
+    fast.assert_outcomes(passed=1)
+    (case,) = json.loads((pytester.path / "ok.json").read_text())["cases"]
+    assert len(case["runs"]) == 1 and case["confirm_runs"] == 0  # a passing verdict is not re-run
+
+
+def test_an_old_schema_baseline_is_compared_then_rewritten_with_its_history(pytester, model):
+    pytester.makefile(".toml", suite=suite_text(model))
+    bdir = pytester.path / "bl"
+    run(pytester, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines", "-k", "vllm").assert_outcomes(
+        passed=2, deselected=2)
+    path = next(bdir.rglob("vllm-tp8.json"))
+    data = json.loads(path.read_text())
+    old = {**data, "schema": 1, "cases": {}}  # the same figures, as schema 1 wrote them
+    for name, entry in data["cases"].items():
+        (record,) = entry["history"]
+        old["cases"][name] = {"workload": entry["workload"], "metrics": record["metrics"],
+                              "command": record["command"], "provenance": record["provenance"]}
+    old["cases"]["retired"] = {"workload": {"num_prompts": 1}, "metrics": {"completed": 1}, "command": ["x"],
+                               "provenance": {"date": "2026-01-01"}, "tolerances_pct": {"mean_tpot_ms": 7}}
+    path.write_text(json.dumps(old))
+    compared = run(pytester, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "-k", "vllm")
+    compared.assert_outcomes(passed=2, deselected=2)
+    assert json.loads(path.read_text()) == old  # reading never writes
+    run(pytester, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines", "-k", "vllm").assert_outcomes(
+        passed=2, deselected=2)
+    new = json.loads(path.read_text())
+    assert new["schema"] == 2
+    for name in ("tiny-random", "tiny-sharegpt"):
+        history = new["cases"][name]["history"]
+        assert len(history) == 2 and history[0]["metrics"] == old["cases"][name]["metrics"]
+        assert history[0]["command"] == old["cases"][name]["command"]
+    assert new["cases"]["retired"] == {"workload": {"num_prompts": 1}, "tolerances_pct": {"mean_tpot_ms": 7},
+                                       "history": [{"metrics": {"completed": 1}, "command": ["x"],
+                                                    "provenance": {"date": "2026-01-01"}}]}
+    judged = run(pytester, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "-k", "vllm",
+                 "--report-json=r.json")
+    judged.assert_outcomes(passed=2, deselected=2)
+    verdicts = json.loads((pytester.path / "r.json").read_text())["cases"][0]["verdicts"]
+    assert {v["history_n"] for v in verdicts} == {2}

@@ -46,5 +46,8 @@ def test_json_report_shape(tmp_path):
     assert data["metric_units"] == {"total_token_throughput": "tok/s"}  # from the metric table
     (case,) = data["cases"]
     assert {"id", "engine", "config", "workload", "outcome", "metrics", "verdicts"} <= set(case)
-    assert case["verdicts"][0] == {"metric": "total_token_throughput", "baseline": 1.0, "current": 1.0,
-                                   "change_pct": 0.0, "tolerance_pct": 5, "status": "ok"}
+    assert case["verdicts"][0] == {"metric": "total_token_throughput", "baseline": 1.0, "reference": 1.0,
+                                   "current": 1.0, "change_pct": 0.0, "tolerance_pct": 5, "configured_pct": 5,
+                                   "band_pct": 0.0, "tolerance_from": "configured", "history_n": 1,
+                                   "status": "ok"}
+    assert {"runs", "spread", "apparatus", "engine_metrics", "confirm_runs", "changes"} <= set(case)

@@ -682,3 +682,32 @@ def test_flush_cache_refuses_while_requests_are_pending_and_flushes_when_idle(fr
     assert fresh_sim.call(lambda: engine.prefix_cache_tokens) == 0
     completion(fresh_sim.url, prompt, 2)
     assert scrape(fresh_sim.url)["vllm:prefix_cache_hits_total"] == 0
+
+
+@pytest.fixture
+def prefilling_sim(tmp_path):
+    path = tmp_path / "prefill.toml"
+    path.write_text(FAST_PROFILE.replace("prefill_ms_per_token = 0.0", "prefill_ms_per_token = 0.01"))
+    srv = ThreadedServer(path)
+    yield srv
+    srv.close()
+
+
+def test_a_repeat_without_a_reset_is_faster_than_one_after_a_reset(prefilling_sim):
+    """The engine's own schedule (virtual, so no timing luck): cached prompts prefill in less time."""
+    fresh_sim = prefilling_sim
+    prompts = [" ".join(f"w{i}x{j}" for j in range(400)) for i in range(5)]  # 400 word tokens each
+
+    def scheduled_s_of_one_pass() -> float:
+        before = scrape(fresh_sim.url)["llmperf_sim_scheduled_seconds_total"]
+        for prompt in prompts:
+            completion(fresh_sim.url, prompt, 2)
+        return scrape(fresh_sim.url)["llmperf_sim_scheduled_seconds_total"] - before
+
+    first = scheduled_s_of_one_pass()
+    repeat = scheduled_s_of_one_pass()  # every prompt cached
+    assert requests.post(fresh_sim.url + "/reset_prefix_cache", timeout=10).status_code == 200
+    after_reset = scheduled_s_of_one_pass()
+    assert repeat < 0.8 * after_reset
+    assert after_reset == pytest.approx(first, rel=1e-9)
+    assert scrape(fresh_sim.url)["vllm:prefix_cache_hits_total"] == 5 * 399

@@ -23,6 +23,16 @@ STARTUP_TIMEOUT_S: dict[str, float] = {
     "external": 600.0,  # it should be up already; one still warming up (503) is waited for
 }
 
+# Requests sent once after each boot, before any case (a configuration's warmup_requests and --warmup-requests
+# override): real engines compile, capture graphs and fill allocators on their first requests; the simulated
+# engine has nothing to warm, so a few requests keep the quick start fast while the path stays exercised.
+WARMUP_REQUESTS: dict[str, int] = {"sim": 4}
+DEFAULT_WARMUP_REQUESTS = 32
+
+
+def default_warmup_requests(engine: str) -> int:
+    return WARMUP_REQUESTS.get(engine, DEFAULT_WARMUP_REQUESTS)
+
 
 class EngineUnavailable(LookupError):
     """The engine name is valid but has no adapter in this version."""

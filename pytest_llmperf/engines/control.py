@@ -108,6 +108,7 @@ class EngineMetricsProbe:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._before: dict[str, float] | None = None
+        self.after: dict[str, float] | None = None  # the full scrape after the run (Prometheus engines)
         self._samples: list[dict[str, float]] = []
         self._errors = 0
         self._messages: list[str] = []
@@ -116,6 +117,11 @@ class EngineMetricsProbe:
         self._summary: dict[str, Any] | None = None
 
     # ------------------------------------------------------------- public
+    @property
+    def before(self) -> dict[str, float] | None:
+        """The full scrape before the run (Prometheus engines; None when unavailable)."""
+        return self._before if self.fmt != TRTLLM_JSON else None
+
     @property
     def samples(self) -> list[dict[str, float]]:
         with self._lock:
@@ -172,7 +178,7 @@ class EngineMetricsProbe:
                 with self._lock:
                     self._samples.extend(em.role_values(r) for r in readings)
             else:
-                after = readings[0]
+                after = self.after = readings[0]
         finally:
             self._client.close()
         if self._errors and not note:

@@ -46,11 +46,7 @@ from ..metrics import RequestRecord, percentile
 LAG_INTERVAL_S = 0.010
 MS_PER_S = 1000.0
 
-# When the client's own figures say the measurement may be distorted (``concerns``).
-LAG_P99_LIMIT_MS = 5.0
-PROCESS_CPU_LIMIT_PCT = 90.0
-SYSTEM_CPU_LIMIT_PCT = 90.0
-COALESCED_READS_LIMIT_PCT = 5.0
+# Whether these figures make a measurement distorted is the verdict's to say (``verdict.distortions``).
 
 
 @dataclass(frozen=True)
@@ -95,25 +91,6 @@ class ClientHealth:
             cores = f" of {self.cpu_count} cores" if self.cpu_count else ""
             parts.append(f"machine {self.system_cpu_pct:.0f}% busy{cores}")
         return "client: " + ", ".join(parts)
-
-    def concerns(self, lag_p99_limit_ms: float = LAG_P99_LIMIT_MS,
-                 process_cpu_limit_pct: float = PROCESS_CPU_LIMIT_PCT,
-                 system_cpu_limit_pct: float = SYSTEM_CPU_LIMIT_PCT,
-                 coalesced_limit_pct: float = COALESCED_READS_LIMIT_PCT) -> list[str]:
-        """Why the client may have distorted the figures (empty when it kept up)."""
-        out = []
-        if self.loop_lag_p99_ms > lag_p99_limit_ms:
-            out.append(f"the client's event loop ran {self.loop_lag_p99_ms:.1f} ms late at p99 "
-                       f"(limit {lag_p99_limit_ms:g} ms): chunk timestamps may be late")
-        if self.cpu_pct_max_process > process_cpu_limit_pct:
-            out.append(f"a client process used {self.cpu_pct_max_process:.0f}% of a core "
-                       f"(limit {process_cpu_limit_pct:g}%); try more client processes")
-        if self.system_cpu_pct is not None and self.system_cpu_pct > system_cpu_limit_pct:
-            out.append(f"the machine was {self.system_cpu_pct:.0f}% busy (limit {system_cpu_limit_pct:g}%)")
-        if self.coalesced_reads_pct > coalesced_limit_pct:
-            out.append(f"{self.coalesced_reads_pct:.1f}% of reads carried several chunks of one stream "
-                       f"(limit {coalesced_limit_pct:g}%)")
-        return out
 
 
 # --------------------------------------------------------------------------- pure parts

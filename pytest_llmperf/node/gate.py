@@ -33,6 +33,8 @@ class EngineNode:
 
     verdict: NodeVerdict
     live: bool = False  # the GPUs are this machine's, read through NVML (telemetry, wait until freed)
+    gpu_name: str | None = None  # the product of the GPUs it gets, e.g. "NVIDIA H200" (baseline provenance)
+    driver_version: str | None = None
 
     @property
     def gpu_uuids(self) -> tuple[str, ...]:
@@ -89,7 +91,10 @@ class NodeGate:
                 snapshot, where = reading.snapshot, reading.source
                 if reading.live and not needs.uses_gpus:  # an endpoint's own processes are not foreign
                     snapshot, where = hardware_only(snapshot), where + ", hardware only (external endpoint)"
-                nodes[engine] = EngineNode(check_node(self.spec, snapshot, where), reading.live and needs.uses_gpus)
+                verdict = check_node(self.spec, snapshot, where)
+                names = [g.name for g in snapshot.gpus if g.index in verdict.gpu_indices] or [g.name for g in snapshot.gpus]
+                nodes[engine] = EngineNode(verdict, reading.live and needs.uses_gpus,
+                                           names[0] if names else None, snapshot.driver_version)
             self._nodes = nodes
         return self._nodes
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..verdict import IMPROVED, MISSING, REGRESSED, UPDATED, Verdict
+from ..verdict import IMPROVED, INCONCLUSIVE, MISSING, REGRESSED, UPDATED, Verdict
 
 
 @dataclass
@@ -31,6 +31,16 @@ class CaseResult:
     requests: list[dict[str, Any]] | None = None  # per-request records (--save-requests)
     result_file: str | None = None  # the case's saved result (--results-dir)
     prompts_aligned_by: str | None = None  # how random prompts got their token lengths, when not built exactly
+    runs: list[dict[str, Any]] = field(default_factory=list)  # every run: metrics, apparatus, engine metrics, reset
+    spread: dict[str, dict[str, float]] = field(default_factory=dict)  # per metric over the counted runs
+    verdict_status: str = ""  # what the verdict said (ok / regressed / improved / missing / inconclusive / updated)
+    changes: list[str] = field(default_factory=list)  # what changed since the baseline was recorded
+    evidence: list[str] = field(default_factory=list)  # what the engine said, against the baseline's recording
+    engine_metrics: dict[str, Any] = field(default_factory=dict)  # the representative run's engine metrics summary
+    apparatus: dict[str, Any] = field(default_factory=dict)  # health of what measured it, worst over the runs
+    confirm_runs: int = 0  # runs added to confirm a verdict
+    result_files: list[str] = field(default_factory=list)  # --results-dir: one per run
+    current_record: dict[str, Any] | None = None  # the result as a baseline update would record it
 
     @property
     def suspect(self) -> str | None:
@@ -43,6 +53,8 @@ class CaseResult:
     def status(self) -> str:
         """One word for the table: what the verdicts (or the outcome) say."""
         statuses = {v.status for v in self.verdicts}
+        if self.verdict_status == INCONCLUSIVE and self.outcome in ("failed", "skipped"):
+            return INCONCLUSIVE
         if self.outcome in ("error", "skipped", "xfailed", "not run"):
             return self.outcome
         for word in (REGRESSED, MISSING):
@@ -55,6 +67,15 @@ class CaseResult:
         if IMPROVED in statuses:
             return IMPROVED
         return "ok"
+
+    def spread_text(self) -> str:
+        """How far apart the counted runs lay: ``3 runs, cv 0.4%`` (the widest CV of the gated metrics), or "-"."""
+        gated = [v.metric for v in self.verdicts] or ["total_token_throughput", "mean_tpot_ms"]
+        cvs = [self.spread[m]["cv_pct"] for m in gated if m in self.spread]
+        n = max((int(s.get("n", 0)) for s in self.spread.values()), default=0)
+        if n < 2 or not cvs:
+            return "-" if n < 2 else f"{n} runs"
+        return f"{n} runs, cv {max(cvs):.1f}%"
 
     def verdict(self, metric: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.metric == metric), None)
@@ -78,5 +99,13 @@ class CaseResult:
             "suspect": self.suspect,
             "result_file": self.result_file,
             "prompts_aligned_by": self.prompts_aligned_by,
+            "runs": self.runs,
+            "spread": self.spread,
+            "confirm_runs": self.confirm_runs,
+            "changes": self.changes,
+            "engine_evidence": self.evidence,
+            "engine_metrics": self.engine_metrics,
+            "apparatus": self.apparatus,
+            "result_files": self.result_files,
             **({"requests": self.requests} if self.requests is not None else {}),
         }

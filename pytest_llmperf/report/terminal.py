@@ -34,7 +34,7 @@ def summary_tables(results: Iterable[CaseResult]) -> str:
     for config_id, rows in by_config.items():
         headers = ["workload", f"total {_unit('total_token_throughput')}", "change",
                    f"mean TPOT {_unit('mean_tpot_ms')}", "change", f"mean TTFT {_unit('mean_ttft_ms')}", "failed",
-                   "status"]
+                   "spread", "status"]
         with_telemetry = any(r.telemetry_line for r in rows)
         if with_telemetry:
             headers.append("GPUs")
@@ -47,6 +47,7 @@ def summary_tables(results: Iterable[CaseResult]) -> str:
                 _change(r.verdict("mean_tpot_ms")),
                 _num(r.metrics.get("mean_ttft_ms")),
                 r.metrics.get("failed", "-"),
+                r.spread_text(),
                 r.status + (f" (suspect: {r.suspect})" if r.suspect else ""),
             ]
             + ([r.telemetry_line or "-"] if with_telemetry else [])
@@ -56,6 +57,24 @@ def summary_tables(results: Iterable[CaseResult]) -> str:
         title = config_id + (f" (engine {version})" if version else "")
         blocks.append(title + "\n" + tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
     return "\n\n".join(blocks)
+
+
+def case_lines(result: CaseResult) -> list[tuple[str, bool]]:
+    """What a case's row cannot say: confirming runs, runs left out as distorted, what changed, engine evidence."""
+    out = []
+    runs = len(result.runs)
+    if result.confirm_runs:
+        out.append((f"{result.id}: {result.confirm_runs} confirming run(s); judged on its runs pooled: "
+                    f"{result.verdict_status or result.status}", False))
+    distorted = int(result.apparatus.get("runs_distorted", 0))
+    if distorted and result.verdict_status != "inconclusive":
+        out.append((f"{result.id}: {distorted} of {runs} runs left out, their measurement distorted: "
+                    + "; ".join(result.apparatus.get("causes", [])), True))
+    if result.changes:
+        out.append((f"{result.id}: compared although changed since the baseline: " + "; ".join(result.changes), False))
+    if result.evidence and result.status not in ("failed", "regressed"):  # a failure's message already has them
+        out.append((f"{result.id}: the engine says: " + "; ".join(result.evidence), False))
+    return out
 
 
 def summary_lines(session: Any) -> list[tuple[str, bool]]:
@@ -71,6 +90,7 @@ def summary_lines(session: Any) -> list[tuple[str, bool]]:
             if result.failure_reasons and result.metrics.get("failed"):
                 out.append((f"{result.id}: {result.metrics['failed']} requests failed: "
                             + "; ".join(result.failure_reasons), True))
+            out += [(line, warn) for line, warn in case_lines(result)]
     for update in session.updates:
         out.append((f"baseline updated: {update.case_id} -> {update.path}", False))
         out += [(f"    {line}", False) for line in update.lines]

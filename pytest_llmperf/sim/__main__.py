@@ -33,6 +33,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -51,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--profile", required=True, help="a built-in profile name or a path to a profile .toml")
     serve.add_argument("--slowdown", type=_positive_float, default=1.0, help="multiply every step's duration")
+    serve.add_argument("--stall-ms-per-step", type=_non_negative_float, default=0.0, metavar="MS",
+                       help="block the server's event loop this long after every step, so that it falls behind its "
+                            "own schedule as on a busy machine (fault injection for the gate's own checks)")
     serve.add_argument("--served-model-name", default=None, help="model name the API answers to (default: the profile's)")
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument("--api-key", metavar="KEY", default=None,
@@ -84,7 +97,8 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     api_key = args.api_key if args.api_key is not None else os.environ.get(ENV_API_KEY)
-    server = SimServer(profile, args.served_model_name, args.slowdown, api_keys=api_key, ssl_context=ssl_context)
+    server = SimServer(profile, args.served_model_name, args.slowdown, api_keys=api_key, ssl_context=ssl_context,
+                       stall_s_per_step=args.stall_ms_per_step / 1000.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -115,10 +115,14 @@ class SimServer:
     """The prefix-cache reset routes served (vLLM's, SGLang's); subclasses imitating an engine keep its own."""
 
     def __init__(self, profile: Profile, served_model_name: str | None = None, slowdown: float = 1.0, *,
-                 api_keys: str | Iterable[str] | None = None, ssl_context: ssl.SSLContext | None = None):
+                 api_keys: str | Iterable[str] | None = None, ssl_context: ssl.SSLContext | None = None,
+                 stall_s_per_step: float = 0.0):
         """``api_keys``: with one or more, ``/v1`` routes need ``Authorization: Bearer KEY`` (see ``access``).
-        ``ssl_context``: serve HTTPS with it (``access.server_ssl_context`` makes one from PEM files)."""
+        ``ssl_context``: serve HTTPS with it (``access.server_ssl_context`` makes one from PEM files).
+        ``stall_s_per_step``: block the event loop this long after every step (fault injection: the loop
+        falls behind its schedule as on a busy machine, and its ``/metrics`` say so)."""
         self.profile = profile
+        self.stall_s_per_step = stall_s_per_step
         self._api_keys = ApiKeys(api_keys)
         self.ssl_context = ssl_context
         self.model_name = served_model_name or profile.model
@@ -205,6 +209,8 @@ class SimServer:
 
     def _deliver(self, end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:
         """Hand each request the tokens of the step that just ended."""
+        if self.stall_s_per_step:
+            time.sleep(self.stall_s_per_step)  # deliberately blocks the loop: see __init__
         streams = self._streams
         for ev in events:
             stream = streams.get(ev.request_id)
