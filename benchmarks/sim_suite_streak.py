@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,11 +37,17 @@ def one_run(extra: list[str]) -> tuple[int, float, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "r.json"
         t0 = time.monotonic()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "pytest", "--engine=sim", "-p", "no:cacheprovider", "-q", f"--report-json={report}",
              *extra],
-            cwd=ROOT, capture_output=True, text=True,
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        try:
+            proc.wait()
+        finally:  # interrupted: the run stops its engines on SIGTERM; wait for it
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
         wall_s = time.monotonic() - t0
         data = json.loads(report.read_text()) if report.exists() else {"cases": []}
     return proc.returncode, wall_s, data
@@ -68,7 +75,12 @@ def describe(data: dict) -> list[str]:
     return out
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # so that the current run and the spinners are stopped too
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quiet", type=int, default=0)
     ap.add_argument("--slow", type=int, default=0)

@@ -282,8 +282,17 @@ def new_record(metrics: Mapping[str, Any], runs: Iterable[Mapping[str, Any]], co
     record = {"metrics": dict(metrics), "runs": [dict(r) for r in runs], "command": list(command),
               "provenance": dict(provenance)}
     if engine_metrics:
-        record["engine_metrics"] = dict(engine_metrics)
+        record["engine_metrics"] = finite_data(engine_metrics)
     return record
+
+
+def finite_data(data: Any) -> Any:
+    """``data`` with every non-finite float dropped from its objects (None in lists): strict JSON holds no NaN/inf."""
+    if isinstance(data, Mapping):
+        return {k: finite_data(v) for k, v in data.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    if isinstance(data, (list, tuple)):
+        return [None if isinstance(v, float) and not math.isfinite(v) else finite_data(v) for v in data]
+    return data
 
 
 class PendingUpdates:

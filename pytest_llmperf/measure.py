@@ -146,8 +146,10 @@ def measure(engine: RunningEngine, case: Case, options: MeasureOptions,
     try:
         load = run_load(spec, progress)
     finally:
-        telemetry = sampler.stop() if sampler is not None else None
-        engine_metrics = probe.stop()
+        try:
+            telemetry = sampler.stop() if sampler is not None else None
+        finally:
+            engine_metrics = probe.stop()
     metrics = dict(compute_metrics(load.records, load.duration_s, options.percentiles, options.goodput_slos_ms,
                                    from_schedule=spec.finite_rate))
     notes = list(_prompt_length_notes(case, load.records, metrics))

@@ -34,6 +34,9 @@ from .verdict import (FAIL, GO, INCONCLUSIVE, UNEXPECTED, UPDATED, XFAIL, expect
                       unexpectedly_working_note, version_matches)
 
 
+NOISY_GATE_FACTOR = 3.0  # a noise band this many times the tolerance is said in the summary
+
+
 class UnexpectedlyWorking(UserWarning):
     """A configuration marked as a known failure ran: the failure may be fixed."""
 
@@ -95,7 +98,6 @@ class Session:
         self.updates: list[BaselineUpdate] = []
         self.write_problems: list[str] = []
         self._pending = PendingUpdates(settings.baseline_history)
-        self._measurements: dict[str, list[Measurement]] = {}
         self._warned_working: set[str] = set()
         self.warmups: list[Any] = []
         self.progress: Any = None  # the live progress line: for_case(case_id) -> callback, clear()
@@ -247,7 +249,14 @@ class Session:
         """Reset the engine's caches before a run, where it allows it; what happened, in a few words."""
         from .engines.control import reset_caches
 
-        outcome = reset_caches(engine.base_url, engine.http, get_adapter(engine.config.engine))
+        adapter = get_adapter(engine.config.engine)
+        if not adapter.boots:  # a server we did not start may be shared: its caches are not ours to drop
+            note = (f"{engine.config.id}: caches of an external endpoint are not reset between runs; runs after the "
+                    f"first may find them warm")
+            if note not in self.notes:
+                self.notes.append(note)
+            return "none (external endpoint)"
+        outcome = reset_caches(engine.base_url, engine.http, adapter)
         if not outcome.done and outcome.note:
             note = f"{engine.config.id}: {outcome.note}"
             if note not in self.notes:
@@ -265,8 +274,10 @@ class Session:
             trouble = measurement.failure or (
                 f"the engine exited with code {measurement.engine_exit_code} during {case.id}; last lines of "
                 f"{engine.log_path}:\n" + tail(engine.log_path))
-        elif config.expected_failure and not measurement.metrics.get("completed"):
-            trouble = "no request completed: " + ("; ".join(measurement.failure_reasons) or "no reason recorded")
+        elif not measurement.metrics.get("completed"):  # never pooled with runs that measured something
+            reasons = "; ".join(self.redactor.scrub(r) for r in measurement.failure_reasons) or "no reason recorded"
+            trouble = (f"no request of {case.id} completed ({measurement.metrics.get('failed', 0)} failed): "
+                       f"{reasons}")
         kind, message = expected_failure_policy(config.id, config.expected_failure, trouble)
         if kind == UNEXPECTED:
             if config.id not in self._warned_working:
@@ -274,7 +285,9 @@ class Session:
                 warnings.warn(UnexpectedlyWorking(f"{case.id} {message}"), stacklevel=3)
             return None
         if kind != GO:
-            self.unexpectedly_working.pop(config.id, None)
+            if trouble:
+                self.unexpectedly_working.pop(config.id, None)
+            result.verdict_status = ""  # whatever an earlier run's verdict said, the case ends here
             return self._outcome(result, kind, message)
         return None
 
@@ -292,7 +305,6 @@ class Session:
             "distorted": causes, "engine_metrics": dict(measurement.engine_metrics),
             "failure_reasons": [self.redactor.scrub(r) for r in measurement.failure_reasons],
         })
-        self._measurements.setdefault(case.id, []).append(measurement)
         self.notes.extend(n for n in measurement.notes if n not in self.notes)
         if measurement.telemetry is not None:
             result.telemetry = measurement.telemetry.to_dict()
@@ -333,7 +345,7 @@ class Session:
         provenance = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       "plugin_version": __version__, "engine_version": engine.version, "gpus": case.gpus,
                       "gpu_name": node.gpu_name, "driver_version": node.driver_version,
-                      "env": dict(case.config.env)}
+                      "env": _fingerprints(dict(case.config.env))}
         gated = set(gateable_metrics()) | set(self.settings.gates)
         slim_runs = [{k: v for k, v in r.items() if k in gated} for r in runs]
         return self.redactor.scrub_data(new_record(metrics, slim_runs, engine.command, provenance, engine_metrics))
@@ -357,7 +369,9 @@ class Session:
         current = self._current_record(case, engine, pooled.metrics, pooled.runs, representative.engine_metrics)
         reasons = [self.redactor.scrub(r) for r in representative.failure_reasons]
         judgement = judge_case(case.id, case.workload.name, pooled, reasons, case.workload.params(), baseline,
-                               self.settings.gates, self.settings.update_baselines, current, evidence)
+                               self.settings.gates, self.settings.update_baselines, current, evidence,
+                               self.settings.baseline_history)
+        self._note_noisy_gates(case, judgement)
         result.metrics = dict(pooled.metrics)
         result.spread = run_spread(pooled.runs or [m.metrics for m in runs])
         result.failure_reasons = reasons
@@ -376,6 +390,17 @@ class Session:
                                                             for m in runs), 1)))
             self.notes = [n for n in self.notes if not n.startswith(f"{case.id}: its runs differ")] + [note]
         return judgement
+
+    def _note_noisy_gates(self, case: Case, judgement: Any) -> None:
+        """Say so when a gated metric's noise band is far wider than its tolerance: the gate is blunt there."""
+        for v in judgement.verdicts:
+            configured = v.configured_pct if v.configured_pct is not None else v.tolerance_pct
+            if configured and v.band_pct > NOISY_GATE_FACTOR * configured:
+                note = (f"{case.id}: {v.metric} varies by {v.band_pct:.0f}% between runs (its noise band), over "
+                        f"{NOISY_GATE_FACTOR:g}x its {configured:g}% tolerance: this workload cannot gate it that "
+                        f"finely; more prompts or repeats narrow the band")
+                prefix = f"{case.id}: {v.metric} varies by"
+                self.notes = [n for n in self.notes if not n.startswith(prefix)] + [note]
 
     def _pend_update(self, case: Case, engine: RunningEngine, runs: list[Measurement], judgement: Any) -> None:
         gpus, model, engine_name, config_name, workload = case.baseline_key
@@ -454,6 +479,14 @@ class Session:
         from .report.json import environment
 
         return self.redactor.scrub_data(environment(self))
+
+
+def _fingerprints(env: dict[str, str]) -> dict[str, str]:
+    """The configuration's environment for provenance: names, and a short hash of each value (never the value:
+    a baseline file is committed, and a secret need not be named like one)."""
+    import hashlib
+
+    return {k: "sha256:" + hashlib.sha256(v.encode()).hexdigest()[:12] for k, v in sorted(env.items())}
 
 
 def _broken(measurement: Measurement) -> bool:

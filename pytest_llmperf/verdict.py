@@ -10,14 +10,19 @@ How a gated metric is judged:
   measurement was distorted are left out: see ``distortions``);
 - the reference is the median of the figures in the baseline's history;
 - the noise band is the widest relative spread (max - min over the
-  median) seen in the history's figures, within any recorded result's runs,
-  and within this run's runs;
+  median; from four values on, the lowest and highest are dropped first, so
+  one outlier cannot widen it) seen in the history's figures, within any
+  recorded result's runs, and within this run's runs;
 - the tolerance applied is the configured percentage or the noise band,
-  whichever is wider; the verdict says which.
+  whichever is wider; the verdict says which;
+- this run's runs lying further apart than the history and the configured
+  tolerance allow is itself a reason to run the case again (``Judgement.noisy``),
+  so that a noisy run cannot hide a regression behind its own spread.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -131,7 +136,7 @@ def run_spread(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _median(values: Sequence[Any]) -> float:
@@ -139,12 +144,20 @@ def _median(values: Sequence[Any]) -> float:
     return int(median) if float(median).is_integer() and all(isinstance(v, int) for v in values) else median
 
 
+TRIM_FROM = 4
+"""From this many values on, a spread leaves out the lowest and the highest (one outlier does not make the band)."""
+
+
 def relative_range_pct(values: Sequence[float]) -> float:
-    """(max - min) / |median| in percent: how far apart the values lie (0 for fewer than two, or a zero median)."""
+    """(max - min) / |median| in percent: how far apart the values lie (0 for fewer than two, or a zero median).
+
+    From ``TRIM_FROM`` values on, the lowest and the highest are left out first.
+    """
     if len(values) < 2:
         return 0.0
     median = statistics.median(values)
-    return (max(values) - min(values)) / abs(median) * 100.0 if median else 0.0
+    kept = sorted(values)[1:-1] if len(values) >= TRIM_FROM else list(values)
+    return (max(kept) - min(kept)) / abs(median) * 100.0 if median else 0.0
 
 
 def reference(records: Sequence[Mapping[str, Any]], metric: str) -> tuple[float | None, int]:
@@ -153,15 +166,24 @@ def reference(records: Sequence[Mapping[str, Any]], metric: str) -> tuple[float 
     return (statistics.median(values) if values else None), len(values)
 
 
-def noise_band_pct(records: Sequence[Mapping[str, Any]], metric: str,
-                   runs: Sequence[Mapping[str, Any]] = ()) -> float:
-    """The spread seen of ``metric``: across the history's figures, within each recorded result's runs, within ``runs``."""
+def history_band_pct(records: Sequence[Mapping[str, Any]], metric: str) -> float:
+    """The spread the history has seen of ``metric``: across its figures, and within each recorded result's runs."""
     spreads = [relative_range_pct([float(r["metrics"][metric]) for r in records
                                    if _number(r.get("metrics", {}).get(metric))])]
     for record in records:
         spreads.append(relative_range_pct([float(x[metric]) for x in record.get("runs", []) if _number(x.get(metric))]))
-    spreads.append(relative_range_pct([float(x[metric]) for x in runs if _number(x.get(metric))]))
     return max(spreads)
+
+
+def runs_spread_pct(runs: Sequence[Mapping[str, Any]], metric: str) -> float:
+    """How far apart this run's runs lie for ``metric``."""
+    return relative_range_pct([float(x[metric]) for x in runs if _number(x.get(metric))])
+
+
+def noise_band_pct(records: Sequence[Mapping[str, Any]], metric: str,
+                   runs: Sequence[Mapping[str, Any]] = ()) -> float:
+    """The spread seen of ``metric``: across the history's figures, within each recorded result's runs, within ``runs``."""
+    return max(history_band_pct(records, metric), runs_spread_pct(runs, metric))
 
 
 # ----------------------------------------------------------------- the measurement's own health
@@ -173,6 +195,9 @@ LOOP_LAG_LIMIT_MS = 20.0
 """The client's event loop served a due timer later than this (p99): chunks were read that late.
 
 A quiet loop reading 256 streams shows 4-10 ms; with two other processes spinning on a 2-core machine 17-40 ms."""
+COALESCED_READS_LIMIT_PCT = 25.0
+"""More than this share of the client's reads carried several chunks of one stream: they were read (or written) a
+token or more late. A quiet 2-core machine shows under 1%, one with two spinning processes 1-10%."""
 GPU_DISTORTING_REASONS = ("hw_slowdown", "hw_thermal", "sw_thermal", "hw_power_brake")
 """GPU clock limits that mean the node, not the engine, set the pace (a software power cap alone is normal at load)."""
 
@@ -196,6 +221,10 @@ def distortions(apparatus: Mapping[str, Any]) -> list[str]:
     if _number(lag) and lag > LOOP_LAG_LIMIT_MS:
         causes.append(f"the load generator read chunks up to {lag:.0f} ms late (p99 event-loop lag; the machine "
                       f"is busy)")
+    coalesced = client.get("coalesced_reads_pct")
+    if _number(coalesced) and coalesced > COALESCED_READS_LIMIT_PCT:
+        causes.append(f"{coalesced:.0f}% of the load generator's reads carried several tokens of one stream (chunks "
+                      f"were read late)")
     gpu = [r for r in apparatus.get("gpu_throttle_reasons") or () if r in GPU_DISTORTING_REASONS]
     if gpu:
         causes.append(f"the GPUs were throttled ({', '.join(gpu)})")
@@ -213,12 +242,24 @@ class Pooled:
 
     @classmethod
     def of(cls, runs: Sequence[Mapping[str, Any]], causes: Sequence[Sequence[str]]) -> "Pooled":
-        """``runs``' metrics with each run's distortion causes (empty: the run counts)."""
+        """``runs``' metrics with each run's distortion causes (empty: the run counts).
+
+        Failed requests are not a matter of timing: ``failed`` is the most any
+        run failed, distorted or not, so that one run's failures are never
+        voted away by the median.
+        """
         counted = [r for r, c in zip(runs, causes) if not c]
         if counted:
-            return cls(median_metrics(counted), tuple(counted), "", len(runs) - len(counted))
-        seen = list(dict.fromkeys(cause for c in causes for cause in c))
-        return cls(median_metrics(runs), (), "; ".join(seen) or "no run was measured", len(runs))
+            pooled = cls(median_metrics(counted), tuple(counted), "", len(runs) - len(counted))
+        else:
+            seen = list(dict.fromkeys(cause for c in causes for cause in c))
+            distorted = len(runs)
+            what = f"{distorted} of {distorted} runs distorted: " if distorted > 1 else ""
+            pooled = cls(median_metrics(runs), (), what + ("; ".join(seen) or "no run was measured"), distorted)
+        failed = [r["failed"] for r in runs if _number(r.get("failed"))]
+        if failed and "failed" in pooled.metrics:
+            pooled.metrics["failed"] = max(failed)  # type: ignore[index]
+        return pooled
 
 
 def provenance_changes(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
@@ -258,9 +299,9 @@ def effective_tolerances(gates: Mapping[str, float], file_data: Mapping[str, Any
 
 
 def compare(metrics: Mapping[str, float], entry: Mapping[str, Any] | None, tolerances: Mapping[str, float],
-            runs: Sequence[Mapping[str, Any]] = ()) -> list[Verdict]:
-    """Every gated metric of a case against a baseline case entry's history (or none)."""
-    records = list(entry.get("history", [])) if entry else []
+            runs: Sequence[Mapping[str, Any]] = (), history_limit: int | None = None) -> list[Verdict]:
+    """Every gated metric of a case against a baseline case entry's history (its last ``history_limit``), or none."""
+    records = _history(entry, history_limit)
     verdicts = []
     for metric, tol in sorted(tolerances.items()):
         current = metrics.get(metric)
@@ -272,10 +313,23 @@ def compare(metrics: Mapping[str, float], entry: Mapping[str, Any] | None, toler
     return verdicts
 
 
-def updated_verdicts(metrics: Mapping[str, float], entry: Mapping[str, Any] | None,
-                     tolerances: Mapping[str, float]) -> list[Verdict]:
-    """What an update changes, gated metrics shown as reference -> new result."""
+def _history(entry: Mapping[str, Any] | None, limit: int | None) -> list[Mapping[str, Any]]:
     records = list(entry.get("history", [])) if entry else []
+    return records[-limit:] if limit else records
+
+
+def noisy_metrics(runs: Sequence[Mapping[str, Any]], entry: Mapping[str, Any] | None,
+                  tolerances: Mapping[str, float], history_limit: int | None = None) -> list[str]:
+    """Gated metrics whose runs lie further apart than the history and the tolerance allow (run the case again)."""
+    records = _history(entry, history_limit)
+    return [m for m, tol in sorted(tolerances.items())
+            if runs_spread_pct(runs, m) > max(tol, history_band_pct(records, m)) + 1e-9]
+
+
+def updated_verdicts(metrics: Mapping[str, float], entry: Mapping[str, Any] | None,
+                     tolerances: Mapping[str, float], history_limit: int | None = None) -> list[Verdict]:
+    """What an update changes, gated metrics shown as reference -> new result."""
+    records = _history(entry, history_limit)
     out = []
     for metric, tol in sorted(tolerances.items()):
         base, n = reference(records, metric)
@@ -301,6 +355,7 @@ class Judgement:
     verdicts: tuple[Verdict, ...] = ()
     message: str = ""
     changes: tuple[str, ...] = ()  # what changed since the baseline was recorded (engine, command, environment, GPUs)
+    noisy: tuple[str, ...] = ()  # gated metrics whose runs lay further apart than history and tolerance allow
 
     @property
     def failed(self) -> bool:
@@ -308,13 +363,14 @@ class Judgement:
 
     @property
     def settled(self) -> bool:
-        """Whether more runs could not change it (ok, missing, failed, updated)."""
-        return self.status not in (REGRESSED, IMPROVED, INCONCLUSIVE)
+        """Whether more runs could not change it: ok, missing, failed or updated, on runs no noisier than usual."""
+        return self.status not in (REGRESSED, IMPROVED, INCONCLUSIVE) and not self.noisy
 
 
 def judge_case(case_id: str, workload_key: str, pooled: Pooled, failure_reasons: Sequence[str],
                params: Mapping[str, Any], baseline: "BaselineRead", gates: Mapping[str, float], update: bool,
-               current: Mapping[str, Any] | None = None, evidence: Sequence[str] = ()) -> Judgement:
+               current: Mapping[str, Any] | None = None, evidence: Sequence[str] = (),
+               history_limit: int | None = None) -> Judgement:
     """A case's pooled runs against its baseline history (or, with ``update``, what recording them would change).
 
     ``current``: this run's record as an update would store it (provenance,
@@ -329,35 +385,38 @@ def judge_case(case_id: str, workload_key: str, pooled: Pooled, failure_reasons:
         return Judgement(FAILED, (), baseline.error)
     if pooled.distortion:
         what = "no baseline was recorded" if update else "nothing was compared"
-        return Judgement(INCONCLUSIVE, (), f"inconclusive: {pooled.distortion}; {what}")
+        return Judgement(INCONCLUSIVE, (), f"inconclusive: {pooled.distortion}; {what} (run it on a quiet machine, "
+                                           f"or --inconclusive=skip)")
     tolerances = effective_tolerances(gates, baseline.data, workload_key)
     entry = (baseline.data or {}).get("cases", {}).get(workload_key)
-    records = list(entry.get("history", [])) if entry else []
+    records = _history(entry, history_limit)
     changes = tuple(provenance_changes(records[-1] if records else None, current or {}))
     if update:
-        return Judgement(UPDATED, tuple(updated_verdicts(metrics, entry, tolerances)), "", changes)
+        return Judgement(UPDATED, tuple(updated_verdicts(metrics, entry, tolerances, history_limit)), "", changes)
     mismatch = workload_mismatch(entry, params)
     if mismatch:
         return Judgement(FAILED, (), (
             f"the baseline of {case_id} in {baseline.path} was measured with another workload, so it cannot be "
             "compared:\n  " + "\n  ".join(mismatch)
             + "\nrun the same workload, or record a new baseline with --update-baselines"))
-    verdicts = tuple(compare(metrics, entry, tolerances, pooled.runs))
+    verdicts = tuple(compare(metrics, entry, tolerances, pooled.runs, history_limit))
     if not records:
         return Judgement(MISSING, verdicts,
                          f"no baseline for {case_id} in {baseline.path}; record one with --update-baselines")
+    noisy = tuple(noisy_metrics(pooled.runs, entry, tolerances, history_limit))
     bad = [v.line() for v in verdicts if v.status in (REGRESSED, MISSING)]
     if bad:
         status = REGRESSED if any(v.status == REGRESSED for v in verdicts) else MISSING
         runs = f" (median of {len(pooled.runs)} runs)" if len(pooled.runs) > 1 else ""
-        message = f"{case_id} regressed against {baseline.path}{runs}:\n" + "\n".join(bad)
+        what = "regressed against" if status == REGRESSED else "has gated metrics missing from"
+        message = f"{case_id} {what} {baseline.path}{runs}:\n" + "\n".join(bad)
         if changes:
             message += "\nchanged since the baseline: " + "; ".join(changes)
         if evidence:
             message += "\nthe engine says: " + "; ".join(evidence)
-        return Judgement(status, verdicts, message, changes)
+        return Judgement(status, verdicts, message, changes, noisy)
     status = IMPROVED if any(v.status == IMPROVED for v in verdicts) else OK
-    return Judgement(status, verdicts, "", changes)
+    return Judgement(status, verdicts, "", changes, noisy)
 
 
 # ----------------------------------------------------------------- expected failures

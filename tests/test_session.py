@@ -54,3 +54,86 @@ def test_a_bad_suite_is_one_line(tmp_path):
     bad.write_text(SUITE.replace('profile = "vllm-tp8"', 'profile = "nope"'))
     with pytest.raises(UsageProblem, match="sim configuration sim/c: unknown sim profile 'nope'"):
         start_session(Settings(engines=("sim",), suite_file=bad))
+
+
+# ----------------------------------------------------------------- runs of a case, without a server
+GOOD = {"completed": 2, "failed": 0, "total_token_throughput": 1000.0, "mean_tpot_ms": 10.0}
+
+
+class Script:
+    """Stands in for ``measure``: hands out the scripted Measurements in order, and counts cache resets."""
+
+    def __init__(self, monkeypatch, *measurements):
+        from pytest_llmperf.engines import control
+        from pytest_llmperf import session as session_module
+
+        self.left = list(measurements)
+        self.resets = 0
+        monkeypatch.setattr(session_module, "measure", self.measure)
+        monkeypatch.setattr(control, "reset_caches", self.reset)
+
+    def measure(self, engine, case, options, progress=None):
+        return self.left.pop(0)
+
+    def reset(self, base_url, http, adapter):
+        from pytest_llmperf.engines.control import ResetOutcome
+
+        self.resets += 1
+        return ResetOutcome(True, "/reset_prefix_cache", "reset")
+
+
+def run(metrics=GOOD, apparatus=None):
+    from pytest_llmperf.measure import Measurement
+
+    return Measurement(metrics=dict(metrics), apparatus=apparatus or {})
+
+
+def fake_engine(session):
+    from types import SimpleNamespace
+
+    from pytest_llmperf.http import HttpOptions
+
+    config = session.resolved.configs()[0]
+    return SimpleNamespace(config=config, base_url="http://127.0.0.1:9", http=HttpOptions(), version="1+sim",
+                           command=("sim",), log_path=None, exit_code=lambda: None)
+
+
+def test_a_run_where_nothing_completed_ends_the_case_and_is_never_pooled(monkeypatch, suite_file, tmp_path):
+    session = start_session(Settings(engines=("sim",), suite_file=suite_file, baseline_dir=tmp_path / "bl",
+                                     repeats=3))
+    script = Script(monkeypatch, run(), run({"completed": 0, "failed": 2}), run())
+    case = session.cases["sim/c/w"]
+    outcome = session.run_case(fake_engine(session), case)
+    assert (outcome.kind, outcome.message) == ("fail", "no request of sim/c/w completed (2 failed): no reason recorded")
+    assert len(session.results["sim/c/w"].runs) == 2 and script.left == [run()]  # the third run never happened
+    assert script.resets == 2
+
+
+def test_a_regression_is_confirmed_on_pooled_runs_and_a_fluke_is_not(monkeypatch, suite_file, tmp_path):
+    settings = dict(engines=("sim",), suite_file=suite_file, baseline_dir=tmp_path / "bl")
+    update = start_session(Settings(**settings, update_baselines=True))
+    Script(monkeypatch, run())
+    assert update.run_case(fake_engine(update), update.cases["sim/c/w"]).kind == "pass"
+    update.finish()
+
+    slow = {**GOOD, "total_token_throughput": 500.0}
+    fluke = start_session(Settings(**settings))
+    script = Script(monkeypatch, run(slow), run(), run())  # one slow run, then two as usual
+    assert fluke.run_case(fake_engine(fluke), fluke.cases["sim/c/w"]).kind == "pass"
+    result = fluke.results["sim/c/w"]
+    assert [r["confirming"] for r in result.runs] == [False, True, True] and result.verdict_status == "ok"
+    assert script.resets == 3 and result.metrics["total_token_throughput"] == 1000.0
+
+    real = start_session(Settings(**settings))
+    Script(monkeypatch, run(slow), run(slow), run(slow))
+    outcome = real.run_case(fake_engine(real), real.cases["sim/c/w"])
+    assert outcome.kind == "fail" and outcome.message.startswith("sim/c/w regressed against ")
+    assert "(median of 3 runs)" in outcome.message and real.results["sim/c/w"].confirm_runs == 2
+
+    busy = start_session(Settings(**settings, confirm=1, inconclusive="skip"))
+    lagging = {"client": {"loop_lag_p99_ms": 90.0}}
+    Script(monkeypatch, run(slow, lagging), run(slow, lagging))
+    outcome = busy.run_case(fake_engine(busy), busy.cases["sim/c/w"])
+    assert outcome.kind == "skip" and outcome.message.startswith("inconclusive: 2 of 2 runs distorted: the load "
+                                                                 "generator read chunks up to 90 ms late")
+    assert busy.results["sim/c/w"].verdict_status == "inconclusive"

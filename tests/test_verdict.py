@@ -111,10 +111,11 @@ def test_a_distorted_measurement_is_inconclusive_never_regressed():
     cause = "the simulated engine ran 31% behind its schedule (the machine is busy)"
     bad = judged(data=entry(total_token_throughput=2000.0), causes=[cause])
     assert (bad.status, bad.verdicts) == (vd.INCONCLUSIVE, ())
-    assert bad.message == f"inconclusive: {cause}; nothing was compared"
+    assert bad.message == (f"inconclusive: {cause}; nothing was compared (run it on a quiet machine, or "
+                           f"--inconclusive=skip)")
     assert not bad.settled
     up = judged(data=entry(), update=True, causes=[cause])
-    assert up.status == vd.INCONCLUSIVE and up.message.endswith("; no baseline was recorded")
+    assert up.status == vd.INCONCLUSIVE and "; no baseline was recorded (run it on a quiet machine" in up.message
 
 
 def test_distortions_name_their_cause_past_documented_limits():
@@ -133,7 +134,7 @@ def test_pooled_runs_leave_distorted_ones_out():
     pooled = vd.Pooled.of(runs, [[], ["busy"], []])
     assert pooled.metrics == {"m": 11.0, "completed": 5} and pooled.left_out == 1 and not pooled.distortion
     none = vd.Pooled.of(runs, [["busy"], ["busy", "lag"], ["busy"]])
-    assert none.distortion == "busy; lag" and none.runs == () and none.metrics["m"] == 12.0
+    assert none.distortion == "3 of 3 runs distorted: busy; lag" and none.runs == () and none.metrics["m"] == 12.0
     spread = vd.run_spread(runs)
     assert spread["m"]["median"] == 12.0 and spread["m"]["min"] == 10.0 and spread["m"]["max"] == 30.0
     assert spread["m"]["cv_pct"] == pytest.approx(63.6, abs=0.1) and spread["completed"]["cv_pct"] == 0.0
@@ -142,9 +143,40 @@ def test_pooled_runs_leave_distorted_ones_out():
 def test_the_reference_is_the_history_median_and_the_band_its_widest_spread():
     history = [{"metrics": {"m": v}, "runs": [{"m": v}, {"m": v * 1.02}]} for v in (100.0, 104.0, 98.0, 101.0, 99.0)]
     assert vd.reference(history, "m") == (100.0, 5)
-    assert vd.noise_band_pct(history, "m") == pytest.approx(6.0)  # (104 - 98) / 100
+    assert vd.noise_band_pct(history, "m") == pytest.approx(2.0)  # 98 and 104 left out: (101 - 99) / 100
+    assert vd.noise_band_pct(history[:3], "m") == pytest.approx(6.0)  # (104 - 98) / 100: three keep their extremes
     assert vd.noise_band_pct(history, "m", [{"m": 80.0}, {"m": 100.0}]) == pytest.approx(22.2, abs=0.1)
     assert vd.reference([], "m") == (None, 0) and vd.noise_band_pct([], "m") == 0.0
+    one_bad = history[:4] + [{"metrics": {"m": 70.0}}]  # a slow result recorded once does not open the gate
+    assert vd.reference(one_bad, "m")[0] == 100.0 and vd.noise_band_pct(one_bad, "m") == pytest.approx(3.0)
+    assert vd.noise_band_pct([{"metrics": {"m": float("inf")}}, {"metrics": {"m": 1.0}}], "m") == 0.0
+
+
+def test_failures_are_never_voted_away_by_the_median():
+    runs = [{"m": 1.0, "failed": 0, "completed": 10}, {"m": 1.0, "failed": 50, "completed": 10},
+            {"m": 1.0, "failed": 0, "completed": 10}]
+    assert vd.Pooled.of(runs, [[], ["busy"], []]).metrics["failed"] == 50  # a distorted run's failures count too
+
+
+def test_runs_noisier_than_the_history_are_run_again_before_passing():
+    history = [{"metrics": {**GOOD}, "runs": [GOOD, GOOD, GOOD]}]
+    data = {"cases": {"w": {"workload": PARAMS, "history": history}}}
+    read = BaselineRead(Path("bl/c.json"), data)
+    runs = [{**GOOD, "total_token_throughput": v} for v in (1000.0, 800.0, 780.0)]  # median -20%, spread 27%
+    j = vd.judge_case("sim/c/w", "w", vd.Pooled.of(runs, [[], [], []]), [], PARAMS, read, GATES, False)
+    assert j.status == vd.OK and j.noisy == ("total_token_throughput",) and not j.settled
+    more = runs + [{**GOOD, "total_token_throughput": v} for v in (790.0, 800.0)]  # two confirming runs
+    j = vd.judge_case("sim/c/w", "w", vd.Pooled.of(more, [[]] * 5), [], PARAMS, read, GATES, False)
+    assert j.status == vd.REGRESSED and j.noisy == ()  # trimmed spread of five: 790-800, the regression shows
+
+
+def test_only_the_last_k_results_make_the_reference():
+    history = [{"metrics": {**GOOD, "total_token_throughput": v}} for v in (2000.0, 2000.0, 2000.0, 1000.0)]
+    data = {"cases": {"w": {"workload": PARAMS, "history": history}}}
+    read = BaselineRead(Path("bl/c.json"), data)
+    pooled = vd.Pooled.of([GOOD], [[]])
+    assert vd.judge_case("sim/c/w", "w", pooled, [], PARAMS, read, GATES, False).status == vd.REGRESSED
+    assert vd.judge_case("sim/c/w", "w", pooled, [], PARAMS, read, GATES, False, history_limit=1).status == vd.OK
 
 
 def test_a_noisy_history_widens_the_tolerance_and_the_verdict_says_so():

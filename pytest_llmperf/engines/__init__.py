@@ -25,8 +25,9 @@ STARTUP_TIMEOUT_S: dict[str, float] = {
 
 # Requests sent once after each boot, before any case (a configuration's warmup_requests and --warmup-requests
 # override): real engines compile, capture graphs and fill allocators on their first requests; the simulated
-# engine has nothing to warm, so a few requests keep the quick start fast while the path stays exercised.
-WARMUP_REQUESTS: dict[str, int] = {"sim": 4}
+# engine has nothing to warm, so a few requests keep the quick start fast while the path stays exercised; an
+# external endpoint is already warm (and may be shared), so it gets none unless asked.
+WARMUP_REQUESTS: dict[str, int] = {"sim": 4, "external": 0}  # a server we did not start: only when asked
 DEFAULT_WARMUP_REQUESTS = 32
 
 

@@ -21,8 +21,10 @@ def json_report(results: Iterable[CaseResult], environment: Mapping[str, Any]) -
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write atomically so a reader never sees half a report."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    """Write atomically so a reader never sees half a report; strict JSON (a non-finite figure is left out)."""
+    from ..baselines import finite_data
+
+    atomic_write_text(path, json.dumps(finite_data(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def environment(session: Any) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def case_lines(result: CaseResult) -> list[tuple[str, bool]]:
     if distorted and result.verdict_status != "inconclusive":
         out.append((f"{result.id}: {distorted} of {runs} runs left out, their measurement distorted: "
                     + "; ".join(result.apparatus.get("causes", [])), True))
-    if result.changes:
+    if result.changes and result.status not in ("failed", "regressed"):  # a failure's message already has them
         out.append((f"{result.id}: compared although changed since the baseline: " + "; ".join(result.changes), False))
     if result.evidence and result.status not in ("failed", "regressed"):  # a failure's message already has them
         out.append((f"{result.id}: the engine says: " + "; ".join(result.evidence), False))
