@@ -416,6 +416,8 @@ def test_each_run_of_a_repeated_case_starts_from_a_reset_cache(pytester, node, m
     assert case["engine_metrics"]["available"] and case["engine_metrics"]["counters"]["generation_tokens"] == 4 * 4
     notes = report(pytester)["environment"]["notes"]
     assert any(n.startswith(f"warm-up of {engine}/{config}: 2 requests shaped as short, 2 completed") for n in notes)
+    (warmup,) = report(pytester)["environment"]["warmups"]
+    assert (warmup["requests"], warmup["completed"], warmup["workload"]) == (2, 2, "short")
 
 
 def test_trtllm_has_no_reset_route_and_the_report_says_so(pytester, node, monkeypatch):

@@ -29,6 +29,7 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def environment(session: Any) -> dict[str, Any]:
     """What the run was: plugin, platform, settings that shape figures, the node, the engines booted, notes."""
+    import dataclasses
     import platform
     import sys
 
@@ -53,6 +54,7 @@ def environment(session: Any) -> dict[str, Any]:
         "http": s.http.describe(),
         "node": session.gate.to_json(),
         "engines_booted": [b.to_json() for b in session.boots],
+        "warmups": [dataclasses.asdict(w) for w in session.warmups],
         "notes": session.summary_notes(),
         "unexpectedly_working": dict(session.unexpectedly_working),
         "model_override": s.model,
