@@ -189,14 +189,19 @@ def _engines(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str, minimum: int) -> int:
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     try:
         value = int(str(text).strip())
     except ValueError:
-        raise ValueError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"expected a positive integer, got {text!r}")
+        raise ValueError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"expected {what}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _integer(text, 1)
 
 
 def _positive_float(text: str) -> float:
@@ -210,13 +215,7 @@ def _positive_float(text: str) -> float:
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise ValueError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _integer(text, 0)
 
 
 def _inconclusive(text: str) -> str:
