@@ -61,6 +61,7 @@ class Measurement:
     failure: str = ""  # the case could not be measured at all (the engine refuses the workload, is gone, ...)
     apparatus: Mapping[str, Any] = field(default_factory=dict)  # health of what measured it (client, sim, GPUs)
     engine_metrics: Mapping[str, Any] = field(default_factory=dict)  # what the engine said about itself meanwhile
+    series: Mapping[str, Any] | None = None  # the run over time, for charts (``report.series.run_series``, run 1)
 
     @property
     def throttle_reasons(self) -> tuple[str, ...]:
@@ -121,6 +122,7 @@ def measure(engine: RunningEngine, case: Case, options: MeasureOptions,
     """Run ``case`` once on ``engine``: warm-up, load, metrics, diagnostics."""
     from .loadgen.client import build_body
     from .loadgen.run import LoadSpec, run_load
+    from .report.series import run_series
 
     workload = case.workload
     died = engine.exit_code()
@@ -164,9 +166,11 @@ def measure(engine: RunningEngine, case: Case, options: MeasureOptions,
     shape = LoadShape(spec.model, spec.endpoint, len(requests), spec.request_rate, spec.burstiness,
                       spec.max_concurrency)
     apparatus = apparatus_of(load, telemetry, probe.before, probe.after)
+    series = run_series(1, load.records, sampler.samples if sampler is not None else (),
+                        sampler.started_perf_s if sampler is not None else None, probe.timed_samples)
     return Measurement(metrics, tuple(failure_reasons(load.records)), tuple(load.records), shape, telemetry,
                        aligned_by, tuple(notes), engine.exit_code(), apparatus=apparatus,
-                       engine_metrics=engine_metrics)
+                       engine_metrics=engine_metrics, series=series)
 
 
 SIM_SCHEDULED = "llmperf_sim_scheduled_seconds_total"

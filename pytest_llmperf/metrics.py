@@ -157,9 +157,13 @@ def percentile(values: Sequence[float], pct: float) -> float:
     Position ``(n - 1) * pct / 100`` in the sorted values, interpolated between
     its neighbours. Empty input gives 0.0.
     """
+    return percentile_of_sorted(sorted(values), pct)
+
+
+def percentile_of_sorted(ordered: Sequence[float], pct: float) -> float:
+    """``percentile`` of values already sorted (many percentiles of one list sort it once)."""
     if not 0.0 <= pct <= 100.0:
         raise ValueError(f"percentile must be within [0, 100], got {pct}")
-    ordered = sorted(values)
     if not ordered:
         return 0.0
     pos = (len(ordered) - 1) * pct / 100.0

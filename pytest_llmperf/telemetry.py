@@ -203,6 +203,7 @@ class TelemetrySampler:
         self._thread: threading.Thread | None = None
         self._summary: TelemetrySummary | None = None
         self._reasons_fn: str | None = None
+        self.started_perf_s: float | None = None  # time.perf_counter() when the first round began: t_s counts from here
 
     # ------------------------------------------------------------- public
     @property
@@ -262,6 +263,7 @@ class TelemetrySampler:
             with nvml_session(self._nvml, on_shutdown_error=self._shutdown_error) as nvml:
                 handles: dict[str, tuple[Any, int | str] | None] = {u: None for u in self.uuids}
                 t0 = self._clock()
+                self.started_perf_s = time.perf_counter()
                 while True:
                     self._round(nvml, handles, self._clock() - t0)
                     if self._stop.wait(self.interval_s):

@@ -110,6 +110,7 @@ class EngineMetricsProbe:
         self._before: dict[str, float] | None = None
         self.after: dict[str, float] | None = None  # the full scrape after the run (Prometheus engines)
         self._samples: list[dict[str, float]] = []
+        self._sample_times_s: list[float] = []  # time.perf_counter() of each sample's scrape (the client's clock)
         self._errors = 0
         self._messages: list[str] = []
         self._unavailable = "" if fmt else "this engine exposes no metrics route"
@@ -126,6 +127,12 @@ class EngineMetricsProbe:
     def samples(self) -> list[dict[str, float]]:
         with self._lock:
             return list(self._samples)
+
+    @property
+    def timed_samples(self) -> list[tuple[float, dict[str, float]]]:
+        """Each sample with the ``time.perf_counter()`` of its scrape (drained TRT-LLM iterations share one)."""
+        with self._lock:
+            return list(zip(self._sample_times_s, self._samples))
 
     def start(self) -> "EngineMetricsProbe":
         if self._thread is not None or self._before is not None:
@@ -154,8 +161,10 @@ class EngineMetricsProbe:
         except _Unavailable as exc:
             self._error(str(exc))
             return False
+        now_s = time.perf_counter()
         with self._lock:
             self._samples.extend(em.role_values(r) for r in readings)
+            self._sample_times_s.extend(now_s for _ in readings)
         return True
 
     def stop(self) -> dict[str, Any]:
@@ -175,8 +184,10 @@ class EngineMetricsProbe:
             note = f"the scrape after the run failed ({exc}); counters end at the last sample"
         else:
             if self.fmt == TRTLLM_JSON:
+                now_s = time.perf_counter()
                 with self._lock:
                     self._samples.extend(em.role_values(r) for r in readings)
+                    self._sample_times_s.extend(now_s for _ in readings)
             else:
                 after = self.after = readings[0]
         finally:

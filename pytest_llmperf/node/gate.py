@@ -125,7 +125,8 @@ class NodeGate:
     def to_json(self) -> dict[str, Any]:
         return {
             engine: {"ok": n.verdict.ok, "source": n.verdict.source, "problems": list(n.verdict.problems),
-                     "gpu_indices": list(n.verdict.gpu_indices), "gpu_uuids": list(n.gpu_uuids), "live": n.live}
+                     "gpu_indices": list(n.verdict.gpu_indices), "gpu_uuids": list(n.gpu_uuids), "live": n.live,
+                     "gpu_name": n.gpu_name, "driver_version": n.driver_version}
             for engine, n in (self._nodes or {}).items()
         }
 

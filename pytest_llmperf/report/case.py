@@ -41,6 +41,11 @@ class CaseResult:
     confirm_runs: int = 0  # runs added to confirm a verdict
     result_files: list[str] = field(default_factory=list)  # --results-dir: one per run
     current_record: dict[str, Any] | None = None  # the result as a baseline update would record it
+    baseline_key: dict[str, str] = field(default_factory=dict)  # gpus, model, engine, config, workload
+    workload_params: dict[str, Any] = field(default_factory=dict)  # what the baseline file's case "workload" holds
+    tolerances_pct: dict[str, float] = field(default_factory=dict)  # the configured tolerances that applied
+    baseline_history: list[dict[str, Any]] = field(default_factory=list)  # [{date, metrics}] judged against
+    series: dict[str, Any] | None = None  # the representative run over time, for charts (report.series)
 
     @property
     def suspect(self) -> str | None:
@@ -107,5 +112,11 @@ class CaseResult:
             "engine_metrics": self.engine_metrics,
             "apparatus": self.apparatus,
             "result_files": self.result_files,
+            "baseline_key": self.baseline_key,
+            "workload_params": self.workload_params,
+            "tolerances_pct": self.tolerances_pct,
+            "record": self.current_record,
+            "baseline_history": self.baseline_history,
+            "series": self.series,
             **({"requests": self.requests} if self.requests is not None else {}),
         }

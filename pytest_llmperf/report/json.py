@@ -10,14 +10,22 @@ from ..files import atomic_write_text
 from .case import CaseResult
 
 
-def json_report(results: Iterable[CaseResult], environment: Mapping[str, Any]) -> dict[str, Any]:
-    """The cases, the run's environment, and the unit of every metric the cases carry (from the metric table)."""
+REPORT_SCHEMA = "pytest-llmperf/report/2"
+
+
+def json_report(results: Iterable[CaseResult], environment: Mapping[str, Any],
+                baseline_updates: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The cases, the run's environment, the baseline updates written, and the unit of every metric the cases carry.
+
+    Every other report (markdown, HTML) and the compare and merge commands read this dict.
+    """
     from ..metrics import metric_def
 
     cases = [r.to_json() for r in results]
     names = sorted({name for case in cases for name in case["metrics"]})
     units = {name: d.unit for name in names if (d := metric_def(name)) is not None}
-    return {"cases": cases, "environment": dict(environment), "metric_units": units}
+    return {"schema": REPORT_SCHEMA, "cases": cases, "environment": dict(environment), "metric_units": units,
+            "baseline_updates": [dict(u) for u in baseline_updates]}
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
