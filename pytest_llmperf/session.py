@@ -353,7 +353,7 @@ class Session:
     def _judge(self, case: Case, engine: RunningEngine, runs: list[Measurement], result: CaseResult) -> Any:
         """The case's runs so far, pooled and judged against the baseline history; kept on its result."""
         from .engine_metrics import evidence_lines
-        from .verdict import Pooled, distortions, run_spread
+        from .verdict import Pooled, distortions, effective_tolerances, run_spread
 
         path = baseline_path(self.settings.baseline_dir, *case.baseline_key[:4])
         result.baseline_file = str(path)
@@ -382,6 +382,14 @@ class Session:
         result.engine_metrics = dict(representative.engine_metrics or {})
         result.apparatus = _apparatus_summary(runs, causes)
         result.current_record = current
+        result.baseline_key = dict(zip(("gpus", "model", "engine", "config", "workload"), case.baseline_key))
+        result.workload_params = dict(case.workload.params())
+        result.tolerances_pct = effective_tolerances(self.settings.gates, baseline.data, case.workload.name)
+        limit = self.settings.baseline_history
+        result.baseline_history = [{"date": (r.get("provenance") or {}).get("date"), "metrics": dict(r.get("metrics", {}))}
+                                   for r in (records[-limit:] if limit else records)]
+        result.series = ({**representative.series, "run": runs.index(representative) + 1}
+                         if representative.series else None)
         differing = {(m.metrics.get("completed"), m.metrics.get("failed")) for m in runs}
         if len(differing) > 1:
             note = (f"{case.id}: its runs differ in completed/failed requests: "
@@ -465,14 +473,49 @@ class Session:
             if result is not None:
                 result.outcome = "failed"
                 result.message = self.redactor.scrub(f"its baseline update was not written: {failed[update.path]}")
+        report = self.report()
         if self.settings.report_json:
-            from .report.json import json_report, write_json
+            from .report.json import write_json
 
-            data = json_report(self.results.values(), self.environment())
             try:
-                write_json(self.settings.report_json, self.redactor.scrub_data(data))
+                write_json(self.settings.report_json, report)
             except OSError as exc:
                 self.write_problems.append(f"cannot write the JSON report {self.settings.report_json}: "
+                                           f"{exc.strerror or exc}")
+        self._write_markdown(report)
+
+    def report(self) -> dict[str, Any]:
+        """The run as one plain dict (the JSON report): what every report format is written from."""
+        from .report.json import json_report
+
+        updates = [{"case": u.case_id, "path": str(u.path), "lines": list(u.lines)} for u in self.updates]
+        return self.redactor.scrub_data(json_report(self.results.values(), self.environment(), updates))
+
+    def _write_markdown(self, report: dict[str, Any]) -> None:
+        """--report-md, and the CI page's step summary when ``GITHUB_STEP_SUMMARY`` names one (appended, cut to fit)."""
+        import os
+
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if not self.settings.report_md and not step_summary:
+            return
+        from .files import atomic_write_text
+        from .report.markdown import STEP_SUMMARY_LIMIT_BYTES, cut_to, markdown_summary
+
+        text = self.redactor.scrub(markdown_summary(report))
+        if self.settings.report_md:
+            try:
+                atomic_write_text(Path(self.settings.report_md), text)
+            except OSError as exc:
+                self.write_problems.append(f"cannot write the markdown summary {self.settings.report_md}: "
+                                           f"{exc.strerror or exc}")
+        if step_summary:
+            try:
+                used = os.path.getsize(step_summary) if os.path.exists(step_summary) else 0
+                where = str(self.settings.report_json or self.settings.report_md or "")
+                with open(step_summary, "a", encoding="utf-8") as f:
+                    f.write(cut_to(text, max(STEP_SUMMARY_LIMIT_BYTES - used, 0), where))
+            except OSError as exc:
+                self.write_problems.append(f"cannot append the summary to GITHUB_STEP_SUMMARY ({step_summary}): "
                                            f"{exc.strerror or exc}")
 
     def environment(self) -> dict[str, Any]:

@@ -54,6 +54,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                env="LLMPERF_BASELINE_DIR", ini="llmperf_baseline_dir", metavar="DIR"),
     OptionSpec("report_json", "--report-json", "write a machine-readable report here",
                env="LLMPERF_REPORT_JSON", ini="llmperf_report_json", metavar="PATH"),
+    OptionSpec("report_md", "--report-md", "write a markdown summary here (also appended to $GITHUB_STEP_SUMMARY "
+               "when that is set)", env="LLMPERF_REPORT_MD", ini="llmperf_report_md", metavar="PATH"),
     OptionSpec("num_prompts", "--num-prompts", "override the prompt count of every selected workload (quick runs)",
                env="LLMPERF_NUM_PROMPTS", metavar="N"),
     OptionSpec("sim_slowdown", "--sim-slowdown", "make every step of the simulated engine FACTOR times slower "
@@ -145,6 +147,7 @@ class Settings:
     update_baselines: bool = False
     baseline_dir: Path = Path("baselines")
     report_json: Path | None = None
+    report_md: Path | None = None
     num_prompts: int | None = None
     sim_slowdown: float = 1.0
     suite_file: Path | None = None
@@ -357,6 +360,7 @@ def resolve(
         update_baselines=bool(cli.get("update_baselines")),
         baseline_dir=convert("baseline_dir", str, path_base=True) or rootdir / "baselines",
         report_json=convert("report_json", str, path_base=True),
+        report_md=convert("report_md", str, path_base=True),
         num_prompts=num_prompts,
         sim_slowdown=slowdown if slowdown is not None else 1.0,
         suite_file=convert("suite", str, path_base=True),
