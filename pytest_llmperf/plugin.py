@@ -209,9 +209,9 @@ class _Reporter:
         self.session = session
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        from .progress import TerminalProgress
+        from .progress import progress_for
 
-        self.session.progress = TerminalProgress.for_config(session.config)
+        self.session.progress = progress_for(session.config, os.environ)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any):
@@ -219,7 +219,21 @@ class _Reporter:
         case = item.stash.get(CASE_KEY, None)
         if case is not None:
             report.llmperf_case = case.id  # travels with the report, whatever pytest calls the item
+            if report.when == "call" or (report.when == "setup" and not report.passed):
+                # JUnit XML takes properties from the teardown report, which copies the item's
+                item.user_properties.extend(self._properties(case.id, report))
         return report
+
+    def _properties(self, case_id: str, report: pytest.TestReport) -> list[tuple[str, str]]:
+        from .report.junit import case_status, junit_properties
+
+        result = self.session.results.get(case_id)
+        if result is None:
+            return []
+        outcome = _outcome(report)
+        status = case_status(result.verdict_status, outcome[0] if outcome else "")
+        return junit_properties([v.to_json() for v in result.verdicts], status, result.engine_version,
+                                result.baseline_file)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         outcome = _outcome(report)

@@ -1,9 +1,12 @@
-"""The live progress line of a running case.
+"""The live progress line of a running case, and its CI form.
 
 ``progress_text`` is pure. ``TerminalProgress`` is the edge: it draws the
 line at the end of pytest's current terminal line, only on a terminal, only
 once a case has run for a few seconds, and puts pytest's own line back
 when the case ends, so the output reads as if the line had never been there.
+Off a terminal nothing is drawn; under CI (``CI`` set, as CI services do)
+``LogProgress`` writes one plain line per minute of a long case instead, so a
+log shows the run is alive.
 """
 
 from __future__ import annotations
@@ -22,6 +25,75 @@ def progress_text(case_id: str, progress: Progress, tokens_per_s: float | None) 
     failed = f", {progress.failed} failed" if progress.failed else ""
     return (f"[{case_id} {progress.done}/{progress.total} done{failed}, {rate} output tok/s, "
             f"{progress.elapsed_s:.0f} s]")
+
+
+LOG_EVERY_S = 60.0  # under CI: one line per this much time of a case
+
+
+def _rate_tracker() -> Callable[[Progress], float | None]:
+    """Output tok/s over the last ``RATE_WINDOW_S`` of a case, from its successive progress counts."""
+    history: list[Progress] = []
+
+    def rate(progress: Progress) -> float | None:
+        history.append(progress)
+        while len(history) > 2 and progress.elapsed_s - history[1].elapsed_s >= RATE_WINDOW_S:
+            history.pop(0)
+        first = history[0]
+        if progress.elapsed_s > first.elapsed_s:
+            return (progress.output_tokens - first.output_tokens) / (progress.elapsed_s - first.elapsed_s)
+        return None
+
+    return rate
+
+
+def under_ci(environ: Any) -> bool:
+    """Whether this runs under a CI service (they set ``CI``; ``CI=false`` or ``0`` says no)."""
+    value = str(environ.get("CI", "")).strip().lower()
+    return bool(value) and value not in ("0", "false", "no")
+
+
+class LogProgress:
+    """Under CI: a line per ``every_s`` of a running case, written as a line of its own (``write_line``)."""
+
+    def __init__(self, write_line: Callable[[str], None], every_s: float = LOG_EVERY_S):
+        self._write_line = write_line
+        self._every_s = every_s
+
+    def for_case(self, case_id: str) -> Callable[[Progress], None]:
+        rate = _rate_tracker()
+        next_s = [self._every_s]
+
+        def update(progress: Progress) -> None:
+            tokens_per_s = rate(progress)
+            if progress.elapsed_s >= next_s[0]:
+                while next_s[0] <= progress.elapsed_s:
+                    next_s[0] += self._every_s
+                self._write_line("llmperf progress " + progress_text(case_id, progress, tokens_per_s))
+
+        return update
+
+    def clear(self) -> None:
+        """Nothing to take back: its lines stay in the log."""
+
+
+def progress_for(config: Any, environ: Any) -> "TerminalProgress | LogProgress | None":
+    """The session's progress: a live line on a terminal, a line a minute under CI, else none."""
+    live = TerminalProgress.for_config(config)
+    if live is not None:
+        return live
+    tr = config.pluginmanager.getplugin("terminalreporter")
+    if tr is None or not under_ci(environ):
+        return None
+    capman = config.pluginmanager.getplugin("capturemanager")
+
+    def write_line(text: str) -> None:
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                tr.write_line(text)
+        else:
+            tr.write_line(text)
+
+    return LogProgress(write_line)
 
 
 class TerminalProgress:
@@ -54,19 +126,13 @@ class TerminalProgress:
         return cls(config.get_terminal_writer(), lambda: sys.stdout, capman.global_and_fixture_disabled)
 
     def for_case(self, case_id: str) -> Callable[[Progress], None]:
-        history: list[Progress] = []
+        rate = _rate_tracker()
 
         def update(progress: Progress) -> None:
-            history.append(progress)
-            while len(history) > 2 and progress.elapsed_s - history[1].elapsed_s >= RATE_WINDOW_S:
-                history.pop(0)
+            tokens_per_s = rate(progress)
             if progress.elapsed_s < self._show_after_s:
                 return
-            first = history[0]
-            rate = None
-            if progress.elapsed_s > first.elapsed_s:
-                rate = (progress.output_tokens - first.output_tokens) / (progress.elapsed_s - first.elapsed_s)
-            self._draw(progress_text(case_id, progress, rate))
+            self._draw(progress_text(case_id, progress, tokens_per_s))
 
         return update
 

@@ -494,3 +494,49 @@ def test_an_old_schema_baseline_is_compared_then_rewritten_with_its_history(pyte
     judged.assert_outcomes(passed=2, deselected=2)
     verdicts = json.loads((pytester.path / "r.json").read_text())["cases"][0]["verdicts"]
     assert {v["history_n"] for v in verdicts} == {2}
+
+
+def test_ci_gets_junit_properties_and_a_step_summary_with_the_regression_first(project, model, monkeypatch):
+    import xml.etree.ElementTree as ET
+
+    from markdown_it import MarkdownIt
+
+    bdir = project.path / "bl"
+    run(project, "--engine=sim", f"--baseline-dir={bdir}", "--update-baselines", "-k", "tiny-random").assert_outcomes(passed=2)
+    # vLLM's recorded throughput made 10x what the sim does: that case regresses, SGLang's passes
+    path = bdir / "h200x8" / model.replace("/", "__") / "sim" / "vllm-tp8.json"
+    data = json.loads(path.read_text())
+    for record in data["cases"]["tiny-random"]["history"]:
+        record["metrics"]["total_token_throughput"] *= 10
+        for one in record["runs"]:
+            one["total_token_throughput"] *= 10
+    path.write_text(json.dumps(data))
+    step = project.path / "step.md"
+    step.write_text("# an earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    result = run(project, "--engine=sim", f"--baseline-dir={bdir}", f"--gate={TOL}", "-k", "tiny-random",
+                 "--confirm=0", "--junitxml=j.xml", "--report-md=summary.md")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*markdown summary written to *summary.md"])
+
+    cases = {tc.get("name"): tc for tc in ET.parse(project.path / "j.xml").iter("testcase")}
+    props = {name: {p.get("name"): p.get("value") for p in tc.iter("property")} for name, tc in cases.items()}
+    bad = props["test_llmperf[sim/vllm-tp8/tiny-random]"]
+    good = props["test_llmperf[sim/sglang-dpattn/tiny-random]"]
+    assert bad["llmperf.status"] == "regressed" and good["llmperf.status"] == "ok"
+    assert bad["total_token_throughput.status"] == "regressed" and float(bad["total_token_throughput.change_pct"]) < -80
+    assert float(bad["total_token_throughput.baseline"]) > 5 * float(bad["total_token_throughput"]) > 0
+    for each in (bad, good):
+        for metric in ("total_token_throughput", "mean_tpot_ms", "failed"):
+            assert {metric, f"{metric}.baseline", f"{metric}.change_pct", f"{metric}.tolerance_pct",
+                    f"{metric}.status"} <= set(each)
+        assert each["llmperf.engine_version"].endswith("+sim") and each["llmperf.baseline_file"].endswith(".json")
+    failure = cases["test_llmperf[sim/vllm-tp8/tiny-random]"].find("failure")
+    assert "regressed against" in failure.get("message") and "total_token_throughput: baseline" in failure.get("message")
+
+    text = (project.path / "summary.md").read_text()
+    assert step.read_text() == "# an earlier step\n" + text  # appended, not overwritten
+    assert text.startswith("## ❌ pytest-llmperf: 1 regressed, 1 ok")
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    assert sum(t.type == "table_open" for t in tokens) == 2
+    assert text.index("### sim/vllm-tp8") < text.index("### sim/sglang-dpattn")  # the regression first

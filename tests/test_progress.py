@@ -80,3 +80,22 @@ def test_the_rate_is_taken_over_the_last_two_seconds():
     for i in range(9):  # 100 tokens per half second, then nothing for the last second
         update(Progress(0, 0, 1, min(i, 6) * 100, i * 0.5))
     assert "100 output tok/s" in screen(out.getvalue())  # 200 tokens over the last 2 s
+
+
+def test_under_ci_a_long_case_logs_one_line_a_minute():
+    from pytest_llmperf.progress import LogProgress, under_ci
+
+    lines = []
+    log = LogProgress(lines.append, every_s=60.0)
+    update = log.for_case("sim/a/long run 1")
+    for t in range(0, 200, 5):
+        update(Progress(t, 0, 1000, t * 100, float(t)))
+    log.clear()
+    assert len(lines) == 3  # at 60, 120 and 180 s
+    assert lines[0] == "llmperf progress [sim/a/long run 1 60/1000 done, 100 output tok/s, 60 s]"
+    update2 = log.for_case("b")
+    update2(Progress(1, 0, 2, 10, 400.0))  # a late first report: one line, not one per minute missed
+    update2(Progress(2, 0, 2, 20, 401.0))
+    assert len(lines) == 4
+    assert under_ci({"CI": "true"}) and under_ci({"CI": "1"})
+    assert not under_ci({}) and not under_ci({"CI": "false"}) and not under_ci({"CI": "0"})
