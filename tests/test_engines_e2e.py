@@ -414,6 +414,12 @@ def test_each_run_of_a_repeated_case_starts_from_a_reset_cache(pytester, node, m
     assert [r["metrics"]["completed"] for r in case["runs"]] == [4, 4, 4]
     assert case["spread"]["completed"]["n"] == 3
     assert case["engine_metrics"]["available"] and case["engine_metrics"]["counters"]["generation_tokens"] == 4 * 4
+    series = case["series"]  # the representative run over time, GPU readings on the requests' clock
+    assert series["run"] in (1, 2, 3) and series["requests"]["sampled_from"] == 4
+    assert series["requests"]["success"] == [True] * 4 and len(series["quantiles"]["ttft_ms"]) == 101
+    gpu = series["gpu"]
+    assert gpu["t_s"] and len(gpu["power_w"]) == len(gpu["t_s"]) and all(p is not None for p in gpu["power_w"])
+    assert gpu["t_s"][0] < max(series["requests"]["start_s"]) + 5  # sampled while the run went on, not elsewhere
     notes = report(pytester)["environment"]["notes"]
     assert any(n.startswith(f"warm-up of {engine}/{config}: 2 requests shaped as short, 2 completed") for n in notes)
     (warmup,) = report(pytester)["environment"]["warmups"]
