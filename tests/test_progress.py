@@ -99,3 +99,44 @@ def test_under_ci_a_long_case_logs_one_line_a_minute():
     assert len(lines) == 4
     assert under_ci({"CI": "true"}) and under_ci({"CI": "1"})
     assert not under_ci({}) and not under_ci({"CI": "false"}) and not under_ci({"CI": "0"})
+
+
+def test_the_session_gets_a_line_a_minute_only_under_ci_off_a_terminal():
+    from pytest_llmperf.progress import LogProgress, progress_for
+
+    class Writer:
+        def __init__(self):
+            self.lines = []
+
+        def write_line(self, text):
+            self.lines.append(text)
+
+    class Plugins:
+        def __init__(self, plugins):
+            self.plugins = plugins
+
+        def getplugin(self, name):
+            return self.plugins.get(name)
+
+    class Capman:
+        def global_and_fixture_disabled(self):
+            return contextlib.nullcontext()
+
+    class Option:
+        verbose = 0
+
+    class Config:
+        option = Option()
+
+        def __init__(self, tr):
+            self.pluginmanager = Plugins({"terminalreporter": tr, "capturemanager": Capman()})
+
+    tr = Writer()
+    stdout = io.StringIO()  # not a terminal
+    with contextlib.redirect_stdout(stdout):
+        assert progress_for(Config(tr), {}) is None
+        logged = progress_for(Config(tr), {"CI": "true"})
+    assert isinstance(logged, LogProgress)
+    logged.for_case("c")(Progress(1, 0, 2, 5, 61.0))
+    assert tr.lines == ["llmperf progress [c 1/2 done, - output tok/s, 61 s]"]
+    assert stdout.getvalue() == ""  # nothing drawn off a terminal
