@@ -224,8 +224,14 @@ args = ["--tp_size", "8"]
 
 def test_a_flag_the_engine_does_not_accept_fails_its_items_at_once_with_the_log(pytester, node):
     pytester.makefile(".toml", suite=SUITE.replace('args = ["-tp", "8"]', 'args = ["-tp", "8", "--swap-space", "4"]'))
-    result = run(pytester, "--suite=suite.toml", "--engine=vllm,trtllm", f"--gate={NO_TIMING}", "--report-json=r.json")
+    result = run(pytester, "--suite=suite.toml", "--engine=vllm,trtllm", f"--gate={NO_TIMING}", "--report-json=r.json",
+                 "--junitxml=j.xml")
     result.assert_outcomes(errors=1, failed=1)
+    import xml.etree.ElementTree as ET
+
+    status = {tc.get("name"): {p.get("name"): p.get("value") for p in tc.iter("property")}.get("llmperf.status")
+              for tc in ET.parse(pytester.path / "j.xml").iter("testcase")}
+    assert status == {"test_llmperf[vllm/tp8/tiny]": "error", "test_llmperf[trtllm/tp8/tiny]": "missing"}
     result.stdout.fnmatch_lines(["*engine exited with code 2 before it was ready; last lines of*vllm-tp8.log*",
                                  "*unrecognized arguments: --swap-space 4*"])
     assert "During handling" not in result.stdout.str()
