@@ -1,10 +1,14 @@
-"""Reports on the command line: compare two sets of results.
+"""Reports on the command line: compare two sets of results, merge several runs into one report.
 
     python -m pytest_llmperf compare A B [--gate METRIC:PCT[,...]] [--format text|markdown|json]
+    python -m pytest_llmperf merge R1.json R2.json ... -o ALL.json [--report-md PATH] [--report-html PATH]
+                                   [--update-baselines --baseline-dir DIR] [--baseline-history K] [--gate-exit]
 
-``compare`` exits 0 when no gated metric regressed, 1 when one did, 2 on bad
-input, with one line on stderr naming the file and the cause. This module is
-the edge: it reads the files; ``compare`` holds the logic.
+``compare`` exits 0 when no gated metric regressed, 1 when one did. ``merge``
+exits 0 once the merged report is written (1 with ``--gate-exit`` when a
+merged case regressed). Both exit 2 on bad input, with one line on stderr
+naming the file and the cause. This module is the edge: it reads and writes
+the files; ``compare`` and ``merge`` hold the logic.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ FORMATS = ("text", "markdown", "json")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Compare pytest-llmperf results.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Compare or merge pytest-llmperf results.")
     sub = parser.add_subparsers(dest="command", required=True)
     compare = sub.add_parser(
         "compare", help="compare B (after) with A (before); exit 0 no regression, 1 regressed, 2 bad input",
@@ -37,6 +41,24 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--format", choices=FORMATS, default="text", help="output format (default text)")
     compare.add_argument("--baseline-history", metavar="K", default="5",
                          help="a baseline tree's last K results make its reference (default 5)")
+    merge = sub.add_parser(
+        "merge", help="merge JSON reports of one suite into one; exit 0 written, 2 bad input",
+        description="Merge JSON reports of one suite (one per node of a CI matrix, or per array job) into one. "
+                    "A case measured in several reports has its runs pooled and is judged again against its "
+                    "baseline. Exit 0 once written (also when cases regressed, unless --gate-exit), 2 on bad input.")
+    merge.add_argument("reports", metavar="REPORT", nargs="+", help="JSON reports written by --report-json")
+    merge.add_argument("-o", "--output", metavar="ALL.json", required=True, help="the merged JSON report")
+    merge.add_argument("--report-md", metavar="PATH", help="also write the merged report's markdown summary")
+    merge.add_argument("--report-html", metavar="PATH", help="also write the merged report as HTML")
+    merge.add_argument("--update-baselines", action="store_true",
+                       help="record each measured case in the baseline tree of --baseline-dir (not the "
+                            "inconclusive, the distorted or the failed)")
+    merge.add_argument("--baseline-dir", metavar="DIR",
+                       help="the baseline tree cases are judged against (default: each case's recorded "
+                            "baseline_file) and --update-baselines writes")
+    merge.add_argument("--baseline-history", metavar="K", default="5",
+                       help="results kept per case (and judged against) in a baseline file (default 5)")
+    merge.add_argument("--gate-exit", action="store_true", help="exit 1 when a merged case regressed")
     return parser
 
 
@@ -46,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # usage errors and --help
         return int(exc.code or 0)
     try:
-        return _compare(args)
+        return _compare(args) if args.command == "compare" else _merge(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -79,6 +101,16 @@ def read_json(path: Path) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise InputError(f"{path}: not JSON ({exc})") from None
+
+
+def read_report(path: str) -> Mapping[str, Any]:
+    data = read_json(Path(path))
+    problem = report_problem(data)
+    if problem and is_baseline_file(data):
+        raise InputError(f"{path}: a baseline file, not a JSON report (merge reads the reports --report-json writes)")
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    return data
 
 
 def _baseline_files(files: Sequence[Path]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -135,6 +167,138 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_markdown(comparison) if args.format == "markdown" else render_text(comparison))
     return 1 if comparison.regressed else 0
+
+
+# ----------------------------------------------------------------- merge
+def _writer(option: str, module: str, name: str) -> Any:
+    """The report writer ``module.name`` for ``option``, imported now; InputError when this version has none."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise InputError(f"{option}: this version of pytest-llmperf cannot write it ({module}.{name} is not "
+                         f"available); upgrade pytest-llmperf or leave {option} out") from None
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .baselines import baseline_path, read_for
+    from .merge import baseline_key_of, merge_reports
+
+    history = _history(args.baseline_history)
+    if args.update_baselines and not args.baseline_dir:
+        raise InputError("--update-baselines needs --baseline-dir DIR: the baseline tree to record the cases in")
+    seen: dict[Path, str] = {}
+    for label in args.reports:
+        resolved = Path(label).resolve()
+        if resolved in seen:
+            raise InputError(f"{label}: given twice (also as {seen[resolved]}): its runs would count twice")
+        seen[resolved] = label
+    markdown = _writer("--report-md", "pytest_llmperf.report.markdown", "markdown_summary") if args.report_md else None
+    html = _writer("--report-html", "pytest_llmperf.report.html", "write_html") if args.report_html else None
+    reports = [(label, read_report(label)) for label in args.reports]
+    bdir = Path(args.baseline_dir) if args.baseline_dir else None
+
+    def where(case: Mapping[str, Any]) -> Path | None:
+        if bdir is not None:
+            key = baseline_key_of(case, reports[0][1]["environment"])
+            if all(key[k] for k in ("gpus", "model", "engine", "config")):
+                return baseline_path(bdir, key["gpus"], key["model"], key["engine"], key["config"])
+        return Path(case["baseline_file"]) if case.get("baseline_file") else None
+
+    def read_baseline(case: Mapping[str, Any]) -> Any:
+        path = where(case)
+        return read_for(path) if path is not None else None
+
+    if args.update_baselines:  # checked before anything is judged or written, as the plugin does
+        problem = _unwritable(reports, bdir)
+        if problem:
+            raise InputError(f"--update-baselines: {problem}")
+    merged = merge_reports(reports, read_baseline, history, args.update_baselines,
+                           str(bdir) if bdir is not None else None)
+    report = merged.report
+    problems, written = _write_updates(merged, bdir, history) if args.update_baselines else ([], [])
+    from .report.json import write_json
+
+    try:
+        write_json(Path(args.output), report)
+    except OSError as exc:
+        raise InputError(f"{args.output}: cannot write the merged report ({exc.strerror or exc})") from None
+    lines = [_headline(args.output, merged)] + [f"  {n}" for n in merged.notes]
+    lines += [f"baseline updated: {u['case']} -> {u['path']}" for u in written]
+    lines += [f"not recorded: {r}" for r in merged.refused]
+    try:
+        if markdown is not None:
+            from .files import atomic_write_text
+
+            atomic_write_text(Path(args.report_md), markdown(report))
+            lines.append(f"markdown summary written to {args.report_md}")
+        if html is not None:
+            html(Path(args.report_html), report)
+            lines.append(f"HTML report written to {args.report_html}")
+    except OSError as exc:
+        problems.append(f"cannot write {exc.filename or 'a report'}: {exc.strerror or exc}")
+    print("\n".join(lines))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    return 1 if args.gate_exit and merged.regressed else 0
+
+
+def _headline(output: str, merged: Any) -> str:
+    cases = merged.report["cases"]
+    counts: dict[str, int] = {}
+    for case in cases:
+        counts[case.get("status") or "?"] = counts.get(case.get("status") or "?", 0) + 1
+    sources = merged.report["environment"]["merged_from"]
+    pooled = f", {len(merged.pooled)} measured in several and pooled" if merged.pooled else ""
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"merged {len(sources)} reports into {output}: {len(cases)} cases{pooled}"
+            + (f" ({statuses})" if statuses else ""))
+
+
+def _unwritable(reports: Sequence[tuple[str, Mapping[str, Any]]], bdir: Path | None) -> str | None:
+    """Why the baseline files of the reports' cases could not be written under ``bdir`` (None: they can)."""
+    from .baselines import baseline_path, unwritable
+    from .merge import baseline_key_of
+
+    assert bdir is not None
+    paths = []
+    for _, data in reports:
+        for case in data["cases"]:
+            key = baseline_key_of(case, data["environment"])
+            if all(key[k] for k in ("gpus", "model", "engine", "config")):
+                paths.append(baseline_path(bdir, key["gpus"], key["model"], key["engine"], key["config"]))
+    return unwritable(paths)
+
+
+def _write_updates(merged: Any, bdir: Path | None, history: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """Record the merged cases in the baseline tree (checked writable first).
+
+    The files that could not be written, one line each, and the updates
+    written (also added to the report's ``baseline_updates``).
+    """
+    from .baselines import PendingUpdates, baseline_path
+
+    assert bdir is not None
+    paths = {u.case_id: baseline_path(bdir, u.key["gpus"], u.key["model"], u.key["engine"], u.key["config"])
+             for u in merged.updates}
+    pending = PendingUpdates(history)
+    for u in merged.updates:
+        header = {k: u.key[k] for k in ("engine", "config", "gpus", "model")}
+        pending.add(paths[u.case_id], header, u.key["workload"], u.workload, u.record)
+    failed = pending.write()
+    cases = {c["id"]: c for c in merged.report["cases"]}
+    written = []
+    for u in merged.updates:
+        path = paths[u.case_id]
+        if path in failed:
+            cases[u.case_id].update(outcome="failed", message=f"its baseline update was not written: {failed[path]}")
+            continue
+        written.append({"case": u.case_id, "path": str(path), "lines": list(u.lines)})
+    merged.report["baseline_updates"].extend(written)
+    return list(dict.fromkeys(failed.values())), written
 
 
 if __name__ == "__main__":
