@@ -370,6 +370,29 @@ def test_without_plotly_a_clear_error(no_plotly, tmp_path):
         require_plotly()
 
 
+def test_without_plotly_the_session_does_not_start(no_plotly, tmp_path):
+    from pytest_llmperf.session import UsageProblem, start_session
+    from pytest_llmperf.settings import resolve
+
+    settings = resolve({"engine": "sim", "report_html": "r.html"}, {}, {}, tmp_path, tmp_path)
+    with pytest.raises(UsageProblem, match=re.escape(PLOTLY_MISSING)):
+        start_session(settings)
+    dry = resolve({"engine": "sim", "report_html": "r.html", "dry_run": True}, {}, {}, tmp_path, tmp_path)
+    start_session(dry)  # a dry run writes no report
+
+
+def test_report_html_option_resolves_like_report_json(tmp_path):
+    from pytest_llmperf.settings import resolve
+
+    inv = tmp_path / "inv"
+    assert resolve({}, {}, {}, tmp_path, inv).report_html is None
+    assert resolve({"report_html": "a.html"}, {}, {}, tmp_path, inv).report_html == inv / "a.html"
+    assert resolve({}, {"LLMPERF_REPORT_HTML": "b.html"}, {}, tmp_path, inv).report_html == inv / "b.html"
+    assert resolve({}, {}, {"llmperf_report_html": "c.html"}, tmp_path, inv).report_html == tmp_path / "c.html"
+    assert resolve({"report_html": "a.html"}, {"LLMPERF_REPORT_HTML": "b.html"}, {}, tmp_path, inv).report_html == \
+        inv / "a.html"
+
+
 def test_plotly_is_imported_only_to_write_the_page():
     import subprocess
 
