@@ -442,6 +442,11 @@ def test_page_in_a_browser_draws_every_chart_without_errors(chromium, tmp_path):
     expected = len(Page(path.read_text()).figures)
     assert expected == 6 + 5
     chromium.get(path.as_uri())
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # charts are drawn as the page settles (those in view first); wait for the page to say all are drawn
+    WebDriverWait(chromium, 120).until(
+        lambda d: d.execute_script("return document.body.getAttribute('data-charts-drawn')") == "all")
     drawn = chromium.execute_script(
         "return Array.from(document.querySelectorAll('div.figure.js-plotly-plot'))"
         ".filter(function(d){return d.querySelector('svg.main-svg')!==null}).length")

@@ -18,6 +18,9 @@ case:
 - ``gpu`` and ``engine``: GPU readings and the engine's gauges over time,
   where the run has them (otherwise one line says why not).
 
+The charts near the viewport are drawn first, the rest one at a time after,
+so a page of a large suite is usable at once.
+
 Cases without a series (skipped, errored, not run) show their message and
 no charts. Every string from the report is escaped. plotly is an optional
 extra: without it, ``HtmlReportUnavailable`` says what to install.
@@ -227,7 +230,7 @@ def gate_figure(case: Mapping[str, Any], units: Mapping[str, str]) -> dict[str, 
                   for r in runs]
         values = [(n, val, d) for n, val, d in values if val is not None]
         if values:
-            data.append({"type": "scatter", "mode": "markers", "xaxis": x, "yaxis": y, "name": "runs",
+            data.append({"type": "scatter", "mode": "markers", "xaxis": x, "yaxis": y, "name": "each run",
                          "legendgroup": "runs", "showlegend": k == 1,
                          "x": _rounded(val for _, val, _ in values), "y": [0.5] * len(values),
                          "text": [f"run {_e(n)}" + (" (distorted, not counted)" if d else "") for n, _, d in values],
@@ -580,15 +583,37 @@ ul{margin:4px 0 8px 18px;padding:0;font-size:13px}
 .case{border-top:1px dashed #d0d7de;margin-top:20px}
 """
 
+# Charts near the viewport are drawn first (as it scrolls), the rest one per tick after, so a page of hundreds
+# of charts is usable at once; <body data-charts-drawn="all"> says every one is drawn.
 RENDER = """
 (function(){
   var config={displaylogo:false,responsive:true};
   var blocks=document.querySelectorAll('script[type="application/json"][data-figure]');
-  for(var i=0;i<blocks.length;i++){
-    var block=blocks[i], div=document.getElementById(block.getAttribute('data-figure'));
+  var pending={}, order=[], drawn=0, next=0;
+  for(var i=0;i<blocks.length;i++){var id=blocks[i].getAttribute('data-figure');pending[id]=blocks[i];order.push(id);}
+  function done(){if(drawn===order.length){document.body.setAttribute('data-charts-drawn','all');}}
+  function draw(id){
+    var block=pending[id];
+    if(!block){return;}
+    delete pending[id];
+    var div=document.getElementById(id);
     try{var fig=JSON.parse(block.textContent);Plotly.newPlot(div,fig.data,fig.layout,config);}
-    catch(err){div.textContent='This chart could not be drawn: '+err;console.error('llmperf chart',div.id,err);}
+    catch(err){div.textContent='This chart could not be drawn: '+err;console.error('llmperf chart',id,err);}
+    drawn++;
+    done();
   }
+  function step(){
+    while(next<order.length && !pending[order[next]]){next++;}
+    if(next<order.length){draw(order[next]);setTimeout(step,0);}
+  }
+  if('IntersectionObserver' in window){
+    var seen=new IntersectionObserver(function(entries){
+      entries.forEach(function(e){if(e.isIntersecting){seen.unobserve(e.target);draw(e.target.id);}});
+    },{rootMargin:'800px 0px'});
+    order.forEach(function(id){seen.observe(document.getElementById(id));});
+  }
+  done();
+  setTimeout(step,0);
 })();
 """
 
@@ -743,7 +768,8 @@ def html_report(report: Mapping[str, Any]) -> str:
                     continue
                 div = f"fig-{len(figures) + 1}"
                 figures.append((div, figure))
-                body.append(f'<div class="figure" id="{div}" data-kind="{kind}"></div>')
+                height = int(figure.get("layout", {}).get("height") or 300)
+                body.append(f'<div class="figure" id="{div}" data-kind="{kind}" style="height:{height}px"></div>')
             body.append("</section>")
     scripts = [f'<script type="application/json" data-figure="{div}">{_json_for_script(fig)}</script>'
                for div, fig in figures]
