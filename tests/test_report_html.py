@@ -298,6 +298,16 @@ def test_non_finite_figures_do_not_break_the_page():
     assert len(page.figure_json) == 5
 
 
+def test_one_legend_entry_for_the_baseline_marks_even_when_a_latency_has_no_values():
+    case = measured_case()
+    case["series"]["quantiles"]["tpot_ms"] = []
+    case["series"]["quantiles"]["ttft_ms"] = [1.0, 2.0, 3.0]  # not the usual 101: spread over 0..100
+    figure = dict(case_figures(case, {}, {}))["latency"]
+    marks = [d for d in figure["data"] if d["name"].startswith("baseline")]
+    assert [d["showlegend"] for d in marks] == [True, False, False]
+    assert figure["data"][0]["y"] == [0.0, 50.0, 100.0]
+
+
 def test_empty_quantiles_and_empty_report():
     case = measured_case()
     case["series"]["quantiles"]["itl_ms"] = []

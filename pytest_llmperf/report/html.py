@@ -370,6 +370,13 @@ def baseline_percentiles(case: Mapping[str, Any]) -> dict[str, dict[int, float]]
     return out
 
 
+def _percentiles(n: int) -> list[float]:
+    """The percentile of each of ``n`` quantiles spread over 0..100 (the contract's 101: 0, 1, ... 100)."""
+    if n == 101:
+        return list(range(101))
+    return [round(i * 100 / (n - 1), 3) for i in range(n)] if n > 1 else [100.0] * n
+
+
 def latency_figure(case: Mapping[str, Any]) -> dict[str, Any]:
     """CDFs of TTFT, TPOT and ITL of the representative run (x: ms, y: percentile), the baseline's marked."""
     quantiles = (case.get("series") or {}).get("quantiles") or {}
@@ -379,13 +386,14 @@ def latency_figure(case: Mapping[str, Any]) -> dict[str, Any]:
     data: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     layout: dict[str, Any] = {}
+    marked = False  # the baseline's marks have their legend entry
     for k, ((key, label), domain) in enumerate(zip(LATENCIES, cols), 1):
         x, y = f"x{_ax(k)}", f"y{_ax(k)}"
         values = list(quantiles.get(key) or [])
         if values:
             data.append({"type": "scatter", "mode": "lines", "xaxis": x, "yaxis": y, "name": "this run",
                          "legendgroup": "run", "showlegend": k == 1, "x": _rounded(values),
-                         "y": list(range(len(values))) if len(values) != 101 else list(range(101)),
+                         "y": _percentiles(len(values)),
                          "line": {"color": RUN_COLOR, "width": 2},
                          "hovertemplate": f"{label} p%{{y}}: %{{x}} ms<extra></extra>"})
         else:
@@ -395,11 +403,11 @@ def latency_figure(case: Mapping[str, Any]) -> dict[str, Any]:
             pcts = sorted(marks[key])
             data.append({"type": "scatter", "mode": "markers", "xaxis": x, "yaxis": y,
                          "name": f"baseline median / p99 (over {n_history} record{'s' if n_history != 1 else ''})",
-                         "legendgroup": "baseline", "showlegend": not any(d.get("legendgroup") == "baseline"
-                                                                          for d in data[:-1] if "legendgroup" in d),
+                         "legendgroup": "baseline", "showlegend": not marked,
                          "x": [_round(marks[key][p]) for p in pcts], "y": pcts,
                          "hovertemplate": f"baseline {label} p%{{y}}: %{{x}} ms<extra></extra>",
                          "marker": {"size": 11, "symbol": "x", "color": "#cf222e"}})
+            marked = True
         layout[f"xaxis{_ax(k)}"] = {"anchor": y, "domain": list(domain), "title": {"text": f"{label} ms"}}
         layout[f"yaxis{_ax(k)}"] = {"anchor": x, "range": [0, 101],
                                     "title": {"text": "percentile" if k == 1 else ""}}
