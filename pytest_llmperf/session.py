@@ -482,6 +482,16 @@ class Session:
             except OSError as exc:
                 self.write_problems.append(f"cannot write the JSON report {self.settings.report_json}: "
                                            f"{exc.strerror or exc}")
+        if self.settings.report_html:
+            from .report.html import HtmlReportUnavailable, write_html
+
+            try:
+                write_html(self.settings.report_html, report)
+            except HtmlReportUnavailable as exc:
+                self.write_problems.append(f"cannot write the HTML report {self.settings.report_html}: {exc}")
+            except OSError as exc:
+                self.write_problems.append(f"cannot write the HTML report {self.settings.report_html}: "
+                                           f"{exc.strerror or exc}")
         self._write_markdown(report)
 
     def report(self) -> dict[str, Any]:
@@ -582,7 +592,8 @@ def start_session(settings: Settings) -> Session:
     """Settings -> the resolved suite, checked as far as it can be before anything boots -> a session.
 
     UsageProblem (one line) for a suite that cannot run, a recorded node with
-    real engines, baselines that could not be written, a bad tokenizer.
+    real engines, baselines that could not be written, a bad tokenizer, an
+    HTML report asked for without plotly.
     """
     from .baselines import unwritable
     from .suite import SuiteError, resolve
@@ -602,6 +613,13 @@ def start_session(settings: Settings) -> Session:
         if real and not settings.dry_run:
             raise UsageProblem(f"--gpu-snapshot checks a recorded node, but {', '.join(real)} would boot on this "
                                f"machine's GPUs: use it with --dry-run (or the sim); real runs check the live node")
+    if settings.report_html is not None and not settings.dry_run:
+        from .report.html import HtmlReportUnavailable, require_plotly
+
+        try:
+            require_plotly()  # before anything is measured, not after an hour of it
+        except HtmlReportUnavailable as exc:
+            raise UsageProblem(str(exc)) from None
     if settings.update_baselines:
         problem = unwritable(baseline_path(settings.baseline_dir, *c.baseline_key[:4]) for c in resolved.cases)
         if problem:

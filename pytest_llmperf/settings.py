@@ -54,6 +54,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                env="LLMPERF_BASELINE_DIR", ini="llmperf_baseline_dir", metavar="DIR"),
     OptionSpec("report_json", "--report-json", "write a machine-readable report here",
                env="LLMPERF_REPORT_JSON", ini="llmperf_report_json", metavar="PATH"),
+    OptionSpec("report_html", "--report-html", "write an HTML report with charts here (one file that opens offline; "
+               "needs the html extra: pip install 'pytest-llmperf[html]')", env="LLMPERF_REPORT_HTML",
+               ini="llmperf_report_html", metavar="PATH"),
     OptionSpec("report_md", "--report-md", "write a markdown summary here (also appended to $GITHUB_STEP_SUMMARY "
                "when that is set)", env="LLMPERF_REPORT_MD", ini="llmperf_report_md", metavar="PATH"),
     OptionSpec("num_prompts", "--num-prompts", "override the prompt count of every selected workload (quick runs)",
@@ -147,6 +150,7 @@ class Settings:
     update_baselines: bool = False
     baseline_dir: Path = Path("baselines")
     report_json: Path | None = None
+    report_html: Path | None = None
     report_md: Path | None = None
     num_prompts: int | None = None
     sim_slowdown: float = 1.0
@@ -360,6 +364,7 @@ def resolve(
         update_baselines=bool(cli.get("update_baselines")),
         baseline_dir=convert("baseline_dir", str, path_base=True) or rootdir / "baselines",
         report_json=convert("report_json", str, path_base=True),
+        report_html=convert("report_html", str, path_base=True),
         report_md=convert("report_md", str, path_base=True),
         num_prompts=num_prompts,
         sim_slowdown=slowdown if slowdown is not None else 1.0,

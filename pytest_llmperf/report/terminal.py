@@ -97,6 +97,8 @@ def summary_lines(session: Any) -> list[tuple[str, bool]]:
     out += [(f"error: {problem}", True) for problem in session.write_problems]
     if session.settings.report_json and not any("JSON report" in p for p in session.write_problems):
         out.append((f"report written to {session.settings.report_json}", False))
+    if session.settings.report_html and not any("HTML report" in p for p in session.write_problems):
+        out.append((f"HTML report written to {session.settings.report_html}", False))
     if session.settings.report_md and not any("markdown summary" in p for p in session.write_problems):
         out.append((f"markdown summary written to {session.settings.report_md}", False))
     return [(session.redactor.scrub(text), warn) for text, warn in out]
