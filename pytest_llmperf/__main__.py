@@ -170,15 +170,25 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- merge
-def _writer(option: str, module: str, name: str) -> Any:
-    """The report writer ``module.name`` for ``option``, imported now; InputError when this version has none."""
+def _writer(option: str, module: str, name: str, check: str = "") -> Any:
+    """The report writer ``module.name`` for ``option``, imported now (and its ``check`` run: what it needs is there).
+
+    InputError when this version has no such writer, or what it needs is missing.
+    """
     import importlib
 
     try:
-        return getattr(importlib.import_module(module), name)
+        found = importlib.import_module(module)
+        writer = getattr(found, name)
     except (ImportError, AttributeError):
         raise InputError(f"{option}: this version of pytest-llmperf cannot write it ({module}.{name} is not "
                          f"available); upgrade pytest-llmperf or leave {option} out") from None
+    if check and hasattr(found, check):
+        try:
+            getattr(found, check)()
+        except (ImportError, RuntimeError) as exc:
+            raise InputError(str(exc) if str(exc).startswith(option) else f"{option}: {exc}") from None
+    return writer
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -195,7 +205,8 @@ def _merge(args: argparse.Namespace) -> int:
             raise InputError(f"{label}: given twice (also as {seen[resolved]}): its runs would count twice")
         seen[resolved] = label
     markdown = _writer("--report-md", "pytest_llmperf.report.markdown", "markdown_summary") if args.report_md else None
-    html = _writer("--report-html", "pytest_llmperf.report.html", "write_html") if args.report_html else None
+    html = (_writer("--report-html", "pytest_llmperf.report.html", "write_html", check="require_plotly")
+            if args.report_html else None)
     reports = [(label, read_report(label)) for label in args.reports]
     bdir = Path(args.baseline_dir) if args.baseline_dir else None
 
@@ -218,26 +229,26 @@ def _merge(args: argparse.Namespace) -> int:
                            str(bdir) if bdir is not None else None)
     report = merged.report
     problems, written = _write_updates(merged, bdir, history) if args.update_baselines else ([], [])
-    from .report.json import write_json
-
-    try:
-        write_json(Path(args.output), report)
-    except OSError as exc:
-        raise InputError(f"{args.output}: cannot write the merged report ({exc.strerror or exc})") from None
     lines = [_headline(args.output, merged)] + [f"  {n}" for n in merged.notes]
     lines += [f"baseline updated: {u['case']} -> {u['path']}" for u in written]
     lines += [f"not recorded: {r}" for r in merged.refused]
-    try:
-        if markdown is not None:
-            from .files import atomic_write_text
+    from .files import atomic_write_text
+    from .report.json import write_json
 
-            atomic_write_text(Path(args.report_md), markdown(report))
-            lines.append(f"markdown summary written to {args.report_md}")
-        if html is not None:
-            html(Path(args.report_html), report)
-            lines.append(f"HTML report written to {args.report_html}")
-    except OSError as exc:
-        problems.append(f"cannot write {exc.filename or 'a report'}: {exc.strerror or exc}")
+    outputs = [(args.output, "the merged report", lambda path: write_json(path, report), "")]
+    if markdown is not None:
+        outputs.append((args.report_md, "the markdown summary",
+                        lambda path: atomic_write_text(path, markdown(report)), "markdown summary written to"))
+    if html is not None:
+        outputs.append((args.report_html, "the HTML report", lambda path: html(path, report), "HTML report written to"))
+    for path, what, write, done in outputs:
+        try:
+            write(Path(path))
+        except (OSError, RuntimeError) as exc:  # RuntimeError: what a writer needs went missing since its check
+            problems.append(f"{path}: cannot write {what} ({getattr(exc, 'strerror', None) or exc})")
+            continue
+        if done:
+            lines.append(f"{done} {path}")
     print("\n".join(lines))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

@@ -4,15 +4,12 @@ sim as a subprocess (real exit codes and stderr)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from pytest_llmperf.__main__ import main
+from sim_runs import CASES, SUITE, command, inconclusive, report_run, statuses
 from synthetic_reports import MODEL, baseline_file, case, report, run, tree_path, write
 
 VLLM, SGLANG = "sim/vllm-tp8/tiny", "sim/sglang-dpattn/tiny"
@@ -254,45 +251,6 @@ def test_usage_errors_exit_2(capsys, before):
 
 
 # ----------------------------------------------------------------- end to end: real reports of the sim
-SUITE = '''
-model = "{model}"
-gpus = "h200x8"
-
-[workloads.tiny-random]
-dataset = "random"
-input_len = 64
-output_len = 12
-num_prompts = 16
-
-[workloads.tiny-sharegpt]
-dataset = "sharegpt"
-num_prompts = 16
-output_len = 12
-
-[[configs]]
-engine = "sim"
-name = "vllm-tp8"
-profile = "vllm-tp8"
-
-[[configs]]
-engine = "sim"
-name = "sglang-dpattn"
-profile = "sglang-tp8-dp8-dpattn"
-'''
-
-
-def plugin(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--suite=suite.toml",
-                           "--engine=sim", "--repeats=1", "--confirm=0", f"--baseline-dir={cwd / 'bl'}", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def command(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "pytest_llmperf", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env=env)
-
-
 @pytest.fixture(scope="module")
 def sim_reports(tmp_path_factory):
     """A report of the suite on the sim, and one with every step 1.5x slower (one run per case, no baseline)."""
@@ -301,49 +259,57 @@ def sim_reports(tmp_path_factory):
     model = f"test/model-{uuid.uuid4().hex[:8]}"
     cwd = tmp_path_factory.mktemp("compare-e2e")
     (cwd / "suite.toml").write_text(SUITE.format(model=model))
-    normal = plugin(cwd, "--report-json=normal.json")
-    slow = plugin(cwd, "--report-json=slow.json", "--sim-slowdown=1.5")
+    for name, args in (("normal.json", ()), ("slow.json", ("--sim-slowdown=1.5",))):
+        # no baseline: every case measured once, "missing" (or "inconclusive" on a machine too busy to measure)
+        assert set(statuses(report_run(cwd, name, *args)).values()) <= {"missing", "inconclusive"}
     assert sim_processes(model) == [], "a sim engine outlived its run"
-    for result, name in ((normal, "normal.json"), (slow, "slow.json")):
-        assert (cwd / name).exists(), result.stdout[-3000:] + result.stderr[-3000:]
-        data = json.loads((cwd / name).read_text())
-        # no baseline: every case measured once and "missing" (never re-run, never distorted on a sane machine)
-        assert [c["status"] for c in data["cases"]] == ["missing"] * 4, [c["message"] for c in data["cases"]]
     return cwd
 
 
 def test_e2e_a_report_against_itself_exits_0_unchanged(sim_reports):
-    result = command("compare", "normal.json", "normal.json", cwd=sim_reports)
+    result = command(sim_reports, "compare", "normal.json", "normal.json")
     assert result.returncode == 0 and result.stderr == ""
     table = rows(result.stdout)
-    assert len(table) == 4 * 3
-    assert {r[2] for r in table.values()} == {"+0.0%"} and {r[4] for r in table.values()} == {"ok"}
+    assert {c for c, _ in table} == set(CASES) and len(table) == 4 * 3
+    assert {r[2] for r in table.values()} == {"+0.0%"}
+    distorted = inconclusive(sim_reports / "normal.json")
+    assert {(c, r[4]) for (c, _), r in table.items()} == {(c, "inconclusive" if c in distorted else "ok") for c in CASES}
 
 
 def test_e2e_a_slower_engine_exits_1_naming_the_regressed_metrics(sim_reports):
-    result = command("compare", "normal.json", "slow.json", cwd=sim_reports)
-    assert result.returncode == 1, result.stdout + result.stderr
+    result = command(sim_reports, "compare", "normal.json", "slow.json")
     table = rows(result.stdout)
+    distorted = inconclusive(sim_reports / "normal.json") | inconclusive(sim_reports / "slow.json")
+    if distorted == set(CASES):
+        pytest.skip("every case was distorted in three attempts: this machine is too busy to measure anything")
     # 1.5x slower steps. vLLM's throughput drops by a third whatever the batching (-32% to -33% seen), and on
     # fixed-length requests its TPOT grows by about half (+43% to +50%): far beyond the 5% gate. TPOT over the
     # sharegpt lengths, and SGLang's with its requests spread over 8 ranks, depend on how the requests happened
-    # to batch (+18% to +141% seen): those rows are not asserted on.
-    vllm = "sim/vllm-tp8/tiny-random"
-    assert table[(vllm, "total_token_throughput")][4] == "regressed", result.stdout
-    assert table[(vllm, "mean_tpot_ms")][4] == "regressed", result.stdout
-    assert table[("sim/vllm-tp8/tiny-sharegpt", "total_token_throughput")][4] == "regressed", result.stdout
-    assert {table[(c, "failed")][4] for c in {c for c, _ in table}} == {"ok"}
-    assert f"of 4 cases regressed: {vllm} (total_token_throughput, mean_tpot_ms)" in result.stdout
-    json_out = json.loads(command("compare", "normal.json", "slow.json", "--format=json", cwd=sim_reports).stdout)
-    assert json_out["regressed"][vllm] == ["total_token_throughput", "mean_tpot_ms"]
-    assert json_out["regressed"] == {case: [m for (c, m), r in table.items() if c == case and r[4] == "regressed"]
-                                     for case in dict.fromkeys(c for (c, _), r in table.items() if r[4] == "regressed")}
+    # to batch (+18% to +141% seen): those rows are not asserted on. Distorted cases are never gated.
+    expected = {("sim/vllm-tp8/tiny-random", "total_token_throughput"), ("sim/vllm-tp8/tiny-random", "mean_tpot_ms"),
+                ("sim/vllm-tp8/tiny-sharegpt", "total_token_throughput")}
+    for (case_id, metric), row in table.items():
+        if case_id in distorted:
+            assert row[4] == "inconclusive", result.stdout
+        elif (case_id, metric) in expected:
+            assert row[4] == "regressed", result.stdout
+        elif metric == "failed":
+            assert row[4] == "ok", result.stdout
+    regressed = {case: [m for (c, m), r in table.items() if c == case and r[4] == "regressed"]
+                 for case in dict.fromkeys(c for (c, _), r in table.items() if r[4] == "regressed")}
+    assert result.returncode == (1 if regressed else 0) and result.stderr == ""
+    if "sim/vllm-tp8/tiny-random" not in distorted:
+        assert result.returncode == 1
+        assert ("of 4 cases regressed: sim/vllm-tp8/tiny-random (total_token_throughput, mean_tpot_ms)"
+                in result.stdout)
+    json_out = json.loads(command(sim_reports, "compare", "normal.json", "slow.json", "--format=json").stdout)
+    assert json_out["regressed"] == regressed
 
 
 def test_e2e_bad_input_is_one_line_on_stderr_and_no_traceback(sim_reports):
-    result = command("compare", "normal.json", "nope.json", cwd=sim_reports)
+    result = command(sim_reports, "compare", "normal.json", "nope.json")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "error: nope.json: no such file or directory\n"
     (sim_reports / "suite.json").write_text("[")
-    result = command("compare", "suite.json", "normal.json", cwd=sim_reports)
+    result = command(sim_reports, "compare", "suite.json", "normal.json")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "suite.json: not JSON" in result.stderr

@@ -1,0 +1,78 @@
+"""Runs of the plugin on the sim that write JSON reports, for the compare and merge end-to-end tests.
+
+A busy machine can distort a run (the sim falls behind its schedule, the
+client reads chunks late): the plugin then calls the case inconclusive. That
+says something about the machine, not about the commands under test, so a
+run with an inconclusive case is made again a few times; the tests then
+expect of each case what its reports hold, so that they never depend on how
+busy the machine was.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SUITE = '''
+model = "{model}"
+gpus = "h200x8"
+
+[workloads.tiny-random]
+dataset = "random"
+input_len = 64
+output_len = 12
+num_prompts = 16
+
+[workloads.tiny-sharegpt]
+dataset = "sharegpt"
+num_prompts = 16
+output_len = 12
+
+[[configs]]
+engine = "sim"
+name = "vllm-tp8"
+profile = "vllm-tp8"
+
+[[configs]]
+engine = "sim"
+name = "sglang-dpattn"
+profile = "sglang-tp8-dp8-dpattn"
+'''
+CASES = [f"sim/{config}/{workload}" for config in ("vllm-tp8", "sglang-dpattn")
+         for workload in ("tiny-random", "tiny-sharegpt")]
+ATTEMPTS = 3
+
+
+def plugin(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The plugin on the suite in ``cwd``: one run per case, no confirming runs, baselines in ``cwd/bl``."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--suite=suite.toml",
+                           "--engine=sim", "--repeats=1", "--confirm=0", f"--baseline-dir={cwd / 'bl'}", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def inconclusive(path: Path) -> set[str]:
+    """The cases of a report whose every run was distorted."""
+    return {c["id"] for c in json.loads(Path(path).read_text())["cases"] if c["status"] == "inconclusive"}
+
+
+def report_run(cwd: Path, name: str, *args: str) -> Path:
+    """The plugin writing the JSON report ``name``, made again (up to ``ATTEMPTS``) while a case came out distorted."""
+    path = cwd / name
+    for _ in range(ATTEMPTS):
+        result = plugin(cwd, f"--report-json={name}", *args)
+        assert path.exists(), result.stdout[-3000:] + result.stderr[-3000:]
+        if not inconclusive(path):
+            break
+    return path
+
+
+def command(cwd: Path, *args: object) -> subprocess.CompletedProcess:
+    """``python -m pytest_llmperf ...`` as a subprocess: real exit status and stderr."""
+    return subprocess.run([sys.executable, "-m", "pytest_llmperf", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def statuses(path: Path) -> dict[str, str]:
+    return {c["id"]: c["status"] for c in json.loads(Path(path).read_text())["cases"]}
