@@ -60,7 +60,11 @@ class Side:
 
     def describe(self) -> str:
         what = ", ".join(x for x in (self.gpus, self.model) if x)
-        return f"{self.label} ({self.kind}, {len(self.cases)} cases{', ' + what if what else ''})"
+        return f"{self.label} ({self.kind}, {_cases(len(self.cases))}{', ' + what if what else ''})"
+
+
+def _cases(n: int) -> str:
+    return f"{n} case" if n == 1 else f"{n} cases"
 
 
 # ----------------------------------------------------------------- sides from content
@@ -334,11 +338,11 @@ def summary_lines(comparison: Comparison) -> list[str]:
     regressed = c.regressed
     judged = {r.case for r in c.rows}
     if regressed:
-        lines.append(f"{len(regressed)} of {len(judged)} cases regressed: "
+        lines.append(f"{len(regressed)} of {_cases(len(judged))} regressed: "
                      + "; ".join(f"{case} ({', '.join(metrics)})" for case, metrics in regressed.items()))
     elif judged:
         improved = sorted({r.case for r in c.rows if r.status == IMPROVED})
-        lines.append(f"no regression in {len(judged)} cases"
+        lines.append(f"no regression in {_cases(len(judged))}"
                      + (f"; improved: {', '.join(improved)}" if improved else ""))
     return lines
 
