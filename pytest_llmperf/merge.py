@@ -124,7 +124,7 @@ def merge_reports(reports: Sequence[tuple[str, Mapping[str, Any]]],
         if problem:
             raise MergeError(problem)
     env = merged_environment(reports)
-    gates = dict(env.get("gates_pct") or {})
+    gates = dict(env.get("gates_pct") or _default_gates())  # the gates the runs were judged with
     notes: list[str] = []
     cases, updates, refused, pooled_ids = [], [], [], []
     for case_id, sources in by_id.items():
@@ -165,6 +165,12 @@ def merge_reports(reports: Sequence[tuple[str, Mapping[str, Any]]],
     report = {"schema": "pytest-llmperf/report/2", "cases": cases, "environment": env, "metric_units": units,
               "baseline_updates": baseline_updates}
     return Merged(report, tuple(updates), tuple(refused), tuple(pooled_ids), tuple(notes))
+
+
+def _default_gates() -> dict[str, float]:
+    from .settings import DEFAULT_GATES
+
+    return dict(DEFAULT_GATES)
 
 
 def merged_environment(reports: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:

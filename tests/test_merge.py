@@ -106,6 +106,24 @@ def test_a_case_measured_twice_is_pooled_and_judged_again(capsys, tmp_path, tree
     assert merged["apparatus"]["runs"] == 4 and merged["confirm_runs"] == 0
 
 
+def test_pooled_cases_are_judged_with_the_gates_their_runs_were_judged_with(capsys, tmp_path, tree):
+    runs = ([run(1, 900.0, 20.0)], [run(1, 920.0, 20.0)])  # -9%: beyond the default 5%, within 10%
+    for gates, status in (({"total_token_throughput": 10.0}, "ok"), (None, "regressed")):  # None: an older report
+        env = {"gates_pct": gates} if gates else {}
+        reports = [write(tmp_path / f"r{n}.json", report([case(VLLM, r)], started_at=str(n), **env))
+                   for n, r in enumerate(runs)]
+        if gates is None:
+            for path in reports:
+                data = json.loads(path.read_text())
+                del data["environment"]["gates_pct"]
+                write(path, data)
+        code, _, _ = cli(capsys, *reports, "-o", tmp_path / "all.json", "--baseline-dir", tree)
+        merged = cases_of(tmp_path / "all.json")[VLLM]
+        assert code == 0 and merged["status"] == status
+        assert [v["metric"] for v in merged["verdicts"]] == sorted(gates or ["total_token_throughput", "mean_tpot_ms",
+                                                                             "failed"])
+
+
 def test_pooling_leaves_distorted_runs_out_and_judges_a_regression(capsys, tmp_path, tree):
     r1 = write(tmp_path / "r1.json", report([case(VLLM, [run(1, 800.0, 20.0), run(2, 100.0, 99.0, distorted=["busy"])])]))
     r2 = write(tmp_path / "r2.json", report([case(VLLM, [run(1, 820.0, 20.0)])], started_at="2026-01-05"))
