@@ -232,8 +232,9 @@ class _Reporter:
             return []
         outcome = _outcome(report)
         status = case_status(result.verdict_status, outcome[0] if outcome else "")
-        return junit_properties([v.to_json() for v in result.verdicts], status, result.engine_version,
-                                result.baseline_file)
+        properties = junit_properties([v.to_json() for v in result.verdicts], status, result.engine_version,
+                                      result.baseline_file)
+        return [(name, self.session.redactor.scrub(value)) for name, value in properties]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         outcome = _outcome(report)

@@ -11,6 +11,7 @@ log shows the run is alive.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from .loadgen.run import Progress
@@ -53,21 +54,28 @@ def under_ci(environ: Any) -> bool:
 
 
 class LogProgress:
-    """Under CI: a line per ``every_s`` of a running case, written as a line of its own (``write_line``)."""
+    """Under CI: a plain line when ``every_s`` has passed since the last one (over all runs of all cases).
 
-    def __init__(self, write_line: Callable[[str], None], every_s: float = LOG_EVERY_S):
+    The clock runs from the start of the session, so a case of several short
+    runs still shows up once a minute; each line is written as a line of its
+    own (``write_line``).
+    """
+
+    def __init__(self, write_line: Callable[[str], None], every_s: float = LOG_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic):
         self._write_line = write_line
         self._every_s = every_s
+        self._clock = clock
+        self._last_s = clock()
 
     def for_case(self, case_id: str) -> Callable[[Progress], None]:
         rate = _rate_tracker()
-        next_s = [self._every_s]
 
         def update(progress: Progress) -> None:
             tokens_per_s = rate(progress)
-            if progress.elapsed_s >= next_s[0]:
-                while next_s[0] <= progress.elapsed_s:
-                    next_s[0] += self._every_s
+            now_s = self._clock()
+            if now_s - self._last_s >= self._every_s:
+                self._last_s = now_s
                 self._write_line("llmperf progress " + progress_text(case_id, progress, tokens_per_s))
 
         return update
@@ -77,13 +85,13 @@ class LogProgress:
 
 
 def progress_for(config: Any, environ: Any) -> "TerminalProgress | LogProgress | None":
-    """The session's progress: a live line on a terminal, a line a minute under CI, else none."""
-    live = TerminalProgress.for_config(config)
-    if live is not None:
-        return live
+    """The session's progress: a line a minute under CI (a CI log keeps every backspace), else a live line on a
+    terminal, else none; ``-qq`` turns both off."""
     tr = config.pluginmanager.getplugin("terminalreporter")
-    if tr is None or not under_ci(environ):
+    if tr is None or config.option.verbose < -1:
         return None
+    if not under_ci(environ):
+        return TerminalProgress.for_config(config)
     capman = config.pluginmanager.getplugin("capturemanager")
 
     def write_line(text: str) -> None:

@@ -288,6 +288,7 @@ class Session:
             if trouble:
                 self.unexpectedly_working.pop(config.id, None)
             result.verdict_status = ""  # whatever an earlier run's verdict said, the case ends here
+            result.verdicts = []
             return self._outcome(result, kind, message)
         return None
 
@@ -473,26 +474,64 @@ class Session:
             if result is not None:
                 result.outcome = "failed"
                 result.message = self.redactor.scrub(f"its baseline update was not written: {failed[update.path]}")
+        import os
+
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        settings = self.settings
+        if not (settings.report_json or settings.report_html or settings.report_md or step_summary):
+            return
         report = self.report()
-        if self.settings.report_json:
+        if settings.report_json:
             from .report.json import write_json
 
-            try:
-                write_json(self.settings.report_json, report)
-            except OSError as exc:
-                self.write_problems.append(f"cannot write the JSON report {self.settings.report_json}: "
-                                           f"{exc.strerror or exc}")
-        if self.settings.report_html:
-            from .report.html import HtmlReportUnavailable, write_html
+            self._write("the JSON report", settings.report_json, lambda: write_json(settings.report_json, report))
+        if settings.report_html:
+            from .report.html import write_html
 
-            try:
-                write_html(self.settings.report_html, report)
-            except HtmlReportUnavailable as exc:
-                self.write_problems.append(f"cannot write the HTML report {self.settings.report_html}: {exc}")
-            except OSError as exc:
-                self.write_problems.append(f"cannot write the HTML report {self.settings.report_html}: "
-                                           f"{exc.strerror or exc}")
-        self._write_markdown(report)
+            self._write("the HTML report", settings.report_html, lambda: write_html(settings.report_html, report))
+        if settings.report_md or step_summary:
+            from .report import markdown
+
+            made: list[str] = []
+            self._write("the markdown summary", settings.report_md or step_summary,
+                        lambda: made.append(self.redactor.scrub(markdown.markdown_summary(report))))
+            if not made:
+                return
+            text = made[0]
+            if settings.report_md:
+                from .files import atomic_write_text
+
+                self._write("the markdown summary", settings.report_md,
+                            lambda: atomic_write_text(Path(settings.report_md), text))
+            if step_summary:
+                self._write("the summary to GITHUB_STEP_SUMMARY", step_summary,
+                            lambda: self._append_step_summary(step_summary, text))
+
+    def _write(self, what: str, path: Any, write: Any) -> None:
+        """Run one writer; whatever it raises becomes one line among the write problems (the others still run)."""
+        try:
+            write()
+        except OSError as exc:
+            self.write_problems.append(f"cannot write {what} {path}: {exc.strerror or exc}")
+        except Exception as exc:  # a report that cannot be written must not lose the others, nor crash the run
+            reason = str(exc) if type(exc).__name__ == "HtmlReportUnavailable" else f"{type(exc).__name__}: {exc}"
+            self.write_problems.append(self.redactor.scrub(f"cannot write {what} {path}: {reason}"))
+
+    def _append_step_summary(self, path: str, text: str) -> None:
+        """Append to the CI page's summary, cut to what is left of its limit; a note when nothing fits."""
+        import os
+
+        from .report.markdown import STEP_SUMMARY_LIMIT_BYTES, cut_to
+
+        used = os.path.getsize(path) if os.path.exists(path) else 0
+        where = str(self.settings.report_json or self.settings.report_md or "")
+        fitted = cut_to(text, STEP_SUMMARY_LIMIT_BYTES - used, where)
+        if fitted is None:
+            self.notes.append(f"the summary was not added to GITHUB_STEP_SUMMARY: the step's summary already holds "
+                              f"{used:,} bytes of its {STEP_SUMMARY_LIMIT_BYTES:,}")
+            return
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(fitted)
 
     def report(self) -> dict[str, Any]:
         """The run as one plain dict (the JSON report): what every report format is written from."""
@@ -500,33 +539,6 @@ class Session:
 
         updates = [{"case": u.case_id, "path": str(u.path), "lines": list(u.lines)} for u in self.updates]
         return self.redactor.scrub_data(json_report(self.results.values(), self.environment(), updates))
-
-    def _write_markdown(self, report: dict[str, Any]) -> None:
-        """--report-md, and the CI page's step summary when ``GITHUB_STEP_SUMMARY`` names one (appended, cut to fit)."""
-        import os
-
-        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if not self.settings.report_md and not step_summary:
-            return
-        from .files import atomic_write_text
-        from .report.markdown import STEP_SUMMARY_LIMIT_BYTES, cut_to, markdown_summary
-
-        text = self.redactor.scrub(markdown_summary(report))
-        if self.settings.report_md:
-            try:
-                atomic_write_text(Path(self.settings.report_md), text)
-            except OSError as exc:
-                self.write_problems.append(f"cannot write the markdown summary {self.settings.report_md}: "
-                                           f"{exc.strerror or exc}")
-        if step_summary:
-            try:
-                used = os.path.getsize(step_summary) if os.path.exists(step_summary) else 0
-                where = str(self.settings.report_json or self.settings.report_md or "")
-                with open(step_summary, "a", encoding="utf-8") as f:
-                    f.write(cut_to(text, max(STEP_SUMMARY_LIMIT_BYTES - used, 0), where))
-            except OSError as exc:
-                self.write_problems.append(f"cannot append the summary to GITHUB_STEP_SUMMARY ({step_summary}): "
-                                           f"{exc.strerror or exc}")
 
     def environment(self) -> dict[str, Any]:
         from .report.json import environment

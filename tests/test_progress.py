@@ -82,21 +82,27 @@ def test_the_rate_is_taken_over_the_last_two_seconds():
     assert "100 output tok/s" in screen(out.getvalue())  # 200 tokens over the last 2 s
 
 
-def test_under_ci_a_long_case_logs_one_line_a_minute():
+def test_under_ci_a_line_a_minute_over_every_run_of_every_case():
     from pytest_llmperf.progress import LogProgress, under_ci
 
+    now = [0.0]
     lines = []
-    log = LogProgress(lines.append, every_s=60.0)
+    log = LogProgress(lines.append, every_s=60.0, clock=lambda: now[0])
     update = log.for_case("sim/a/long run 1")
     for t in range(0, 200, 5):
+        now[0] = float(t)
         update(Progress(t, 0, 1000, t * 100, float(t)))
     log.clear()
     assert len(lines) == 3  # at 60, 120 and 180 s
     assert lines[0] == "llmperf progress [sim/a/long run 1 60/1000 done, 100 output tok/s, 60 s]"
-    update2 = log.for_case("b")
-    update2(Progress(1, 0, 2, 10, 400.0))  # a late first report: one line, not one per minute missed
-    update2(Progress(2, 0, 2, 20, 401.0))
-    assert len(lines) == 4
+    # runs of 30 s each: none is a minute long, yet the log hears from them once a minute
+    for run in range(1, 5):
+        step = log.for_case(f"sim/b/short run {run}")
+        for t in range(0, 31, 10):
+            now[0] = 200.0 + (run - 1) * 30 + t
+            step(Progress(t, 0, 100, t, float(t)))
+    assert [line.split("[")[1].split(" ")[0:3] for line in lines[3:]] == [
+        ["sim/b/short", "run", "2"], ["sim/b/short", "run", "4"]]
     assert under_ci({"CI": "true"}) and under_ci({"CI": "1"})
     assert not under_ci({}) and not under_ci({"CI": "false"}) and not under_ci({"CI": "0"})
 
@@ -123,20 +129,22 @@ def test_the_session_gets_a_line_a_minute_only_under_ci_off_a_terminal():
             return contextlib.nullcontext()
 
     class Option:
-        verbose = 0
+        def __init__(self, verbose):
+            self.verbose = verbose
 
     class Config:
-        option = Option()
-
-        def __init__(self, tr):
+        def __init__(self, tr, verbose=0):
+            self.option = Option(verbose)
             self.pluginmanager = Plugins({"terminalreporter": tr, "capturemanager": Capman()})
 
     tr = Writer()
     stdout = io.StringIO()  # not a terminal
     with contextlib.redirect_stdout(stdout):
         assert progress_for(Config(tr), {}) is None
+        assert progress_for(Config(tr, verbose=-2), {"CI": "true"}) is None  # -qq: quiet
         logged = progress_for(Config(tr), {"CI": "true"})
     assert isinstance(logged, LogProgress)
+    logged._last_s -= 61.0  # a minute since the session started
     logged.for_case("c")(Progress(1, 0, 2, 5, 61.0))
     assert tr.lines == ["llmperf progress [c 1/2 done, - output tok/s, 61 s]"]
     assert stdout.getvalue() == ""  # nothing drawn off a terminal

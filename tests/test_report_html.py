@@ -473,3 +473,6 @@ def test_page_in_a_browser_draws_every_chart_without_errors(chromium, tmp_path):
         shutil.copyfile(shot, out if out.endswith(".png") else Path(tempfile.gettempdir()) / "llmperf-html-screenshot.png")
     errors = [e for e in chromium.get_log("browser") if e.get("level") == "SEVERE"]
     assert errors == []
+    # nothing was fetched: no script, style, image or font came from anywhere but the file itself
+    fetched = chromium.execute_script("return performance.getEntriesByType('resource').map(function(e){return e.name})")
+    assert fetched == []

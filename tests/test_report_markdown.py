@@ -4,7 +4,7 @@ from markdown_it import MarkdownIt
 
 from pytest_llmperf.report.case import CaseResult
 from pytest_llmperf.report.json import json_report
-from pytest_llmperf.report.markdown import STEP_SUMMARY_LIMIT_BYTES, cell, cut_to, markdown_summary
+from pytest_llmperf.report.markdown import STEP_SUMMARY_LIMIT_BYTES, cell, code, cut_to, markdown_summary
 from pytest_llmperf.verdict import UPDATED, Verdict, judge
 
 
@@ -77,7 +77,7 @@ def test_an_update_shows_old_to_new():
     rows = tables(section)[0]
     assert rows[1][1:] == ["total_token_throughput", "1,000 → 1,100 tok/s", "+10.0%"]
     assert rows[2][1:] == ["mean_tpot_ms", "none → 12.50 ms", "–"]
-    assert "baselines/x.json" in section
+    assert "`baselines/x.json`" in section
 
 
 def test_cells_cannot_break_the_table():
@@ -95,3 +95,26 @@ def test_a_summary_over_the_limit_is_cut_with_a_line_saying_so():
     assert "more lines of this summary were left out" in cut and "r.json" in cut
     assert cut_to("short\n", 20_000) == "short\n"
     assert STEP_SUMMARY_LIMIT_BYTES == 1024 * 1024
+
+
+def test_a_cut_inside_the_folded_notes_closes_them_and_too_little_room_gives_nothing():
+    text = "## head\n\n<details><summary>Notes</summary>\n\n" + "".join(f"- note {i}\n" for i in range(2000)) \
+        + "\n</details>\n"
+    cut = cut_to(text, 4000)
+    assert len(cut.encode()) <= 4000
+    assert cut.count("<details>") == cut.count("</details>") == 1
+    assert cut.index("</details>") < cut.index("more lines of this summary were left out")
+    assert "GitHub's 1 MiB step summary limit" in cut
+    assert cut_to(text, 50) is None and cut_to(text, 0) is None and cut_to(text, -10) is None
+
+
+def test_paths_and_model_names_show_exactly_in_code_spans():
+    assert code("baselines/h200x8/org__model/sim/a.json") == "`baselines/h200x8/org__model/sim/a.json`"
+    assert code("a`b") == "``a`b``" and code("`x") == "`` `x ``"
+    c = case("a", "short", verdicts=[Verdict("mean_tpot_ms", 1.0, 2.0, 100.0, 5, UPDATED, "lower")],
+             verdict_status="updated")
+    path = "baselines/h200x8/deepseek-ai__DeepSeek-V3.2/sim/a.json"
+    text = markdown_summary(report(c, env={"model": "deepseek-ai/DeepSeek_V3"},
+                                   updates=[{"case": c.id, "path": path, "lines": []}]))
+    rendered = MarkdownIt("commonmark").enable("table").render(text)
+    assert f"<code>{path}</code>" in rendered and "<code>deepseek-ai/DeepSeek_V3</code>" in rendered

@@ -49,3 +49,13 @@ def test_gpu_and_engine_readings_share_the_requests_clock():
     assert len(series["quantiles"]["itl_ms"]) == 101 and series["quantiles"]["tpot_ms"][0] == 50.0
     assert run_series(1, []) is None
     assert "gpu" not in run_series(1, records) and "engine" not in run_series(1, records)
+
+
+def test_the_last_rate_bin_is_a_full_bin_not_a_sliver():
+    # 50 requests 0.2 s apart, 100 tokens each, one per 10 ms: at the end only the last one streams, 100 tok/s
+    records = [rec(i * 0.2, 0.01, [0.01] * 99, 100) for i in range(50)]
+    rate = output_rate(records, 0.0)
+    end_s = 49 * 0.2 + 0.01 * 100
+    width = rate["t_s"][1] - rate["t_s"][0]
+    assert len(rate["tok_s"]) == 100 and abs(len(rate["tok_s"]) * width - end_s) < 1e-6
+    assert 85 < rate["tok_s"][-1] < 115  # a bin holding only the final chunk would read about 9

@@ -137,3 +137,38 @@ def test_a_regression_is_confirmed_on_pooled_runs_and_a_fluke_is_not(monkeypatch
     assert outcome.kind == "skip" and outcome.message.startswith("inconclusive: 2 of 2 runs distorted: the load "
                                                                  "generator read chunks up to 90 ms late")
     assert busy.results["sim/c/w"].verdict_status == "inconclusive"
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_the_others_are_still_written(monkeypatch, suite_file,
+                                                                                      tmp_path):
+    import json
+
+    from pytest_llmperf.report import markdown
+
+    def broken(report):
+        raise UnicodeEncodeError("ascii", "✅", 0, 1, "ordinal not in range(128)")
+
+    monkeypatch.setattr(markdown, "markdown_summary", broken)
+    step = tmp_path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    session = start_session(Settings(engines=("sim",), suite_file=suite_file, report_json=tmp_path / "r.json",
+                                     report_md=tmp_path / "s.md", baseline_dir=tmp_path / "bl"))
+    Script(monkeypatch, run())
+    session.run_case(fake_engine(session), session.cases["sim/c/w"])
+    session.finish()
+    assert json.loads((tmp_path / "r.json").read_text())["cases"][0]["id"] == "sim/c/w"
+    (problem,) = session.write_problems
+    assert problem.startswith(f"cannot write the markdown summary {tmp_path / 's.md'}: UnicodeEncodeError")
+    assert not (tmp_path / "s.md").exists() and not step.exists()
+
+
+def test_the_step_summary_is_left_alone_when_earlier_steps_filled_it(monkeypatch, suite_file, tmp_path):
+    step = tmp_path / "step.md"
+    step.write_text("x" * (1024 * 1024 - 10))
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    session = start_session(Settings(engines=("sim",), suite_file=suite_file, baseline_dir=tmp_path / "bl"))
+    Script(monkeypatch, run())
+    session.run_case(fake_engine(session), session.cases["sim/c/w"])
+    session.finish()
+    assert step.stat().st_size == 1024 * 1024 - 10 and session.write_problems == []
+    assert any("was not added to GITHUB_STEP_SUMMARY" in n for n in session.summary_notes())

@@ -32,6 +32,19 @@ def cell(value: Any) -> str:
 METRIC_ORDER = ("total_token_throughput", "mean_tpot_ms", "output_throughput", "request_throughput", "mean_ttft_ms")
 
 
+def code(value: Any) -> str:
+    """``value`` as an inline code span, shown exactly (no escapes inside; a fence longer than any run of backticks)."""
+    text = " ".join(str(value).split())
+    longest = 0
+    current = 0
+    for ch in text:
+        current = current + 1 if ch == "`" else 0
+        longest = max(longest, current)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _num(value: Any) -> str:
     if value is None:
         return "–"
@@ -105,7 +118,7 @@ def _node_lines(env: Mapping[str, Any]) -> list[str]:
         if what or source:
             facts.append(cell(what + (f" ({source})" if source else "")))
     if env.get("model"):
-        facts.append(f"model `{cell(env['model'])}`")
+        facts.append(f"model {code(env['model'])}")
     if env.get("suite"):
         facts.append(f"suite {cell(env['suite'])}")
     if env.get("plugin_version"):
@@ -182,7 +195,7 @@ def _update_lines(report: Mapping[str, Any], units: Mapping[str, str]) -> list[s
     files = sorted({u.get("path") for u in report.get("baseline_updates", []) if u.get("path")})
     out = ["### Baseline changes", "", *rows, ""]
     if files:
-        out += ["Files written: " + ", ".join(f"`{cell(f)}`" for f in files), ""]
+        out += ["Files written: " + ", ".join(code(f) for f in files), ""]
     return out
 
 
@@ -215,21 +228,30 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def cut_to(text: str, limit_bytes: int, where: str = "") -> str:
-    """``text`` whole if it fits in ``limit_bytes`` (UTF-8), else its first lines and one line saying what was left out."""
+def cut_to(text: str, limit_bytes: int, where: str = "") -> str | None:
+    """``text`` whole if it fits in ``limit_bytes`` (UTF-8); else its first lines and a closing line saying what
+    was left out; None when not even that closing line fits."""
     if len(text.encode("utf-8")) <= limit_bytes:
         return text
     lines = text.splitlines(keepends=True)
+
+    def closing(left: int, folded: bool) -> str:
+        return (("\n</details>\n" if folded else "")
+                + f"\n\n**{left} more lines of this summary were left out** to stay under GitHub's 1 MiB step "
+                f"summary limit" + (f"; the full report is in {code(where)}" if where else "") + ".\n")
+
     kept: list[str] = []
     used = 0
+    folded = False
     for line in lines:
         size = len(line.encode("utf-8"))
-        # room for the closing line (its length depends on the count; 400 bytes is ample)
-        if used + size > limit_bytes - 400:
+        now_folded = (folded or line.startswith("<details>")) and not line.startswith("</details>")
+        if used + size + len(closing(len(lines), now_folded).encode("utf-8")) > limit_bytes:
             break
         kept.append(line)
         used += size
-    left = len(lines) - len(kept)
-    tail = (f"\n\n**{left} more lines of this summary were left out** to stay under its "
-            f"{limit_bytes // 1024} KiB limit" + (f"; the full report is in {cell(where)}" if where else "") + ".\n")
+        folded = now_folded
+    tail = closing(len(lines) - len(kept), folded)
+    if used + len(tail.encode("utf-8")) > limit_bytes:
+        return None
     return "".join(kept) + tail

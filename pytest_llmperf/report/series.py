@@ -11,6 +11,7 @@ on the same monotonic clock).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 from ..metrics import RequestRecord, percentile_of_sorted
@@ -57,7 +58,7 @@ def output_rate(records: Sequence[RequestRecord], origin_s: float, bins: int = R
         return {"t_s": [], "tok_s": []}
     end_s = max(t for t, _ in arrivals)
     width_s = max(end_s / bins, MIN_BIN_S)
-    n = max(1, int(end_s / width_s) + 1)
+    n = max(1, math.ceil(end_s / width_s))  # the last arrival falls in the last bin (index clamped below)
     tokens = [0.0] * n
     for t, count in arrivals:
         tokens[min(int(max(t, 0.0) / width_s), n - 1)] += count
