@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a report's text on a terminal of another encoding is never a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # usage errors and --help
@@ -265,7 +268,8 @@ def _headline(output: str, merged: Any) -> str:
     sources = merged.report["environment"]["merged_from"]
     pooled = f", {len(merged.pooled)} measured in several and pooled" if merged.pooled else ""
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    return (f"merged {len(sources)} reports into {output}: {len(cases)} cases{pooled}"
+    reports = "1 report" if len(sources) == 1 else f"{len(sources)} reports"
+    return (f"merged {reports} into {output}: {len(cases)} case{'' if len(cases) == 1 else 's'}{pooled}"
             + (f" ({statuses})" if statuses else ""))
 
 

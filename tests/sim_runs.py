@@ -11,6 +11,7 @@ busy the machine was.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,10 +47,15 @@ ATTEMPTS = 3
 
 
 def plugin(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """The plugin on the suite in ``cwd``: one run per case, no confirming runs, baselines in ``cwd/bl``."""
+    """The plugin on the suite in ``cwd``: one run per case, no confirming runs, baselines in ``cwd/bl``.
+
+    Never on the CI page of the run testing it, nor acting as under CI (these runs start in module-scoped
+    fixtures, before the repository's function-scoped guard against that applies).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("GITHUB_STEP_SUMMARY", "CI")}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--suite=suite.toml",
                            "--engine=sim", "--repeats=1", "--confirm=0", f"--baseline-dir={cwd / 'bl'}", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
+                          cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def inconclusive(path: Path) -> set[str]:
