@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:  # content no check foresaw
+        files = " ".join([args.a, args.b] if args.command == "compare" else args.reports)
+        print(f"error: {files}: content this version cannot read ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
 
 
 def _history(text: str) -> int:

@@ -81,14 +81,31 @@ def report_problem(data: Any) -> str:
             return f"report schema {schema} is newer than this version reads; upgrade pytest-llmperf"
     if not isinstance(data.get("cases"), list) or not isinstance(data.get("environment"), dict):
         return "not a JSON report (--report-json writes one: expected \"cases\" as a list and an \"environment\")"
+    env = data["environment"]
+    for key, kind in ENVIRONMENT_TYPES.items():
+        if env.get(key) is not None and not isinstance(env[key], kind):
+            return f"environment.{key}: expected {_KIND_WORDS[kind]}"
     for n, case in enumerate(data["cases"]):
         if not isinstance(case, dict) or not isinstance(case.get("id"), str):
             return f"cases[{n}]: expected an object with an \"id\""
-        if not isinstance(case.get("metrics", {}), dict) or not isinstance(case.get("runs", []), list):
-            return f"case {case['id']}: expected \"metrics\" as an object and \"runs\" as a list"
-        if any(not isinstance(r, dict) or not isinstance(r.get("metrics", {}), dict) for r in case.get("runs", [])):
-            return f"case {case['id']}: every run must be an object with \"metrics\" as an object"
+        for key, kind in CASE_TYPES.items():
+            if case.get(key) is not None and not isinstance(case[key], kind):
+                return f"case {case['id']}: {key}: expected {_KIND_WORDS[kind]}"
+        for run in case.get("runs") or []:
+            if not isinstance(run, dict) or not isinstance(run.get("metrics", {}), dict) or not isinstance(
+                    run.get("distorted", []), list):
+                return (f"case {case['id']}: every run must be an object with \"metrics\" as an object and "
+                        f"\"distorted\" as a list")
     return ""
+
+
+# The types of what compare and merge read from a report, where present (null is taken as absent).
+ENVIRONMENT_TYPES = {"engines": list, "engines_booted": list, "warmups": list, "notes": list, "node": dict,
+                     "gates_pct": dict, "unexpectedly_working": dict}
+CASE_TYPES = {"metrics": dict, "runs": list, "workload_params": dict, "baseline_key": dict, "record": dict,
+              "apparatus": dict, "failure_reasons": list, "changes": list, "result_files": list, "series": dict,
+              "message": str, "status": str, "baseline_file": str}
+_KIND_WORDS = {list: "a list", dict: "an object", str: "a string"}
 
 
 def is_baseline_file(data: Any) -> bool:

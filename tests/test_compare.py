@@ -313,3 +313,20 @@ def test_e2e_bad_input_is_one_line_on_stderr_and_no_traceback(sim_reports):
     (sim_reports / "suite.json").write_text("[")
     result = command(sim_reports, "compare", "suite.json", "normal.json")
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "suite.json: not JSON" in result.stderr
+
+
+@pytest.mark.parametrize("where, value, message", [
+    ("case", {"workload_params": [1]}, "case sim/vllm-tp8/tiny: workload_params: expected an object"),
+    ("case", {"metrics": 3}, "case sim/vllm-tp8/tiny: metrics: expected an object"),
+    ("run", {"distorted": "busy"},
+     "case sim/vllm-tp8/tiny: every run must be an object with \"metrics\" as an object and \"distorted\" as a list"),
+    ("environment", {"notes": "x"}, "environment.notes: expected a list"),
+])
+def test_a_report_of_the_wrong_shape_is_one_line_naming_the_file_and_key(capsys, tmp_path, before, where, value,
+                                                                           message):
+    data = json.loads(before.read_text())
+    target = {"case": data["cases"][0], "run": data["cases"][0]["runs"][0], "environment": data["environment"]}[where]
+    target.update(value)
+    bad = write(tmp_path / "bad.json", data)
+    code, out, err = cli(capsys, before, bad)
+    assert code == 2 and out == "" and err.splitlines() == [f"error: {bad}: {message}"]
