@@ -168,7 +168,9 @@ def _compare(args: argparse.Namespace) -> int:
         raise InputError(f"--gate: {exc}") from None
     history = _history(args.baseline_history)
     a, b = read_side(args.a, history), read_side(args.b, history)
-    comparison = compare_sides(a, b, gates, history)
+    named = frozenset(item.partition(":")[0].strip() for item in (args.gate or "").replace(" ", ",").split(",")
+                      if item.strip())
+    comparison = compare_sides(a, b, gates, history, named)
     if args.format == "json":
         sys.stdout.write(json.dumps(to_json(comparison), indent=2, sort_keys=True) + "\n")
     else:

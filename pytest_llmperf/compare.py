@@ -46,6 +46,7 @@ class SideCase:
     file_data: Mapping[str, Any] | None = None  # a tree's baseline file (its tolerances apply)
     unmeasured: str = ""  # why there are no figures ("" when there are)
     distortion: str = ""  # every run was distorted: the causes ("" when some run counted)
+    tolerances_pct: Mapping[str, float] | None = None  # a report's: the tolerances the plugin applied to it
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,10 @@ def side_of_report(label: str, data: Mapping[str, Any]) -> Side:
             distortion = case.get("message") or "every run was distorted"
         record = {"metrics": metrics, "runs": [_numeric(r) for r in pooled.runs]}
         key = case.get("baseline_key") or {}
+        tolerances = {k: float(v) for k, v in (case.get("tolerances_pct") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         cases[case["id"]] = SideCase(case["id"], (record,) if metrics else (), case.get("workload_params") or None,
-                                     key.get("workload") or case.get("workload") or "", None, unmeasured, distortion)
+                                     key.get("workload") or case.get("workload") or "", None, unmeasured, distortion,
+                                     tolerances or None)
     env = data["environment"]
     return Side(label, REPORT, cases, env.get("gpus"), env.get("model"))
 
@@ -228,8 +231,24 @@ class Comparison:
         return out
 
 
-def compare_sides(a: Side, b: Side, gates: Mapping[str, float], history_limit: int | None = None) -> Comparison:
-    """Every case of both sides, each gated metric judged as the plugin judges it; the rest listed."""
+def _tolerances(before: SideCase, gates: Mapping[str, float], named: frozenset[str]) -> dict[str, float]:
+    """What gates a case, as the plugin gated it: a baseline file's tolerances over the gates (as in a run); a
+    report's recorded tolerances, except for the metrics ``--gate`` named (``named``), over the gates."""
+    if before.file_data:
+        return effective_tolerances(gates, before.file_data, before.workload_key)
+    tolerances = dict(gates)
+    for metric, pct in (before.tolerances_pct or {}).items():
+        if metric not in named:
+            tolerances[metric] = pct
+    return tolerances
+
+
+def compare_sides(a: Side, b: Side, gates: Mapping[str, float], history_limit: int | None = None,
+                  named: frozenset[str] = frozenset()) -> Comparison:
+    """Every case of both sides, each gated metric judged as the plugin judges it; the rest listed.
+
+    ``gates``: the default gates with ``--gate`` applied; ``named``: the metrics ``--gate`` named (set or off).
+    """
     rows: list[Row] = []
     not_compared: list[tuple[str, str]] = []
     # in a report's order where there is one (a tree's is its files')
@@ -241,8 +260,7 @@ def compare_sides(a: Side, b: Side, gates: Mapping[str, float], history_limit: i
         if why:
             not_compared.append((case_id, why))
             continue
-        tolerances = (effective_tolerances(gates, before.file_data, before.workload_key) if before.file_data
-                      else dict(gates))
+        tolerances = _tolerances(before, gates, named)
         distortion = "; ".join(f"{side}: {c.distortion}" for side, c in (("A", before), ("B", after)) if c.distortion)
         for metric, tol in sorted(tolerances.items(), key=lambda kv: _metric_rank(kv[0])):
             rows.append(Row(case_id, _judge(metric, tol, before.records, after.records, history_limit), distortion))

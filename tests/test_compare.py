@@ -330,3 +330,30 @@ def test_a_report_of_the_wrong_shape_is_one_line_naming_the_file_and_key(capsys,
     bad = write(tmp_path / "bad.json", data)
     code, out, err = cli(capsys, before, bad)
     assert code == 2 and out == "" and err.splitlines() == [f"error: {bad}: {message}"]
+
+
+def test_a_report_is_gated_with_the_tolerances_the_plugin_applied_to_it_unless_gate_names_them():
+    from pytest_llmperf.compare import compare_sides, side_of_report
+    from pytest_llmperf.settings import DEFAULT_GATES, parse_gates
+
+    def one(throughput, tolerances=None):
+        case = {"id": "sim/c/w", "workload": "w", "status": "ok", "outcome": "passed",
+                "metrics": {"total_token_throughput": throughput, "mean_tpot_ms": 10.0, "failed": 0, "completed": 4},
+                "runs": [{"run": 1, "metrics": {"total_token_throughput": throughput, "mean_tpot_ms": 10.0,
+                                                "failed": 0, "completed": 4}, "distorted": []}]}
+        if tolerances:
+            case["tolerances_pct"] = tolerances
+        return {"schema": "pytest-llmperf/report/2", "cases": [case], "environment": {"gpus": "h200x8"}}
+
+    before = side_of_report("a.json", one(1000.0, {"total_token_throughput": 10.0, "mean_tpot_ms": 10.0, "failed": 0}))
+    after = side_of_report("b.json", one(920.0))
+    status = {r.verdict.metric: (r.verdict.status, r.verdict.tolerance_pct)
+              for r in compare_sides(before, after, dict(DEFAULT_GATES)).rows}
+    assert status["total_token_throughput"] == ("ok", 10.0)  # -8% within the 10% the run applied
+    gates = parse_gates("total_token_throughput:5")
+    status = {r.verdict.metric: (r.verdict.status, r.verdict.tolerance_pct)
+              for r in compare_sides(before, after, gates, named=frozenset({"total_token_throughput"})).rows}
+    assert status["total_token_throughput"] == ("regressed", 5.0)  # --gate said 5%
+    off = compare_sides(before, after, parse_gates("total_token_throughput:off"),
+                        named=frozenset({"total_token_throughput"}))
+    assert "total_token_throughput" not in {r.verdict.metric for r in off.rows}
