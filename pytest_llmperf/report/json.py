@@ -48,6 +48,7 @@ def environment(session: Any) -> dict[str, Any]:
         "plugin_version": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "hostname": platform.node(),  # which node of a CI matrix or array job (merge names its sources by it)
         "started_at": session.started_at,
         "engines": list(s.engines),
         "gpus": session.resolved.gpus,
