@@ -185,7 +185,7 @@ def _stats_ms(prefix: str, values_s: Sequence[float], percentiles: Sequence[floa
     return out
 
 
-def _chunk_times_s(rec: RequestRecord) -> list[float]:
+def chunk_times_s(rec: RequestRecord) -> list[float]:
     """Absolute times of a request's output-carrying chunks."""
     t = rec.start_s + rec.ttft_s
     times = [t]
@@ -204,7 +204,7 @@ def _peak_output_per_s(ok: Sequence[RequestRecord], origin_s: float, token_weigh
     """
     buckets: Counter[int] = Counter()
     for rec in ok:
-        times = _chunk_times_s(rec)
+        times = chunk_times_s(rec)
         weight = rec.output_tokens / len(times) if token_weighted else 1.0
         for t in times:
             buckets[int(t - origin_s)] += weight

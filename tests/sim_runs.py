@@ -16,31 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-SUITE = '''
-model = "{model}"
-gpus = "h200x8"
+from test_plugin_e2e import suite_text
 
-[workloads.tiny-random]
-dataset = "random"
-input_len = 64
-output_len = 12
-num_prompts = 16
-
-[workloads.tiny-sharegpt]
-dataset = "sharegpt"
-num_prompts = 16
-output_len = 12
-
-[[configs]]
-engine = "sim"
-name = "vllm-tp8"
-profile = "vllm-tp8"
-
-[[configs]]
-engine = "sim"
-name = "sglang-dpattn"
-profile = "sglang-tp8-dp8-dpattn"
-'''
+SUITE = suite_text("{model}", prompts=16)  # filled in with .format(model=...)
 CASES = [f"sim/{config}/{workload}" for config in ("vllm-tp8", "sglang-dpattn")
          for workload in ("tiny-random", "tiny-sharegpt")]
 ATTEMPTS = 3

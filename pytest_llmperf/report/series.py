@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from ..metrics import RequestRecord, percentile_of_sorted
+from ..metrics import RequestRecord, chunk_times_s, percentile_of_sorted
 
 MAX_REQUESTS = 2000  # requests drawn in a timeline; more are sampled evenly
 RATE_BINS = 100  # output tok/s over time: this many bins over the run
@@ -35,23 +35,13 @@ def quantiles(values: Sequence[float], scale: float = 1000.0) -> list[float]:
     return [round(percentile_of_sorted(ordered, q) * scale, 4) for q in range(101)]
 
 
-def _token_times(record: RequestRecord) -> list[float]:
-    """When each output-carrying chunk arrived (absolute, client clock)."""
-    t = record.start_s + record.ttft_s
-    times = [t]
-    for gap in record.itl_s:
-        t += gap
-        times.append(t)
-    return times
-
-
 def output_rate(records: Sequence[RequestRecord], origin_s: float, bins: int = RATE_BINS) -> dict[str, list[float]]:
     """Output tokens per second over time: each request's tokens spread over its chunks' arrivals, binned."""
     arrivals: list[tuple[float, float]] = []
     for r in records:
         if not r.success or r.output_tokens <= 0:
             continue
-        times = _token_times(r)
+        times = chunk_times_s(r)
         per_chunk = r.output_tokens / len(times)
         arrivals.extend((t - origin_s, per_chunk) for t in times)
     if not arrivals:
