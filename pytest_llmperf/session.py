@@ -486,9 +486,10 @@ class Session:
 
             self._write("the JSON report", settings.report_json, lambda: write_json(settings.report_json, report))
         if settings.report_html:
-            from .report.html import write_html
+            from .report.html import HtmlReportUnavailable, write_html
 
-            self._write("the HTML report", settings.report_html, lambda: write_html(settings.report_html, report))
+            self._write("the HTML report", settings.report_html, lambda: write_html(settings.report_html, report),
+                        said=(HtmlReportUnavailable,))
         if settings.report_md or step_summary:
             from .report import markdown
 
@@ -507,14 +508,17 @@ class Session:
                 self._write("the summary to GITHUB_STEP_SUMMARY", step_summary,
                             lambda: self._append_step_summary(step_summary, text))
 
-    def _write(self, what: str, path: Any, write: Any) -> None:
-        """Run one writer; whatever it raises becomes one line among the write problems (the others still run)."""
+    def _write(self, what: str, path: Any, write: Any, said: tuple[type[Exception], ...] = ()) -> None:
+        """Run one writer; whatever it raises becomes one line among the write problems (the others still run).
+
+        ``said``: errors whose message is already the user's line (no exception name before it).
+        """
         try:
             write()
         except OSError as exc:
             self.write_problems.append(f"cannot write {what} {path}: {exc.strerror or exc}")
         except Exception as exc:  # a report that cannot be written must not lose the others, nor crash the run
-            reason = str(exc) if type(exc).__name__ == "HtmlReportUnavailable" else f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, said) else f"{type(exc).__name__}: {exc}"
             self.write_problems.append(self.redactor.scrub(f"cannot write {what} {path}: {reason}"))
 
     def _append_step_summary(self, path: str, text: str) -> None:
