@@ -369,3 +369,25 @@ def test_output_and_request_counters():
     model.abort_request("c")
     run_to_end(model)
     assert (model.prompt_tokens_total, model.generation_tokens_total, model.requests_finished) == (90, 8, 2)
+
+
+def test_every_shipped_profile_stands_in_for_eight_gpus_and_says_so():
+    from pytest_llmperf.sim.profiles import PROFILES_DIR
+
+    for name in list_profiles():
+        assert "\ngpus = 8\n" in (PROFILES_DIR / f"{name}.toml").read_text(), name  # said, not defaulted
+        assert load_profile(name).gpus == 8
+
+
+def test_profile_gpus_defaults_to_eight_and_is_checked(tmp_path):
+    base = ("step_base_ms = 1\ndecode_ms_per_seq = 0.1\nprefill_ms_per_token = 0.01\nmax_running_requests = 4\n"
+            "kv_capacity_tokens = 9000\nchunked_prefill_tokens = 512\nmax_context_tokens = 8192\n")
+    path = tmp_path / "mine.toml"
+    path.write_text(base)
+    assert load_profile(path).gpus == 8
+    path.write_text(base + "gpus = 2\n")
+    assert load_profile(path).gpus == 2
+    for bad in ("0", '"8"', "true", "1.5"):
+        path.write_text(base + f"gpus = {bad}\n")
+        with pytest.raises(ValueError, match=r"sim profile .*mine.toml: .*gpus must be an integer >= 1"):
+            load_profile(path)

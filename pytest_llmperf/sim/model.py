@@ -72,6 +72,7 @@ class Profile:
     moe_ms_per_token: float = 0.0
     tokens_per_decode_step: float = 1.0
     spec_draft_tokens: int = 0
+    gpus: int = 8  # GPUs of the configuration it stands in for (what the run gives the engine); no effect on timing
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -93,7 +94,7 @@ class Profile:
 
         if not isinstance(self.name, str) or not self.name:
             out.append(f"name must be a non-empty string, got {self.name!r}")
-        for name in ("max_running_requests", "kv_capacity_tokens", "chunked_prefill_tokens", "max_context_tokens", "dp_size"):
+        for name in ("max_running_requests", "kv_capacity_tokens", "chunked_prefill_tokens", "max_context_tokens", "dp_size", "gpus"):
             need_int(name, 1)
         need_int("spec_draft_tokens", 0)
         for name in ("step_base_ms", "decode_ms_per_seq", "prefill_ms_per_token", "decode_attn_ms_per_ktoken",

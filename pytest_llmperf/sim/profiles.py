@@ -1,7 +1,9 @@
 """Sim profiles: TOML files under ``sim/profiles/`` (or any path) -> ``Profile``.
 
 A profile file holds the fields of ``Profile`` at the top level; ``name``
-defaults to the file's stem. Unknown keys are rejected.
+defaults to the file's stem. Unknown keys are rejected. ``gpus`` (an integer
+>= 1, default 8) is how many GPUs the configuration it stands in for uses:
+the run's GPU count for a sim configuration, with no effect on its timing.
 """
 
 from __future__ import annotations
