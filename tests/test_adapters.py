@@ -233,3 +233,73 @@ def test_versions_are_read_where_each_engine_reports_them(routes):
         assert get_adapter("external").version(client) == "0.13.0"
         table["/version"] = (200, {"build": "x"})
         assert get_adapter("trtllm").version(client) == "unknown (/version has no 'version')"
+
+
+# -- how many GPUs a configuration uses ------------------------------------
+@pytest.mark.parametrize("engine, args, gpus", [
+    ("vllm", [], 1),
+    ("vllm", ["-tp", "8"], 8),
+    ("vllm", ["--tensor-parallel-size=8"], 8),
+    ("vllm", ["--tensor_parallel_size", "4", "--pipeline_parallel_size=2"], 8),  # vLLM reads '_' as '-'
+    ("vllm", ["-tp", "2", "-pp", "2"], 4),
+    ("vllm", ["-tp", "1", "-dp", "8", "--enable-expert-parallel"], 8),
+    ("vllm", ["-tp=2", "--data-parallel-size", "4"], 8),
+    ("vllm", ["-tp", "8", "-dcp", "8"], 8),  # decode context parallelism reuses the TP ranks
+    ("vllm", ["-tp", "2", "-pcp", "2"], 4),  # prefill context parallelism adds ranks
+    ("vllm", ["-tp", "2", "-dp", "8", "--data-parallel-size-local", "2"], 4),  # the ranks on this node
+    ("vllm", ["-tp", "2", "-dp", "8", "-dpn", "3"], 2),  # external load balancing: one rank per server
+    ("vllm", ["-tp", "2", "--max-model-len", "4", "-tp", "4"], 4),  # the last one wins
+    ("sglang", [], 1),
+    ("sglang", ["--tp-size", "8"], 8),
+    ("sglang", ["--tp", "4", "--dp", "2"], 8),  # plain DP: every replica is a whole TP group
+    ("sglang", ["--tensor-parallel-size=2", "--data-parallel-size=2", "--pipeline-parallel-size=2"], 8),
+    ("sglang", ["--tp-size", "8", "--enable-dp-attention"], 8),
+    ("sglang", ["--tp-size", "8", "--dp-size", "8", "--enable-dp-attention"], 8),  # DP attention: DP inside TP
+    ("sglang", ["--tp", "8", "--dp", "8", "--enable-dp-attention", "--ep-size", "8"], 8),
+    ("sglang", ["--tp=4", "--pp=2", "--dp=2", "--enable-dp-attention"], 8),
+    ("sglang", ["--tp-size", "8", "--attn-dp-size", "8"], 8),
+    ("trtllm", [], 1),
+    ("trtllm", ["--tp_size", "8"], 8),
+    ("trtllm", ["--tp_size", "8", "--ep_size", "8", "--pp_size", "1"], 8),  # EP splits the TP ranks
+    ("trtllm", ["--tp_size=4", "--pp_size=2"], 8),
+    ("trtllm", ["--tp_size", "8", "--extra_llm_api_options", "extra.yaml"], None),  # the YAML may override
+    ("external", [], None),
+])
+def test_gpus_needed_is_read_from_the_flags(engine, args, gpus):
+    assert get_adapter(engine).gpus_needed(EngineConfig(engine, "c", MODEL, args=tuple(args))) == gpus
+
+
+def test_every_seed_configuration_uses_the_eight_gpus_it_ran_on():
+    for engine in ("vllm", "sglang", "trtllm", "sim"):
+        for config in load_builtin_suite([engine]).configs:
+            if config.engine == engine:
+                assert get_adapter(engine).gpus_needed(config) == 8, config.id
+
+
+@pytest.mark.parametrize("engine, args, message", [
+    ("vllm", ["-tp", "0"], "vllm/c: -tp expects an integer >= 1, got '0'"),
+    ("vllm", ["--data-parallel-size=two"], "vllm/c: --data-parallel-size expects an integer >= 1, got 'two'"),
+    ("vllm", ["-tp", "8.0"], "vllm/c: -tp expects an integer >= 1, got '8.0'"),
+    ("sglang", ["--dp-size", "-2"], "sglang/c: --dp-size expects an integer >= 1, got '-2'"),
+    ("trtllm", ["--tp_size", "8", "--pp_size"], "trtllm/c: --pp_size expects an integer >= 1, got nothing"),
+])
+def test_a_bad_parallel_size_names_the_configuration_and_the_flag(engine, args, message):
+    with pytest.raises(ValueError) as info:
+        get_adapter(engine).gpus_needed(EngineConfig(engine, "c", MODEL, args=tuple(args)))
+    assert str(info.value) == message
+
+
+def test_the_sim_counts_its_profiles_gpus_never_its_args(tmp_path):
+    adapter = get_adapter("sim")
+    assert adapter.gpus_needed(EngineConfig("sim", "c", MODEL, options=(("profile", "vllm-tp8"),))) == 8
+    profile = tmp_path / "four.toml"
+    profile.write_text((load_profile_path("vllm-tp8")).read_text().replace("gpus = 8", "gpus = 4"))
+    config = EngineConfig("sim", "c", MODEL, args=("-tp", "8"), options=(("profile", "four.toml"),),
+                          source_dir=str(tmp_path))
+    assert adapter.gpus_needed(config) == 4
+
+
+def load_profile_path(name):
+    from pytest_llmperf.sim.profiles import PROFILES_DIR
+
+    return PROFILES_DIR / f"{name}.toml"

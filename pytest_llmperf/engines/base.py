@@ -13,7 +13,7 @@ import socket
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from ..suite import EngineConfig
 
@@ -86,6 +86,27 @@ class EngineAdapter:
             valid = ", ".join(sorted(self.option_keys)) or "none"
             raise ValueError(f"{config.id}: unknown keys {unknown} for engine {self.name}; valid engine keys: {valid}")
 
+    # The flags gpus_needed reads: those taking a number, and switches (shown when a count disagrees).
+    gpu_flags: tuple[str, ...] = ()
+    gpu_switches: tuple[str, ...] = ()
+
+    def gpus_needed(self, config: EngineConfig) -> int | None:
+        """How many GPUs the configuration uses, read from its flags; None when this engine cannot say.
+
+        ValueError, naming the configuration and the flag, when a flag's value is not an integer >= 1.
+        """
+        return None
+
+    def gpus_said(self, config: EngineConfig, needed: int) -> str:
+        """Where ``needed`` came from, for a message: ``its flags use 8 GPUs (--tp-size 8)``."""
+        words = gpu_flag_words(config.args, self.gpu_flags, self.gpu_switches, self.flag_spelling)
+        return f"its flags use {_gpus(needed)} ({' '.join(words) if words else 'no parallel flags: 1'})"
+
+    @staticmethod
+    def flag_spelling(flag: str) -> str:
+        """A flag as written -> the spelling the adapter names it by (the engine's own parser may accept others)."""
+        return flag
+
     def env(self, config: EngineConfig, launch: Launch) -> dict[str, str]:
         """Variables set on top of the current environment."""
         env = dict(config.env)
@@ -134,6 +155,59 @@ class EngineAdapter:
                 return str(version)
             why = f"{path} has no 'version'"
         return f"unknown ({why})"
+
+
+def flag_value(args: Iterable[str], names: Iterable[str],
+               normalize: Callable[[str], str] = lambda flag: flag) -> tuple[str, str | None] | None:
+    """The last of ``names`` in ``args`` (``--flag N`` or ``--flag=N``) as (flag as written, value), else None.
+
+    The last one wins, as with the engines' own parsers; the value is None when the flag ends the line.
+    ``normalize`` maps a flag as written to the spelling in ``names`` (vLLM takes ``--tensor_parallel_size``).
+    """
+    wanted = set(names)
+    args = list(args)
+    found = None
+    for i, arg in enumerate(args):
+        if not arg.startswith("-"):
+            continue
+        flag, eq, value = arg.partition("=")
+        if normalize(flag) in wanted:
+            found = (flag, value) if eq else (flag, args[i + 1] if i + 1 < len(args) else None)
+    return found
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU{'' if count == 1 else 's'}"
+
+
+def gpu_flag_words(args: Iterable[str], flags: Iterable[str], switches: Iterable[str] = (),
+                   normalize: Callable[[str], str] = lambda flag: flag) -> list[str]:
+    """The words of ``args`` that are one of ``flags`` (with its value) or one of ``switches``."""
+    flags, switches, args = set(flags), set(switches), list(args)
+    words: list[str] = []
+    for i, arg in enumerate(args):
+        if not arg.startswith("-"):
+            continue
+        flag, eq, _ = arg.partition("=")
+        if normalize(flag) in switches:
+            words.append(arg)
+        elif normalize(flag) in flags:
+            words.extend([arg] if eq or i + 1 == len(args) else [arg, args[i + 1]])
+    return words
+
+
+def size_flag(config: EngineConfig, names: Iterable[str], default: int = 1,
+              normalize: Callable[[str], str] = lambda flag: flag) -> int:
+    """A parallel size from the configuration's flags (``default`` when absent); ValueError unless an integer >= 1."""
+    found = flag_value(config.args, names, normalize)
+    if found is None:
+        return default
+    flag, value = found
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        got = "nothing" if value is None else repr(value)
+        raise ValueError(f"{config.id}: {flag} expects an integer >= 1, got {got}")
+    return int(text)
 
 
 def find_executable(program: str) -> str | None:

@@ -20,11 +20,23 @@ from pathlib import Path
 
 from ..suite import EngineConfig
 from . import STARTUP_TIMEOUT_S
-from .base import EngineAdapter, Launch, ResetRoute, python_module_missing
+from .base import EngineAdapter, Launch, ResetRoute, flag_value, python_module_missing, size_flag
 
 MODULE = "sglang.launch_server"
 ENABLE_METRICS = "--enable-metrics"
 FLUSH_CACHE = ResetRoute("/flush_cache", busy_statuses=frozenset({400}))
+
+# The parallel sizes (each defaults to 1); SGLang's parser also takes a unique prefix, so --tp and --dp are
+# the same flags. Without DP attention each of the dp_size replicas is a whole tp x pp engine on its own GPUs:
+# GPUs = tp x dp x pp. With --enable-dp-attention the DP ranks split the attention of one TP group (dp divides
+# tp), so GPUs = tp x pp; newer releases say this with --attn-dp-size N, read the same way. Expert
+# parallelism (--ep-size) and decode context parallelism (--dcp-size) live inside the TP group and add none.
+# A multi-node launch (--nnodes) is counted whole: the GPUs of every node together.
+TENSOR_PARALLEL = ("--tp-size", "--tensor-parallel-size", "--tp")
+DATA_PARALLEL = ("--dp-size", "--data-parallel-size", "--dp")
+PIPELINE_PARALLEL = ("--pp-size", "--pipeline-parallel-size", "--pp")
+DP_ATTENTION = "--enable-dp-attention"
+ATTENTION_DP_SIZE = ("--attn-dp-size",)
 
 
 class SglangAdapter(EngineAdapter):
@@ -35,6 +47,8 @@ class SglangAdapter(EngineAdapter):
     option_keys = frozenset({"python", "chat_template", "served_model_name"})
     metrics_format = "prometheus"
     cache_reset_routes = (FLUSH_CACHE,)
+    gpu_flags = (*TENSOR_PARALLEL, *DATA_PARALLEL, *PIPELINE_PARALLEL, *ATTENTION_DP_SIZE)
+    gpu_switches = (DP_ATTENTION,)
 
     def _python(self, config: EngineConfig) -> str:
         return str(config.option("python", sys.executable))
@@ -59,6 +73,17 @@ class SglangAdapter(EngineAdapter):
             path = self._template(config, Launch())
             if path is not None and not path.is_file():
                 raise ValueError(f"{config.id}: chat template {path} does not exist")
+
+    def gpus_needed(self, config: EngineConfig) -> int:
+        """tp x pp, times dp unless DP attention puts the DP ranks inside the TP group (see above)."""
+        tp = size_flag(config, TENSOR_PARALLEL)
+        pp = size_flag(config, PIPELINE_PARALLEL)
+        dp = size_flag(config, DATA_PARALLEL)
+        dp_attention = DP_ATTENTION in config.args
+        if flag_value(config.args, ATTENTION_DP_SIZE) is not None:
+            size_flag(config, ATTENTION_DP_SIZE)  # checked like the others
+            dp_attention = True
+        return tp * pp if dp_attention else tp * dp * pp
 
     def argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         argv = [self._python(config), "-m", MODULE, "--model-path", launch.model or config.model]

@@ -38,6 +38,22 @@ class SimAdapter(EngineAdapter):
         except ValueError as exc:
             raise ValueError(f"sim configuration {config.id}: {exc}") from None
 
+    def gpus_needed(self, config: EngineConfig) -> int:
+        """The profile's ``gpus`` (8 unless it says): the GPUs of the configuration it stands in for.
+
+        Never from ``args``: the sim's count is the profile's, or the suite's ``gpus = N``.
+        """
+        from ..sim.profiles import load_profile
+
+        profile = _profile(config)
+        try:
+            return load_profile(profile).gpus
+        except ValueError as exc:
+            raise ValueError(f"sim configuration {config.id}: {exc}") from None
+
+    def gpus_said(self, config: EngineConfig, needed: int) -> str:
+        return f"its sim profile {config.option('profile')} stands in for {needed} GPU{'' if needed == 1 else 's'}"
+
     def argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         return [
             sys.executable, "-m", "pytest_llmperf.sim", "serve",

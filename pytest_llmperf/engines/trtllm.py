@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..suite import EngineConfig
 from . import STARTUP_TIMEOUT_S
-from .base import EngineAdapter, Launch, find_executable
+from .base import EngineAdapter, Launch, find_executable, flag_value, size_flag
 
 # Top-level fields of TRT-LLM's OpenAI requests that the load generator may
 # send, per endpoint (its request models reject any other field with HTTP 400;
@@ -25,6 +25,15 @@ REQUEST_FIELDS = {
 }
 
 
+# GPUs = tp x pp (each defaults to 1); expert parallelism (--ep_size) splits the TP ranks and adds none. Read
+# from the flags only: this adapter does not read the --extra_llm_api_options (newer: --config) YAML, which
+# may set tensor_parallel_size or pipeline_parallel_size over the flags, so with that file the count is
+# unknown (None) and the suite's ``gpus = N`` says it.
+TENSOR_PARALLEL = ("--tp_size",)
+PIPELINE_PARALLEL = ("--pp_size",)
+EXTRA_OPTIONS = ("--extra_llm_api_options", "--config")
+
+
 class TrtllmAdapter(EngineAdapter):
     name = "trtllm"
     uses_gpus = True
@@ -35,6 +44,7 @@ class TrtllmAdapter(EngineAdapter):
     metrics_format = "trtllm-json"
     cache_reset_routes = ()  # none: runs after the first may find the KV cache warm
     takes_served_model_name = False  # the seed's release has no such flag: it serves the model's own name
+    gpu_flags = (*TENSOR_PARALLEL, *PIPELINE_PARALLEL)
 
     def _executable(self, config: EngineConfig) -> str:
         return str(config.option("executable", "trtllm-serve"))
@@ -42,6 +52,10 @@ class TrtllmAdapter(EngineAdapter):
     def argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         return [self._executable(config), launch.model or config.model, *config.args,
                 "--host", launch.host, "--port", launch.port]
+
+    def gpus_needed(self, config: EngineConfig) -> int | None:
+        gpus = size_flag(config, TENSOR_PARALLEL) * size_flag(config, PIPELINE_PARALLEL)  # bad values fail either way
+        return None if flag_value(config.args, EXTRA_OPTIONS) is not None else gpus
 
     def missing_executable(self, config: EngineConfig) -> str | None:
         return find_executable(self._executable(config))

@@ -11,12 +11,29 @@ from __future__ import annotations
 
 from ..suite import EngineConfig
 from . import STARTUP_TIMEOUT_S
-from .base import EngineAdapter, Launch, ResetRoute, find_executable
+from .base import EngineAdapter, Launch, ResetRoute, find_executable, flag_value, size_flag
 
 
 DEV_MODE_VAR = "VLLM_SERVER_DEV_MODE"  # turns on the development routes, /reset_prefix_cache among them
 RESET_PREFIX_CACHE = ResetRoute("/reset_prefix_cache",
                                 missing_hint=f"start it with {DEV_MODE_VAR}=1")
+
+# The parallel sizes that multiply the GPUs one server uses (each defaults to 1). One engine (a DP rank) uses
+# tp x pp x pcp GPUs; decode context parallelism (-dcp) reuses the TP ranks and expert parallelism
+# (--enable-expert-parallel) spans TP x DP, so neither adds GPUs. The ranks on this node are -dpl when given
+# (a multi-node DP run; the other nodes' ranks run elsewhere), one with -dpn (external load balancing: this
+# server is that one rank), else every DP rank.
+TENSOR_PARALLEL = ("--tensor-parallel-size", "-tp")
+PIPELINE_PARALLEL = ("--pipeline-parallel-size", "-pp")
+PREFILL_CONTEXT_PARALLEL = ("--prefill-context-parallel-size", "-pcp")
+DATA_PARALLEL = ("--data-parallel-size", "-dp")
+DATA_PARALLEL_LOCAL = ("--data-parallel-size-local", "-dpl")
+DATA_PARALLEL_RANK = ("--data-parallel-rank", "-dpn")
+
+
+def _dashes(flag: str) -> str:
+    """vLLM's parser reads ``--tensor_parallel_size`` as ``--tensor-parallel-size``."""
+    return "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
 
 
 class VllmAdapter(EngineAdapter):
@@ -27,6 +44,9 @@ class VllmAdapter(EngineAdapter):
     option_keys = frozenset({"executable", "served_model_name"})
     metrics_format = "prometheus"
     cache_reset_routes = (RESET_PREFIX_CACHE,)
+    gpu_flags = (*TENSOR_PARALLEL, *PIPELINE_PARALLEL, *PREFILL_CONTEXT_PARALLEL, *DATA_PARALLEL, *DATA_PARALLEL_LOCAL,
+                 *DATA_PARALLEL_RANK)
+    flag_spelling = staticmethod(_dashes)
 
     def _executable(self, config: EngineConfig) -> str:
         return str(config.option("executable", "vllm"))
@@ -37,6 +57,18 @@ class VllmAdapter(EngineAdapter):
         if launch.served_model_name:
             argv += ["--served-model-name", launch.served_model_name]
         return argv
+
+    def gpus_needed(self, config: EngineConfig) -> int:
+        """tp x pp x pcp x the DP ranks on this node (see the flags above)."""
+        per_rank = 1
+        for names in (TENSOR_PARALLEL, PIPELINE_PARALLEL, PREFILL_CONTEXT_PARALLEL):
+            per_rank *= size_flag(config, names, normalize=_dashes)
+        ranks = size_flag(config, DATA_PARALLEL, normalize=_dashes)
+        if flag_value(config.args, DATA_PARALLEL_LOCAL, _dashes) is not None:
+            ranks = size_flag(config, DATA_PARALLEL_LOCAL, normalize=_dashes)
+        elif flag_value(config.args, DATA_PARALLEL_RANK, _dashes) is not None:
+            ranks = 1
+        return per_rank * ranks
 
     def env(self, config: EngineConfig, launch: Launch) -> dict[str, str]:
         env = super().env(config, launch)
