@@ -108,6 +108,7 @@ class EngineConfig:
     load_model: str = ""  # what the engine loads when not ``model`` (--model: a local copy, say)
     served_name: str = ""  # the name it serves under, given on the command line (--served-model-name)
     warmup_requests: int | None = None  # requests sent once after boot, before any case (None: the engine's default)
+    gpus: int | None = None  # GPUs the configuration uses (None: unknown; the run gives it every GPU the node check picked)
 
     @property
     def id(self) -> str:
@@ -164,7 +165,7 @@ def workload_presets() -> dict[str, dict[str, Any]]:
     data = tomllib.loads(WORKLOAD_PRESETS_FILE.read_text())
     return {name: dict(table) for name, table in data.get("workloads", {}).items()}
 _CONFIG_KEYS = {"engine", "name", "model", "args", "env", "workloads", "description", "expected_failure", "engine_version",
-                "warmup_requests"}
+                "warmup_requests", "gpus"}
 
 
 def _where(source: str, key: str) -> str:
@@ -283,6 +284,9 @@ def _parse_config(
     warmup = table.get("warmup_requests")
     if warmup is not None:
         warmup = _int(source, key + ".warmup_requests", warmup, minimum=0)
+    gpus = table.get("gpus")
+    if gpus is not None:
+        gpus = _int(source, key + ".gpus", gpus)
     return EngineConfig(
         engine=engine,
         name=name,
@@ -296,6 +300,7 @@ def _parse_config(
         expected_failure=table.get("expected_failure", ""),
         engine_version=table.get("engine_version", ""),
         warmup_requests=warmup,
+        gpus=gpus,
     )
 
 
@@ -393,7 +398,7 @@ def resolve(settings: "Settings", suite: Suite | None = None) -> ResolvedSuite:
                          f"it has: {', '.join(suite.engines())}")
     notes: list[str] = []
     configs = []
-    for config in suite.configs:
+    for index, config in enumerate(suite.configs):
         if config.engine not in settings.engines:
             continue
         try:
@@ -412,8 +417,13 @@ def resolve(settings: "Settings", suite: Suite | None = None) -> ResolvedSuite:
                              f"it lists in /v1/models")
         try:
             adapter.validate(config)
+            needed = adapter.gpus_needed(config)
         except ValueError as exc:
             raise SuiteError(str(exc)) from None
+        if config.gpus is not None and needed is not None and config.gpus != needed:
+            raise SuiteError(f"{suite.source}: configs[{index}].gpus: {config.id} says gpus = {config.gpus} but "
+                             f"{adapter.gpus_said(config, needed)}; make them agree")
+        config = replace(config, gpus=config.gpus or needed)
         configs.append(config)
     workloads = {w.name: _override_workload(w, settings) for w in suite.workloads}
     gpus = str(settings.gpus) if settings.gpus is not None else (suite.gpus or "any")

@@ -184,3 +184,64 @@ def test_external_alone_gets_an_endpoint_configuration_and_the_seed_workloads():
     assert [c.workload.name for c in got.cases][:2] == ["sharegpt", "short"]
     with pytest.raises(SuiteError, match="--engine=external needs --endpoint URL"):
         resolve(Settings(engines=("external",)))
+
+
+# -- how many GPUs each configuration uses ---------------------------------
+def one_config(tmp_path, **config):
+    return parse_suite({**MIN, "configs": [config]}, "s.toml", tmp_path)
+
+
+def test_a_configurations_gpus_come_from_its_flags_or_its_suite_key(tmp_path):
+    (case,) = cases(one_config(tmp_path, engine="sim", name="c1", profile="vllm-tp8"))
+    assert case.config.gpus == 8  # the profile's
+    (case,) = cases(one_config(tmp_path, engine="sim", name="c1", profile="vllm-tp8", gpus=8))
+    assert case.config.gpus == 8 and "gpus" not in dict(case.config.options)
+    (case,) = cases(one_config(tmp_path, engine="vllm", name="tp4", args=["-tp", "4"]), ["vllm"])
+    assert case.config.gpus == 4
+    # flags that cannot say (a TRT-LLM YAML may override them): the suite's key, else unknown
+    yaml_args = ["--tp_size", "8", "--extra_llm_api_options", "extra.yaml"]
+    (case,) = cases(one_config(tmp_path, engine="trtllm", name="y", args=yaml_args, gpus=4), ["trtllm"])
+    assert case.config.gpus == 4
+    (case,) = cases(one_config(tmp_path, engine="trtllm", name="y", args=yaml_args), ["trtllm"])
+    assert case.config.gpus is None
+    (case,) = cases(one_config(tmp_path, engine="external", name="e", endpoint="http://h:1"), ["external"])
+    assert case.config.gpus is None
+
+
+def test_a_gpus_key_that_disagrees_with_the_flags_is_refused_in_one_line(tmp_path):
+    suite = one_config(tmp_path, engine="sglang", name="tp8", args=["--tp-size", "8"], gpus=4)
+    with pytest.raises(SuiteError) as info:
+        cases(suite, ["sglang"])
+    assert str(info.value) == ("s.toml: configs[0].gpus: sglang/tp8 says gpus = 4 but its flags use 8 GPUs "
+                               "(--tp-size 8); make them agree")
+    suite = one_config(tmp_path, engine="vllm", name="d", args=["-tp=1", "-dp", "2", "--max-model-len", "9"], gpus=8)
+    with pytest.raises(SuiteError, match=r"configs\[0\].gpus: vllm/d says gpus = 8 but its flags use 2 GPUs "
+                                         r"\(-tp=1 -dp 2\); make them agree$"):
+        cases(suite, ["vllm"])
+    suite = one_config(tmp_path, engine="vllm", name="one", gpus=2)
+    with pytest.raises(SuiteError, match=r"its flags use 1 GPU \(no parallel flags: 1\)"):
+        cases(suite, ["vllm"])
+    suite = one_config(tmp_path, engine="sim", name="c1", profile="vllm-tp8", gpus=4)
+    with pytest.raises(SuiteError, match=r"sim/c1 says gpus = 4 but its sim profile vllm-tp8 stands in for 8 GPUs"):
+        cases(suite)
+
+
+@pytest.mark.parametrize("value", [0, -1, "8", True, 2.5])
+def test_a_bad_gpus_key_names_file_and_key(tmp_path, value):
+    with pytest.raises(SuiteError) as info:
+        one_config(tmp_path, engine="sim", name="c1", profile="vllm-tp8", gpus=value)
+    assert str(info.value) == f"s.toml: configs[0].gpus: expected an integer >= 1, got {value!r}"
+
+
+def test_a_bad_parallel_flag_is_one_line_naming_the_configuration(tmp_path):
+    with pytest.raises(SuiteError) as info:
+        cases(one_config(tmp_path, engine="vllm", name="x", args=["-tp", "zero"]), ["vllm"])
+    assert str(info.value) == "vllm/x: -tp expects an integer >= 1, got 'zero'"
+
+
+def test_gpu_counts_move_no_baseline_key_and_no_workload_parameter(tmp_path):
+    plain = cases(one_config(tmp_path, engine="vllm", name="tp8", args=["-tp", "8"]), ["vllm"])
+    said = cases(one_config(tmp_path, engine="vllm", name="tp8", args=["-tp", "8"], gpus=8), ["vllm"])
+    assert [c.baseline_key for c in plain] == [c.baseline_key for c in said] == [("any", "org/model", "vllm", "tp8", "w1")]
+    assert [c.workload.params() for c in plain] == [c.workload.params() for c in said]
+    assert [c.id for c in plain] == [c.id for c in said] == ["vllm/tp8/w1"]
