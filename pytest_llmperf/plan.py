@@ -30,6 +30,7 @@ class ConfigPlan:
     expected_failure: str = ""
     notes: tuple[str, ...] = ()
     workloads: tuple[Workload, ...] = ()
+    gpus: int | None = None  # GPUs the launch uses (None: every GPU the node check picks)
 
 
 def describe(config: EngineConfig, adapter: Any, launch: Any, workloads: Sequence[Workload]) -> ConfigPlan:
@@ -47,6 +48,7 @@ def describe(config: EngineConfig, adapter: Any, launch: Any, workloads: Sequenc
         expected_failure=config.expected_failure,
         notes=tuple(adapter.notes(config, launch)),
         workloads=tuple(workloads),
+        gpus=config.gpus,
     )
 
 
@@ -64,6 +66,7 @@ def plan_lines(plans: Sequence[ConfigPlan], node_verdicts: Mapping[str, str]) ->
                                               or "(inherited only)"))
             if plan.warning:
                 lines.append(f"  warning: {plan.warning}")
+            lines.append(f"  GPUs: {plan.gpus if plan.gpus is not None else 'all the node check picks'}")
         else:
             lines.append(f"  endpoint: {plan.endpoint} (already running; nothing is launched)")
         if plan.engine_version:

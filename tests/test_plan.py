@@ -32,3 +32,13 @@ def test_an_endpoint_launches_nothing_and_nothing_selected_says_so():
     lines = plan_lines([ConfigPlan("external/e", endpoint="http://h:1", workloads=(W,))], {})
     assert lines[1] == "  endpoint: http://h:1 (already running; nothing is launched)"
     assert plan_lines([], {}) == ["no configuration selected"]
+
+
+def test_the_plan_says_how_many_gpus_each_launch_uses():
+    adapter = get_adapter("vllm")
+    known = EngineConfig("vllm", "tp4", "org/m", args=("-tp", "4"), gpus=4)
+    unknown = EngineConfig("vllm", "any", "org/m")
+    lines = plan_lines([describe(c, adapter, launch_for(c, adapter), [W]) for c in (known, unknown)], {})
+    assert [line for line in lines if "GPUs" in line] == ["  GPUs: 4", "  GPUs: all the node check picks"]
+    endpoint = plan_lines([ConfigPlan("external/e", endpoint="http://h:1", workloads=(W,))], {})
+    assert not any("GPUs" in line for line in endpoint)  # nothing is launched
