@@ -429,7 +429,10 @@ def _write_record(path: Path, record: Mapping[str, Any]) -> None:
 
 
 def _prune_records(lock_dir: Path, now: float | None = None, keep_s: float = RECORD_KEEP_S) -> None:
-    """Remove holder records ended, or whose holder died, more than ``keep_s`` ago (another account's stay when they cannot be removed)."""
+    """Remove holder records that ended, or whose holder died, more than ``keep_s`` ago.
+
+    In the sticky directory only a record's owner (or the directory's) can remove it; the others stay.
+    """
     now = time.time() if now is None else now
     for path, r in _record_files(lock_dir):
         if r.ended is not None:
