@@ -57,16 +57,27 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = _settings(config)
     if not settings.active:
         return
-    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
-        raise pytest.UsageError("performance cases cannot run under pytest-xdist (-n): workers would share the node")
+    worker = getattr(config, "workerinput", None)
+    distributed = worker is None and _distributed(config)
+    if distributed and config.option.dist != "loadgroup":
+        raise pytest.UsageError(f"performance cases under pytest-xdist need --dist loadgroup (not "
+                                f"{config.option.dist}): each engine configuration then runs on one worker and boots "
+                                f"once; add --dist loadgroup")
+    if distributed and settings.dry_run:
+        raise pytest.UsageError("--dry-run prints the plan without pytest-xdist: drop -n/--tx")
     from .session import UsageProblem, start_session
 
     try:
         session = start_session(settings)
     except UsageProblem as exc:
         raise pytest.UsageError(str(exc)) from None
+    if worker is not None:
+        session.role, session.worker_id = "worker", str(worker.get("workerid", "worker"))
+    elif distributed:
+        session.role = "controller"
+    session.say = _sayer(config)
     config.stash[SESSION_KEY] = session
-    config.pluginmanager.register(_Reporter(session), "llmperf-session")
+    config.pluginmanager.register(_Reporter(session, config), "llmperf-session")
     atexit.register(_stop_engines)
     # SIGTERM and SIGHUP (a dropped terminal) take the Ctrl-C path, so fixtures tear engines down.
     config.stash[SIGNALS_KEY] = {
@@ -74,6 +85,27 @@ def pytest_configure(config: pytest.Config) -> None:
         for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
         if sig is not None
     }
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """Whether this process is an xdist controller handing the cases to workers."""
+    option = config.option
+    return (getattr(option, "dist", "no") != "no" and bool(getattr(option, "tx", None))
+            and not option.collectonly)
+
+
+def _sayer(config: pytest.Config) -> Any:
+    """A line for the user now, past pytest's capture (a worker's goes to the terminal pytest-xdist started from)."""
+    import contextlib
+    import sys
+
+    def say(text: str) -> None:
+        capture = config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            sys.stderr.write(f"\n{text}\n")
+            sys.stderr.flush()
+
+    return say
 
 
 def _stop_engines() -> None:
@@ -133,7 +165,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     cases = list(perf.cases.values())
     metafunc.parametrize(
         ("llmperf_config", "llmperf_case"),
-        [(c.config, c) for c in cases],
+        # one xdist group per configuration: under --dist loadgroup its cases run on one worker
+        [pytest.param(c.config, c, marks=pytest.mark.xdist_group(c.config.id)) for c in cases],
         ids=[c.id for c in cases],
         indirect=["llmperf_config"],
         scope="session",
@@ -205,13 +238,16 @@ def _outcome(report: pytest.TestReport) -> tuple[str, str] | None:
 class _Reporter:
     """Hooks of an active session: outcomes to the session, then the summary and the reports."""
 
-    def __init__(self, session: "Session"):
+    def __init__(self, session: "Session", config: pytest.Config):
         self.session = session
+        self.config = config
+        self._selected = False
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         from .progress import progress_for
 
-        self.session.progress = progress_for(session.config, os.environ)
+        if self.session.role != "worker":  # a worker has no terminal of its own
+            self.session.progress = progress_for(session.config, os.environ)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any):
@@ -222,6 +258,10 @@ class _Reporter:
             if report.when == "call" or (report.when == "setup" and not report.passed):
                 # JUnit XML takes properties from the teardown report, which copies the item's
                 item.user_properties.extend(self._properties(case.id, report))
+            if report.when == "teardown" and self.session.role == "worker":
+                # the controller writes every result: the case, and the worker's run so far, travel with the report
+                report.llmperf_wire = self.session.case_wire(case.id)
+                report.llmperf_worker = self.session.worker_state()
         return report
 
     def _properties(self, case_id: str, report: pytest.TestReport) -> list[tuple[str, str]]:
@@ -237,10 +277,68 @@ class _Reporter:
         return [(name, self.session.redactor.scrub(value)) for name, value in properties]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        wire, state = getattr(report, "llmperf_wire", None), getattr(report, "llmperf_worker", None)
+        if self.session.role == "controller":
+            if state:
+                self.session.absorb_worker(state)
+            if wire:
+                self.session.absorb_case(wire)
         outcome = _outcome(report)
         case_id = getattr(report, "llmperf_case", None)
         if outcome is not None and case_id is not None:
             self.session.record_outcome(case_id, *outcome)
+        for nodeid, message in getattr(report, "llmperf_not_run", None) or []:
+            self._fail_unrun(report, nodeid, message)
+
+    def _fail_unrun(self, crashed: pytest.TestReport, nodeid: str, message: str) -> None:
+        """A case of a crashed worker's configuration, never run: failed, as the crash says."""
+        from .fleet import case_id_of
+
+        where = nodeid.split("::")[0]
+        report = pytest.TestReport(nodeid=nodeid, location=(where, None, nodeid), keywords={}, outcome="failed",
+                                   longrepr=message, when="call")
+        report.node = getattr(crashed, "node", None)  # type: ignore[attr-defined]
+        report.llmperf_case = case_id_of(nodeid)  # type: ignore[attr-defined]
+        self.config.hook.pytest_runtest_logreport(report=report)
+
+    # ----------------------------------------------------------- pytest-xdist, on the controller
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.option.dist != "loadgroup":
+            return None
+        from .fleet import make_scheduler
+
+        return make_scheduler(config, log)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: Any) -> None:
+        from .fleet import case_id_of
+
+        if not self._selected:  # every worker collects the same items
+            self._selected = True
+            self.session.select({c for c in map(case_id_of, ids) if c})
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        from .fleet import case_id_of, crash_message, not_run_message
+
+        case_id = case_id_of(crashitem)
+        if case_id is None:
+            return
+        node = getattr(report, "node", None)
+        worker = str(node.gateway.id) if node is not None else "?"
+        report.llmperf_case = case_id  # type: ignore[attr-defined]
+        report.longrepr = crash_message(worker, case_id)
+        report.when = "call"  # the case failed while it ran (xdist's "???" would count it as an error)
+        dropped = getattr(sched, "dropped", {}).pop(crashitem, [])
+        report.llmperf_not_run = [(n, not_run_message(worker, case_id, case_id_of(n) or n))  # type: ignore[attr-defined]
+                                  for n in dropped]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        state = getattr(node, "workeroutput", {}).get("llmperf_worker")
+        if state and self.session.role == "controller":
+            self.session.absorb_worker(state)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
@@ -258,7 +356,7 @@ class _Reporter:
         return True
 
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
-        if config.option.collectonly or self.session.settings.dry_run:
+        if config.option.collectonly or self.session.settings.dry_run or self.session.role == "worker":
             return
         from .report.terminal import summary_lines
 
@@ -270,6 +368,9 @@ class _Reporter:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.session.settings.dry_run or session.config.option.collectonly:
             return
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # what the last teardown report could not carry
+            workeroutput["llmperf_worker"] = self.session.worker_state()
         self.session.finish()
         if self.session.write_problems and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -26,6 +26,7 @@ from .engines.lifecycle import BootRecord, EngineStartError, RunningEngine, atta
 from .gpus import parse_gpu_spec
 from .measure import MeasureOptions, Measurement, measure
 from .node.gate import EngineNeeds, NodeGate
+from .node.leases import LeaseError
 from .report.case import CaseResult
 from .secrets import Redactor
 from .settings import Settings
@@ -89,7 +90,7 @@ class Session:
             self.redactor.add(_config_secrets(config))
         self.cases = {c.id: c for c in resolved.cases}
         self.results = {c.id: CaseResult(c.id, c.config.engine, c.config.name, c.workload.name) for c in resolved.cases}
-        self.gate = NodeGate(settings.gpus or parse_gpu_spec(resolved.gpus), _needs(settings.engines),
+        self.gate = NodeGate(settings.gpus or parse_gpu_spec(resolved.gpus), _needs(resolved.cases),
                              spec_given=settings.gpus is not None, recorded=settings.gpu_snapshot,
                              free_timeout_s=settings.gpu_free_timeout_s)
         self.boots: list[BootRecord] = []
@@ -101,57 +102,113 @@ class Session:
         self._warned_working: set[str] = set()
         self.warmups: list[Any] = []
         self.progress: Any = None  # the live progress line: for_case(case_id) -> callback, clear()
+        self.say: Any = None  # a line for the user now (a wait for GPUs), or None to keep quiet
+        self.role = "single"  # "worker" (an xdist worker: measures, writes nothing) or "controller" (only writes)
+        self.worker_id = "main"
+        self.worker_states: dict[str, dict[str, Any]] = {}  # the controller's: what each worker said of its run
+        self._pending_wire: dict[str, list[dict[str, Any]]] = {}  # a worker's baseline updates, per case
+        self._leases: dict[str, Any] = {}  # configuration id -> its running engine's GPU lease (colocation)
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
     def select(self, case_ids: set[str]) -> None:
         """Keep only the cases pytest selected (``-k``, deselection): reports and the node check follow."""
         self.results = {k: r for k, r in self.results.items() if k in case_ids}
-        self.gate.engines = _needs({self.cases[k].config.engine for k in self.results})
+        self.gate.engines = _needs([self.cases[k] for k in self.results])
 
     # ----------------------------------------------------------- engines
     @contextlib.contextmanager
     def engine(self, config: EngineConfig, log_dir: Path) -> Iterator[EngineUp]:
         """The configuration's engine, booted (or attached) after the node check, stopped on every path."""
         unfit = self.gate.unfit(config.engine)
+        node = self.gate.node(config.engine)
+        for result in self._results_of(config):
+            result.node = self._node_of(config.engine)
+        if not unfit and config.gpus is not None and config.gpus > len(node.gpu_uuids) and node.gpu_uuids:
+            unfit = (f"{config.id} needs {config.gpus} GPUs; the node check picked {len(node.gpu_uuids)} "
+                     f"({node.verdict.source})")
         if unfit:
             yield EngineUp(None, unfit)
             return
         adapter = get_adapter(config.engine)
-        node = self.gate.node(config.engine)
-        launch = self._launch(config, adapter)
         timeout_s = self.settings.startup_timeout_s or adapter.startup_timeout_s
         log_path = Path(log_dir) / f"{config.engine}-{config.name}.log"
         for result in self._results_of(config):
             result.log_path = str(log_path) if adapter.boots else None
-        if adapter.boots:
-            manager = boot(config, adapter, launch, log_path, self.settings.http, timeout_s, self.redactor,
-                           node.live, self.gate.gpu_release(config.engine, launch.gpu_uuids, config.id))
-        else:
-            manager = attach(config, adapter, launch, self.settings.http, timeout_s, node.live)
         entered = False
         try:
-            with manager as (engine, record):
-                entered = True
-                self._note_boot(config, adapter, launch, record)
-                self._warm_up(engine, config)
-                yield EngineUp(engine)
-        except (EngineStartError, OSError) as exc:
+            with self._lease(config, adapter, node) as lease:
+                launch = self._launch(config, adapter, lease.uuids if lease is not None else None)
+                if adapter.boots:
+                    manager = boot(config, adapter, launch, log_path, self.settings.http, timeout_s, self.redactor,
+                                   node.live, self.gate.gpu_release(config.engine, launch.gpu_uuids, config.id),
+                                   port=lease.port if lease is not None else None)
+                else:
+                    manager = attach(config, adapter, launch, self.settings.http, timeout_s, node.live)
+                with manager as (engine, record):
+                    entered = True
+                    self._note_boot(config, adapter, launch, record)
+                    for result in self._results_of(config):
+                        result.gpu_uuids = list(launch.gpu_uuids)
+                        result.lease_wait_s = round(lease.waited_s, 3) if lease is not None else 0.0
+                    self._warm_up(engine, config)
+                    yield EngineUp(engine)
+        except (EngineStartError, OSError, LeaseError) as exc:
             if entered:
                 raise
-            message = str(exc) if isinstance(exc, EngineStartError) else f"cannot boot {config.id}: {exc}"
+            message = (str(exc) if isinstance(exc, (EngineStartError, LeaseError))
+                       else f"cannot boot {config.id}: {exc}")
         except self.gate.not_freed:  # after the stop; the gate is marked: nothing else may boot
             raise NodeDirty(self.gate.dirty or "GPUs not freed") from None
         else:
             return
+        finally:
+            self._leases.pop(config.id, None)
         kind, message = expected_failure_policy(config.id, config.expected_failure, message)
         if kind == XFAIL and adapter.boots:
             message += f" (log: {log_path})"
         yield EngineUp(None, self.redactor.scrub(message), expected=kind == XFAIL)
 
-    def _launch(self, config: EngineConfig, adapter: Any) -> Any:
-        """How ``config`` launches in this run: the checked GPUs, the chat template and slowdown given."""
-        return launch_for(config, adapter, gpu_uuids=self.gate.node(config.engine).gpu_uuids,
-                          chat_template=self.settings.chat_template, slowdown=self.settings.sim_slowdown)
+    def _launch(self, config: EngineConfig, adapter: Any, gpu_uuids: tuple[str, ...] | None = None) -> Any:
+        """How ``config`` launches in this run: its leased GPUs (else the checked ones), the chat template and
+        slowdown given."""
+        uuids = gpu_uuids if gpu_uuids is not None else self.gate.node(config.engine).gpu_uuids
+        return launch_for(config, adapter, gpu_uuids=uuids, chat_template=self.settings.chat_template,
+                          slowdown=self.settings.sim_slowdown)
+
+    @contextlib.contextmanager
+    def _lease(self, config: EngineConfig, adapter: Any, node: Any) -> Iterator[Any]:
+        """The configuration's GPUs, leased among those the node check picked, for the engine's whole life
+        (boot to freed); None where there is nothing to lease (an external endpoint, a node without UUIDs)."""
+        candidates = node.gpu_uuids
+        if not (adapter.boots and candidates):
+            yield None
+            return
+        from .node.leases import lease_gpus, lock_dir_for
+
+        count = config.gpus or len(candidates)
+        label = config.id if self.role == "single" else f"{config.id} ({self.worker_id})"
+        say = self.say
+
+        def waiting(text: str) -> None:
+            if say is not None:
+                say(text)
+
+        import os
+
+        lock_dir = lock_dir_for(str(self.settings.gpu_lock_dir) if self.settings.gpu_lock_dir else None, os.environ)
+        with lease_gpus(lock_dir, candidates, count, label, node.all_uuids or candidates, on_wait=waiting) as lease:
+            if lease.waited_s >= 1.0:
+                self.notes.append(f"{config.id} waited {lease.waited_s:.0f} s for {count} GPUs held by other "
+                                  f"engines on the node")
+            self._leases[config.id] = (lease, lock_dir, tuple(node.all_uuids or candidates))
+            yield lease
+
+    def _node_of(self, engine: str) -> dict[str, Any]:
+        """Where this engine's cases run: host, xdist worker, and the node check's source."""
+        import socket
+
+        verdict = self.gate.node(engine).verdict
+        return {"host": socket.gethostname(), "worker": self.worker_id, "source": verdict.source}
 
     def _note_boot(self, config: EngineConfig, adapter: Any, launch: Any, record: BootRecord) -> None:
         self.boots.append(record)
@@ -204,6 +261,7 @@ class Session:
         its runs pooled.
         """
         result = self.results[case.id]
+        neighbours = self._neighbours(case.config)
         runs: list[Measurement] = []
         for _ in range(case.workload.repeats):
             runs.append(self._run_once(engine, case, len(runs) + 1, confirm=False))
@@ -222,6 +280,12 @@ class Session:
                 return stop
             judgement = self._judge(case, engine, runs, result)
         result.confirm_runs = confirms
+        result.colocated_with = neighbours()
+        if result.colocated_with:
+            self._note_colocated(case.config)
+            if judgement.failed and judgement.status != INCONCLUSIVE and self.settings.colocated == "warn":
+                self.notes.append(f"{case.id}: not failed, as --colocated=warn asks: {judgement.message}")
+                return ItemOutcome("pass")
         if judgement.status == INCONCLUSIVE:
             if self.settings.inconclusive == "skip":
                 return self._outcome(result, "skip", judgement.message)
@@ -231,6 +295,33 @@ class Session:
         if judgement.status == UPDATED:
             self._pend_update(case, engine, runs, judgement)
         return ItemOutcome("pass")
+
+    def _note_colocated(self, config: EngineConfig) -> None:
+        """One note per configuration: which of its cases ran beside which other engines."""
+        mine = [r for r in self._results_of(config) if r.colocated_with]
+        others = list(dict.fromkeys(o for r in mine for o in r.colocated_with))
+        prefix = f"{config.id}: "
+        note = (f"{prefix}{', '.join(r.workload for r in mine)} ran while {', '.join(others)} ran on the same node "
+                f"(marked colocated): their figures may carry its noise")
+        self.notes = [n for n in self.notes if not (n.startswith(prefix) and "(marked colocated)" in n)] + [note]
+
+    def _neighbours(self, config: EngineConfig) -> Any:
+        """Started with a case: a call that says which other engines ran on the node since (none without a lease)."""
+        import time
+
+        held = self._leases.get(config.id)
+        if held is None:
+            return lambda: []
+        from .node.leases import colocated_with, live_others, read_records
+
+        lease, lock_dir, node_uuids = held
+        start = time.time()
+        live = live_others(read_records(lock_dir), lease.record_id, node_uuids)
+
+        def since() -> list[str]:
+            return colocated_with(read_records(lock_dir), lease.record_id, node_uuids, start, time.time(), live)
+
+        return since
 
     def _run_once(self, engine: RunningEngine, case: Case, number: int, confirm: bool) -> Measurement:
         """One run of ``case``: caches reset, measured, recorded as one of the case's runs."""
@@ -417,10 +508,14 @@ class Session:
         path = Path(result.baseline_file or baseline_path(self.settings.baseline_dir, *case.baseline_key[:4]))
         header = {"engine": engine_name, "config": config_name, "gpus": gpus, "model": model}
         self._pending.add(path, header, workload, case.workload.params(), result.current_record)
+        self._pending_wire.setdefault(case.id, []).append(
+            {"path": str(path), "header": header, "workload": workload, "params": case.workload.params(),
+             "record": result.current_record, "lines": []})
         lines = [v.line() for v in judgement.verdicts]
         if judgement.changes:
             lines.append("changed since the last recording: " + "; ".join(judgement.changes))
         self.updates.append(BaselineUpdate(case.id, path, tuple(lines)))
+        self._pending_wire[case.id][-1]["lines"] = list(lines)
         throttled = sorted({r for m in runs for r in m.throttle_reasons})
         if throttled:
             self.notes.append(f"{case.id}: the baseline was recorded while GPU clocks were limited "
@@ -443,10 +538,55 @@ class Session:
         if message and (outcome in ("xfailed", "skipped") or not result.message):
             result.message = self.redactor.scrub(message)
 
+    # ----------------------------------------------------------- across xdist
+    def case_wire(self, case_id: str) -> dict[str, Any] | None:
+        """A worker's word on one case for the controller: its result and its baseline update (plain data)."""
+        result = self.results.get(case_id)
+        if result is None:
+            return None
+        return {"result": result.to_wire(), "updates": self._pending_wire.pop(case_id, [])}
+
+    def worker_state(self) -> dict[str, Any]:
+        """A worker's word on its run so far: notes, boots, warm-ups, its node as checked."""
+        import dataclasses
+        import socket
+
+        notes = [self.redactor.scrub(n) for n in dict.fromkeys(n for n in [*self.notes, self.gate.dirty] if n)]
+        return {"worker": self.worker_id, "host": socket.gethostname(), "notes": notes,
+                "boots": [b.to_json() for b in self.boots], "warmups": [dataclasses.asdict(w) for w in self.warmups],
+                "unexpectedly_working": dict(self.unexpectedly_working), "node": self.gate.to_json(),
+                "node_lines": [v.describe() for v in self.gate.verdicts(check=False).values()]}
+
+    def absorb_case(self, wire: dict[str, Any]) -> None:
+        """The controller takes a worker's case as its own: the result, and the baseline update to write."""
+        result = CaseResult.from_wire(wire["result"])
+        self.results[result.id] = result
+        for update in wire.get("updates", []):
+            self._pending.add(Path(update["path"]), update["header"], update["workload"], update["params"],
+                              update["record"])
+            self.updates.append(BaselineUpdate(result.id, Path(update["path"]), tuple(update["lines"])))
+
+    def absorb_worker(self, state: dict[str, Any]) -> None:
+        self.worker_states[str(state.get("worker"))] = dict(state)
+        self.unexpectedly_working.update(state.get("unexpectedly_working") or {})
+
+    def node_lines(self) -> list[str]:
+        """The node verdicts, each once; under xdist each worker's, named by worker and host where they differ."""
+        if not self.worker_states:
+            return list(dict.fromkeys(v.describe() for v in self.gate.verdicts(check=False).values()))
+        hosts = {s.get("host") for s in self.worker_states.values()}
+        lines: dict[str, list[str]] = {}
+        for worker, state in sorted(self.worker_states.items()):
+            for text in state.get("node_lines", []):
+                lines.setdefault(text, []).append(worker if len(hosts) == 1 else f"{worker} on {state.get('host')}")
+        distinct = len(lines) > 1 or len(hosts) > 1
+        return [f"{', '.join(workers)}: {text}" if distinct else text for text, workers in lines.items()]
+
     # ----------------------------------------------------------- the end
     def summary_notes(self) -> list[str]:
         """What the summary must say beyond the tables."""
-        notes = list(dict.fromkeys(n for n in [*self.notes, self.gate.dirty] if n))
+        workers = [n for state in self.worker_states.values() for n in state.get("notes", [])]
+        notes = list(dict.fromkeys(n for n in [*self.notes, self.gate.dirty, *workers] if n))
         notes += [unexpectedly_working_note(c, r) for c, r in self.unexpectedly_working.items()]
         return [self.redactor.scrub(n) for n in notes]
 
@@ -465,7 +605,12 @@ class Session:
         return [self.redactor.scrub(line) for line in lines], all(v.ok for v in verdicts.values())
 
     def finish(self) -> None:
-        """Write the baseline updates this run measured, then the JSON report; problems are kept to be shown."""
+        """Write the baseline updates this run measured, then the JSON report; problems are kept to be shown.
+
+        An xdist worker writes nothing: the controller writes what every worker reported.
+        """
+        if self.role == "worker":
+            return
         failed = self._pending.write()
         self.write_problems = [self.redactor.scrub(p) for p in failed.values()]
         for update in [u for u in self.updates if u.path in failed]:  # not updated after all
@@ -593,9 +738,16 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _needs(engines: Any) -> dict[str, EngineNeeds]:
-    """What the node gate needs to know of each engine, from its adapter."""
-    return {e: EngineNeeds(get_adapter(e).uses_gpus, get_adapter(e).node_source()) for e in sorted(set(engines))}
+def _needs(cases: Any) -> dict[str, EngineNeeds]:
+    """What the node gate needs to know of each engine of ``cases``: from its adapter, and its largest configuration."""
+    largest: dict[str, int | None] = {}
+    for case in cases:
+        engine, gpus = case.config.engine, case.config.gpus
+        if engine not in largest:
+            largest[engine] = gpus
+        elif largest[engine] is not None:
+            largest[engine] = None if gpus is None else max(gpus, largest[engine])  # type: ignore[type-var]
+    return {e: EngineNeeds(get_adapter(e).uses_gpus, get_adapter(e).node_source(), largest[e]) for e in sorted(largest)}
 
 
 def _config_secrets(config: EngineConfig) -> list[str]:

@@ -22,6 +22,7 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_BASELINE_HISTORY = 5
 DEFAULT_CONFIRM = 2
 INCONCLUSIVE_ACTIONS = ("fail", "skip")
+COLOCATED_ACTIONS = ("gate", "warn")
 
 
 class SettingsError(ValueError):
@@ -137,6 +138,14 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("inconclusive", "--inconclusive", "what a case whose measurement stayed distorted (a busy machine, a "
                "saturated client, throttled GPUs) does: fail (default) or skip", env="LLMPERF_INCONCLUSIVE",
                ini="llmperf_inconclusive", metavar="fail|skip"),
+    OptionSpec("gpu_lock_dir", "--gpu-lock-dir", "node-local directory of the GPU lease locks (one per GPU UUID) "
+               "that keep configurations run side by side (pytest-xdist, or several pytest runs) on disjoint GPUs "
+               "(default: pytest-llmperf-gpu-locks under the system temp dir)", env="LLMPERF_GPU_LOCK_DIR",
+               ini="llmperf_gpu_lock_dir", metavar="DIR"),
+    OptionSpec("colocated", "--colocated", "what a regression of a case that ran while another engine ran on the "
+               "same node does: gate (default: it fails; leases keep GPU sets disjoint) or warn (said, not failed; "
+               "for nodes where neighbours disturb each other)", env="LLMPERF_COLOCATED", ini="llmperf_colocated",
+               metavar="gate|warn"),
 )
 
 DEFAULT_REQUEST_TIMEOUT_S = 3600.0
@@ -179,6 +188,8 @@ class Settings:
     baseline_history: int = DEFAULT_BASELINE_HISTORY
     confirm: int = DEFAULT_CONFIRM
     inconclusive: str = "fail"
+    gpu_lock_dir: Path | None = None  # None: the default under the system temp dir (node/leases.py)
+    colocated: str = "gate"
 
     @property
     def active(self) -> bool:
@@ -229,6 +240,13 @@ def _inconclusive(text: str) -> str:
     value = str(text).strip().lower()
     if value not in INCONCLUSIVE_ACTIONS:
         raise ValueError(f"expected one of {', '.join(INCONCLUSIVE_ACTIONS)}, got {text!r}")
+    return value
+
+
+def _colocated(text: str) -> str:
+    value = str(text).strip().lower()
+    if value not in COLOCATED_ACTIONS:
+        raise ValueError(f"expected one of {', '.join(COLOCATED_ACTIONS)}, got {text!r}")
     return value
 
 
@@ -325,6 +343,7 @@ def resolve(
     baseline_history = convert("baseline_history", _positive_int)
     confirm = convert("confirm", _count)
     inconclusive = convert("inconclusive", _inconclusive)
+    colocated = convert("colocated", _colocated)
     endpoint = None
     if "external" in engines:
         endpoint = convert("endpoint", normalize_endpoint)
@@ -393,6 +412,8 @@ def resolve(
         baseline_history=baseline_history if baseline_history is not None else DEFAULT_BASELINE_HISTORY,
         confirm=confirm if confirm is not None else DEFAULT_CONFIRM,
         inconclusive=inconclusive or "fail",
+        gpu_lock_dir=convert("gpu_lock_dir", str, path_base=True),
+        colocated=colocated or "gate",
     )
 
 

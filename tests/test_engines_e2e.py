@@ -222,6 +222,18 @@ args = ["--tp_size", "8"]
 '''
 
 
+SUITE_TP4 = SUITE.replace('"-tp", "8"', '"-tp", "4"').replace('"--tp_size", "8"', '"--tp_size", "4"')
+
+
+def test_a_configuration_larger_than_the_spec_never_boots(pytester, node):
+    pytester.makefile(".toml", suite=SUITE)
+    result = run(pytester, "--suite=suite.toml", "--engine=vllm", "--gpus=h200x4", f"--gate={NO_TIMING}")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*node does not fit h200x4 (live NVML):*",
+                                 "*its largest configuration needs 8 GPUs, more than h200x4*"])
+    assert not list((node / "procs").glob("*.json"))
+
+
 def test_a_flag_the_engine_does_not_accept_fails_its_items_at_once_with_the_log(pytester, node):
     pytester.makefile(".toml", suite=SUITE.replace('args = ["-tp", "8"]', 'args = ["-tp", "8", "--swap-space", "4"]'))
     result = run(pytester, "--suite=suite.toml", "--engine=vllm,trtllm", f"--gate={NO_TIMING}", "--report-json=r.json",
@@ -303,7 +315,7 @@ def test_a_gpu_free_timeout_does_not_hide_the_failure_that_came_first(pytester, 
 
 def test_cuda_visible_devices_limits_the_gpus_checked_and_given(pytester, node, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
-    pytester.makefile(".toml", suite=SUITE)
+    pytester.makefile(".toml", suite=SUITE_TP4)
     result = run(pytester, "--suite=suite.toml", "--engine=vllm", "--gpus=h200x4", f"--gate={NO_TIMING}")
     result.assert_outcomes(failed=1)  # measured; no baseline
     result.stdout.fnmatch_lines(["*node fits h200x4 (live NVML, CUDA_VISIBLE_DEVICES=4,5,6,7; GPUs 4,5,6,7)*"])
@@ -329,7 +341,7 @@ def test_a_deselected_engine_s_node_does_not_block_the_selected_ones(pytester, m
 
 def test_fewer_gpus_than_the_node_has_get_the_first_fit_ones_by_uuid(pytester, node):
     set_node(node, lambda data: data["gpus"][0].update(mig_enabled=True))
-    pytester.makefile(".toml", suite=SUITE)
+    pytester.makefile(".toml", suite=SUITE_TP4)
     result = run(pytester, "--suite=suite.toml", "--engine=vllm", "--gpus=h200x4", f"--gate={NO_TIMING}", "--report-json=r.json")
     result.assert_outcomes(failed=1)  # measured; no baseline
     (proc,) = [json.loads(p.read_text()) for p in (node / "procs").glob("*.json")]

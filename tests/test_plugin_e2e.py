@@ -184,7 +184,8 @@ def test_with_engine_only_perf_cases_run(project):
     (["--engine=sim", "--endpoint=http://127.0.0.1:9"], "--endpoint applies to --engine=external only"),
     (["--engine=sim", "--gpus=h200"], "--gpus: malformed GPU spec 'h200'"),
     (["--engine=sim", "--num-prompts=-3"], "--num-prompts: expected a positive integer, got '-3'"),
-    (["--engine=sim", "-n", "2"], "cannot run under pytest-xdist"),
+    (["--engine=sim", "-n", "2"], "performance cases under pytest-xdist need --dist loadgroup (not load)"),
+    (["--engine=sim", "-n", "2", "--dist", "loadgroup", "--dry-run"], "--dry-run prints the plan without pytest-xdist"),
     (["--engine=sim", "--gate=mean_tpt_ms:5"], "metric 'mean_tpt_ms' cannot be gated; gateable metrics: completed"),
     (["--engine=sim", "--suite=bad-profile.toml"], "sim configuration sim/vllm-tp8: unknown sim profile 'no-such-profile'"),
 ])

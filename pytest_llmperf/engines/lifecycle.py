@@ -186,15 +186,15 @@ class GpuRelease(Protocol):
 @contextlib.contextmanager
 def boot(config: EngineConfig, adapter: EngineAdapter, launch: Launch, log_path: Path, http: HttpOptions,
          startup_timeout_s: float, redactor: Redactor, node_live: bool = False,
-         gpus: GpuRelease | None = None) -> Iterator[tuple[RunningEngine, BootRecord]]:
+         gpus: GpuRelease | None = None, port: int | None = None) -> Iterator[tuple[RunningEngine, BootRecord]]:
     """Start ``config`` (its output to ``log_path``), wait until ready, yield it, stop it on every path.
 
     ``gpus`` (live GPUs only): what was on them is noted before the boot; after
     the stop, the engine's GPUs are waited for until freed (not after Ctrl-C).
     Its failure (GPUs not freed) is raised after the stop unless another
-    failure came first.
+    failure came first. ``port``: the port it listens on (one reserved with its GPU lease), else a free one.
     """
-    port = free_port()
+    port = port or free_port()
     launch = replace(launch, port=str(port))
     argv = adapter.argv(config, launch)
     env = adapter.env(config, launch)

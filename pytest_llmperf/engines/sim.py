@@ -65,8 +65,8 @@ class SimAdapter(EngineAdapter):
         ]
 
     def node_source(self) -> SimulatedNode:
-        """The simulated node: a recorded 8x H200 HGX snapshot."""
-        return SimulatedNode()
+        """The simulated node: a recorded 8x H200 HGX snapshot, or the file LLMPERF_SIM_NODE names."""
+        return SimulatedNode.from_environment()
 
 
 ADAPTER = SimAdapter()

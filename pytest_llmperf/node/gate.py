@@ -25,6 +25,7 @@ class EngineNeeds:
 
     uses_gpus: bool  # it runs on this node's GPUs
     own_source: Any = None  # the node it runs on when not this machine's (the sim's simulated node)
+    largest_gpus: int | None = None  # GPUs of its largest selected configuration (None: all the spec's)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class EngineNode:
     live: bool = False  # the GPUs are this machine's, read through NVML (telemetry, wait until freed)
     gpu_name: str | None = None  # the product of the GPUs it gets, e.g. "NVIDIA H200" (baseline provenance)
     driver_version: str | None = None
+    all_uuids: tuple[str, ...] = ()  # every GPU of the node (it names the node in GPU lease records)
 
     @property
     def gpu_uuids(self) -> tuple[str, ...]:
@@ -91,10 +93,11 @@ class NodeGate:
                 snapshot, where = reading.snapshot, reading.source
                 if reading.live and not needs.uses_gpus:  # an endpoint's own processes are not foreign
                     snapshot, where = hardware_only(snapshot), where + ", hardware only (external endpoint)"
-                verdict = check_node(self.spec, snapshot, where)
+                verdict = fit_largest(self.spec, snapshot, where, needs.largest_gpus)
                 names = [g.name for g in snapshot.gpus if g.index in verdict.gpu_indices] or [g.name for g in snapshot.gpus]
                 nodes[engine] = EngineNode(verdict, reading.live and needs.uses_gpus,
-                                           names[0] if names else None, snapshot.driver_version)
+                                           names[0] if names else None, snapshot.driver_version,
+                                           tuple(g.uuid for g in snapshot.gpus if g.uuid))
             self._nodes = nodes
         return self._nodes
 
@@ -129,6 +132,32 @@ class NodeGate:
                      "gpu_name": n.gpu_name, "driver_version": n.driver_version}
             for engine, n in (self._nodes or {}).items()
         }
+
+
+def fit_largest(spec: GpuSpec, snapshot: Any, where: str, largest: int | None) -> NodeVerdict:
+    """The node check for a suite whose largest configuration needs ``largest`` GPUs (None: all of the spec's).
+
+    The engine's configurations lease their GPUs among those the check picks. A spec's full count is picked
+    when the node has it; a node with fewer fit GPUs still serves a suite whose configurations all need fewer
+    (each lease then takes fewer turns side by side); a configuration larger than the spec never fits.
+    """
+    from dataclasses import replace
+
+    count = spec.count if not spec.is_any else len(snapshot.gpus)
+    if largest is not None and largest > count:
+        what = str(spec) if not spec.is_any else f"the node's {count} GPUs"
+        return NodeVerdict(str(spec), where, (f"its largest configuration needs {largest} GPUs, more than "
+                                              f"{what}",))
+    verdict = check_node(spec, snapshot, where)
+    if verdict.ok or spec.is_any or largest is None or largest >= spec.count:
+        return verdict
+    assert spec.product is not None
+    fewer = check_node(GpuSpec(spec.product, largest), snapshot, where)
+    if not fewer.ok:
+        return verdict
+    note = (f"{len(fewer.gpu_indices)} of the {spec.count} GPUs of {spec} fit (" + "; ".join(verdict.problems)
+            + f"); its largest configuration needs {largest}, so its configurations run on these")
+    return replace(fewer, spec=str(spec), notes=(*fewer.notes, note))
 
 
 class GpuWatch:

@@ -352,6 +352,8 @@ def _try_take(lock_dir: Path, candidates: Sequence[str], count: int) -> tuple[li
                 lock.acquire(blocking=False)
             except Timeout:
                 busy.append(uuid)
+                if len(busy) > len(candidates) - count:  # out of reach this time: hold nothing a moment longer
+                    break
                 continue
             except OSError as exc:
                 raise _lock_error(lock_dir, path, exc) from exc

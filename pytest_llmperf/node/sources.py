@@ -77,12 +77,27 @@ class RecordedFile:
         return NodeReading(f"snapshot {self.path}", False, load_snapshot(Path(self.path)))
 
 
+SIM_NODE_ENV = "LLMPERF_SIM_NODE"
+
+
 @dataclass(frozen=True)
 class SimulatedNode:
-    """The node the simulated engine runs on: a recorded 8x H200 HGX snapshot."""
+    """The node the simulated engine runs on: a recorded 8x H200 HGX snapshot, or the one ``LLMPERF_SIM_NODE``
+    names (so each xdist worker can stand in for another node: ``--tx popen//env:LLMPERF_SIM_NODE=FILE``)."""
 
     path: Path = SIM_NODE_SNAPSHOT
     live: ClassVar[bool] = False
 
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "SimulatedNode":
+        value = environ.get(SIM_NODE_ENV)
+        return cls(Path(value)) if value else cls()
+
     def read(self) -> NodeReading:
-        return NodeReading(f"simulated node {self.path.name}", False, load_snapshot(self.path))
+        where = f"simulated node {self.path.name}"
+        try:
+            return NodeReading(where, False, load_snapshot(self.path))
+        except (ValueError, OSError) as exc:  # a node that cannot be read fails its configurations, not the run
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            return NodeReading(where, False, None, f"cannot read the simulated node {self.path} "
+                                                   f"({SIM_NODE_ENV}): {reason}")

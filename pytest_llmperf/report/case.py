@@ -5,8 +5,8 @@ Only the session writes these; every report format reads them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
 
 from ..verdict import IMPROVED, INCONCLUSIVE, MISSING, REGRESSED, UPDATED, Verdict
 
@@ -46,6 +46,10 @@ class CaseResult:
     tolerances_pct: dict[str, float] = field(default_factory=dict)  # the configured tolerances that applied
     baseline_history: list[dict[str, Any]] = field(default_factory=list)  # [{date, metrics}] judged against
     series: dict[str, Any] | None = None  # the representative run over time, for charts (report.series)
+    node: dict[str, Any] = field(default_factory=dict)  # where it ran: host, worker, the node check's source
+    gpu_uuids: list[str] = field(default_factory=list)  # the GPUs its engine was leased
+    colocated_with: list[str] = field(default_factory=list)  # other engines running on the node meanwhile
+    lease_wait_s: float = 0.0  # how long its configuration waited for its GPUs before booting
 
     @property
     def suspect(self) -> str | None:
@@ -81,6 +85,23 @@ class CaseResult:
         if n < 2 or not cvs:
             return "-" if n < 2 else f"{n} runs"
         return f"{n} runs, cv {max(cvs):.1f}%"
+
+    @property
+    def colocated(self) -> bool:
+        return bool(self.colocated_with)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Every field as plain data, for the trip from an xdist worker to the controller (``from_wire``)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["verdicts"] = [asdict(v) for v in self.verdicts]
+        return data
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> "CaseResult":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["verdicts"] = [Verdict(**v) for v in values.get("verdicts", [])]
+        return cls(**values)
 
     def verdict(self, metric: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.metric == metric), None)
@@ -118,5 +139,10 @@ class CaseResult:
             "record": self.current_record,
             "baseline_history": self.baseline_history,
             "series": self.series,
+            "node": self.node,
+            "gpu_uuids": self.gpu_uuids,
+            "colocated": self.colocated,
+            "colocated_with": self.colocated_with,
+            "lease_wait_s": self.lease_wait_s,
             **({"requests": self.requests} if self.requests is not None else {}),
         }

@@ -44,6 +44,7 @@ def environment(session: Any) -> dict[str, Any]:
     from .. import __version__
 
     s = session.settings
+    workers = [state for _, state in sorted(session.worker_states.items())]  # under xdist, what each worker said
     return {
         "plugin_version": __version__,
         "python": sys.version.split()[0],
@@ -61,9 +62,10 @@ def environment(session: Any) -> dict[str, Any]:
         "gates_pct": dict(s.gates),
         "request_timeout_s": s.request_timeout_s,
         "http": s.http.describe(),
-        "node": session.gate.to_json(),
-        "engines_booted": [b.to_json() for b in session.boots],
-        "warmups": [dataclasses.asdict(w) for w in session.warmups],
+        "node": session.gate.to_json() if not workers else workers[0].get("node", {}),
+        "engines_booted": [b.to_json() for b in session.boots] + [b for w in workers for b in w.get("boots", [])],
+        "warmups": [dataclasses.asdict(w) for w in session.warmups] + [x for w in workers for x in w.get("warmups", [])],
+        "workers": [{"worker": w.get("worker"), "host": w.get("host"), "node": w.get("node", {})} for w in workers],
         "notes": session.summary_notes(),
         "unexpectedly_working": dict(session.unexpectedly_working),
         "model_override": s.model,

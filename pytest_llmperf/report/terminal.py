@@ -48,13 +48,19 @@ def summary_tables(results: Iterable[CaseResult]) -> str:
                 _num(r.metrics.get("mean_ttft_ms")),
                 r.metrics.get("failed", "-"),
                 r.spread_text(),
-                r.status + (f" (suspect: {r.suspect})" if r.suspect else ""),
+                r.status + (f" (suspect: {r.suspect})" if r.suspect else "") + (" (colocated)" if r.colocated else ""),
             ]
             + ([r.telemetry_line or "-"] if with_telemetry else [])
             for r in rows
         ]
         version = next((r.engine_version for r in rows if r.engine_version), None)
         title = config_id + (f" (engine {version})" if version else "")
+        where = next((r for r in rows if r.gpu_uuids or r.node.get("worker", "main") != "main"), None)
+        if where is not None:  # side by side (xdist) or on part of the node: say where it ran
+            place = [f"{len(where.gpu_uuids)} GPUs"] if where.gpu_uuids else []
+            if where.node.get("worker", "main") != "main":
+                place.append(f"{where.node.get('worker')} on {where.node.get('host')}, {where.node.get('source')}")
+            title += f" [{'; '.join(place)}]"
         blocks.append(title + "\n" + tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True))
     return "\n\n".join(blocks)
 
@@ -80,7 +86,7 @@ def case_lines(result: CaseResult) -> list[tuple[str, bool]]:
 def summary_lines(session: Any) -> list[tuple[str, bool]]:
     """The summary after the tests: node verdicts, notes, tables, failures, baseline updates; (line, warn)."""
     out: list[tuple[str, bool]] = []
-    for text in dict.fromkeys(v.describe() for v in session.gate.verdicts(check=False).values()):
+    for text in session.node_lines():
         out.append((text, False))
     out += [(f"note: {note}", True) for note in session.summary_notes()]
     results = list(session.results.values())
