@@ -273,7 +273,7 @@ class _Reporter:
         outcome = _outcome(report)
         status = case_status(result.verdict_status, outcome[0] if outcome else "")
         properties = junit_properties([v.to_json() for v in result.verdicts], status, result.engine_version,
-                                      result.baseline_file)
+                                      result.baseline_file, result.colocated_with)
         return [(name, self.session.redactor.scrub(value)) for name, value in properties]
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -125,7 +125,7 @@ def test_two_4_gpu_configurations_run_side_by_side_on_disjoint_gpus_and_the_cont
     # Hold every GPU until both workers wait for theirs: then both configurations start within a lease poll.
     with lease_gpus(lock_dir(), NODE_UUIDS, 8, "the test", NODE_UUIDS):
         run = Run(pytester.path, "--suite=suite.toml", "--engine=sim", *XDIST, f"--baseline-dir={bdir}",
-                  "--update-baselines", "--report-json=r.json", "-rA")
+                  "--update-baselines", "--report-json=r.json", "--report-md=r.md", "--junitxml=j.xml", "-rA")
         run.wait_for(lambda: all(any(f"({w}): waiting for 4 GPUs" in line for line in run.lines)
                                  for w in ("gw0", "gw1")), "both workers waiting for GPUs")
     assert run.finish() == 0, run.text
@@ -147,7 +147,8 @@ def test_two_4_gpu_configurations_run_side_by_side_on_disjoint_gpus_and_the_cont
     assert overlapping(records["sim/a"], records["sim/b"])
     assert set(records["sim/a"].uuids) == leased["sim/a"] and set(records["sim/b"].uuids) == leased["sim/b"]
     assert any(c["colocated"] for c in report["cases"])
-    assert "(colocated)" in run.text
+    assert "(colocated)" in run.text and "(colocated)" in (pytester.path / "r.md").read_text()
+    assert 'name="llmperf.colocated_with"' in (pytester.path / "j.xml").read_text()
     written = {p.stem: set(json.loads(p.read_text())["cases"]) for p in bdir.rglob("*.json")}
     assert written == {"a": {"tiny", "second"}, "b": {"tiny", "second"}}
     assert sim_processes(model) == []

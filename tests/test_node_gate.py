@@ -35,3 +35,35 @@ def test_a_dirty_node_refuses_every_later_boot_and_keeps_the_first_reason():
     gate.mark_dirty("after sim/a stopped, its GPUs were not freed")
     gate.mark_dirty("a later reason")
     assert gate.unfit("sim") == "after sim/a stopped, its GPUs were not freed"
+
+
+def test_the_check_holds_the_largest_configuration_and_a_node_short_of_the_spec_serves_smaller_ones():
+    import json
+
+    from pytest_llmperf.node.gate import fit_largest
+    from pytest_llmperf.node.snapshot import NodeSnapshot
+
+    data = json.loads(SIM_NODE_SNAPSHOT.read_text())
+    node = NodeSnapshot.from_json(data, "test")
+    assert fit_largest(H200X8, node, "sim", 4).gpu_indices == tuple(range(8))  # all 8 picked: two 4s side by side
+    too_big = fit_largest(H200X8, node, "sim", 16)
+    assert too_big.problems == ("its largest configuration needs 16 GPUs, more than h200x8",)
+    data["gpus"][0]["mig_enabled"] = True
+    short = NodeSnapshot.from_json(data, "test")
+    assert not fit_largest(H200X8, short, "sim", None).ok  # every configuration needs the whole spec
+    assert not fit_largest(H200X8, short, "sim", 8).ok
+    fewer = fit_largest(H200X8, short, "sim", 4)
+    assert fewer.ok and fewer.gpu_indices == (1, 2, 3, 4) and fewer.spec == "h200x8"
+    assert "4 of the 8 GPUs of h200x8 fit (GPU 0 has MIG enabled" in fewer.notes[-1]
+    assert fit_largest(parse_gpu_spec("any"), node, "sim", 9).problems == (
+        "its largest configuration needs 9 GPUs, more than the node's 8 GPUs",)
+
+
+def test_a_simulated_node_named_in_the_environment_and_one_that_cannot_be_read(tmp_path):
+    small = NODES_DIR / "h200x1-vm.json"
+    assert SimulatedNode.from_environment({"LLMPERF_SIM_NODE": str(small)}).read().snapshot is not None
+    assert SimulatedNode.from_environment({}).path == SIM_NODE_SNAPSHOT
+    missing = SimulatedNode.from_environment({"LLMPERF_SIM_NODE": str(tmp_path / "none.json")}).read()
+    assert missing.snapshot is None and "(LLMPERF_SIM_NODE)" in missing.error and "does not exist" in missing.error
+    gate = NodeGate(H200X8, {"sim": EngineNeeds(False, SimulatedNode(tmp_path / "none.json"))})
+    assert "cannot read the simulated node" in gate.unfit("sim")

@@ -172,3 +172,53 @@ def test_the_step_summary_is_left_alone_when_earlier_steps_filled_it(monkeypatch
     session.finish()
     assert step.stat().st_size == 1024 * 1024 - 10 and session.write_problems == []
     assert any("was not added to GITHUB_STEP_SUMMARY" in n for n in session.summary_notes())
+
+
+# ----------------------------------------------------------------- side by side (pytest-xdist)
+def test_a_worker_writes_nothing_and_its_case_and_update_reach_the_controller_as_plain_data(monkeypatch, suite_file,
+                                                                                           tmp_path):
+    import execnet
+
+    settings = Settings(engines=("sim",), suite_file=suite_file, baseline_dir=tmp_path / "bl", update_baselines=True,
+                        report_json=tmp_path / "r.json")
+    worker = start_session(settings)
+    worker.role, worker.worker_id = "worker", "gw3"
+    Script(monkeypatch, run())
+    assert worker.run_case(fake_engine(worker), worker.cases["sim/c/w"]).kind == "pass"
+    # what travels with the item's teardown report, through execnet's own serializer
+    wire = execnet.loads(execnet.dumps(worker.case_wire("sim/c/w")))
+    state = execnet.loads(execnet.dumps(worker.worker_state()))
+    worker.finish()
+    assert not (tmp_path / "bl").exists() and not (tmp_path / "r.json").exists()  # the worker wrote nothing
+
+    controller = start_session(settings)
+    controller.role = "controller"
+    controller.absorb_worker(state)
+    controller.absorb_case(wire)
+    controller.record_outcome("sim/c/w", "passed")
+    controller.finish()
+    result = controller.results["sim/c/w"]
+    assert result.metrics == worker.results["sim/c/w"].metrics and result.verdicts == worker.results["sim/c/w"].verdicts
+    assert [u.case_id for u in controller.updates] == ["sim/c/w"]
+    assert len(list((tmp_path / "bl").rglob("c.json"))) == 1 and (tmp_path / "r.json").exists()
+    report = controller.report()
+    assert report["cases"][0]["status"] == "updated" and report["environment"]["workers"][0]["worker"] == "gw3"
+
+
+@pytest.mark.parametrize("colocated, kind", [("gate", "fail"), ("warn", "pass")])
+def test_a_regression_beside_another_engine_fails_or_is_only_said(monkeypatch, suite_file, tmp_path, colocated,
+                                                                   kind):
+    settings = dict(engines=("sim",), suite_file=suite_file, baseline_dir=tmp_path / "bl")
+    update = start_session(Settings(**settings, update_baselines=True))
+    Script(monkeypatch, run())
+    update.run_case(fake_engine(update), update.cases["sim/c/w"])
+    update.finish()
+    session = start_session(Settings(**settings, colocated=colocated, confirm=0))
+    monkeypatch.setattr(session, "_neighbours", lambda config: lambda: ["sim/other (gw1)"])
+    Script(monkeypatch, run({**GOOD, "total_token_throughput": 500.0}))
+    outcome = session.run_case(fake_engine(session), session.cases["sim/c/w"])
+    result = session.results["sim/c/w"]
+    assert outcome.kind == kind and result.colocated_with == ["sim/other (gw1)"] and result.verdict_status == "regressed"
+    notes = session.summary_notes()
+    assert any(n.startswith("sim/c: w ran while sim/other (gw1) ran on the same node (marked colocated)") for n in notes)
+    assert any(n.startswith("sim/c/w: not failed, as --colocated=warn asks") for n in notes) == (colocated == "warn")

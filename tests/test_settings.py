@@ -54,6 +54,8 @@ def test_precedence_cli_env_ini():
         ({"gate": "total_input_tokens:5"}, {}, "cannot be gated"),
         ({"gate": "mean_tpot_ms:-2"}, {}, "must be >= 0"),
         ({"startup_timeout": "0"}, {}, "--startup-timeout: expected a positive number"),
+        ({"colocated": "ignore"}, {}, "--colocated: expected one of gate, warn, got 'ignore' (from command line"),
+        ({}, {"LLMPERF_COLOCATED": "x"}, "(from environment LLMPERF_COLOCATED)"),
     ],
 )
 def test_bad_values_name_option_and_source(cli, env, message):
@@ -220,3 +222,10 @@ def test_the_startup_timeout_help_says_each_engines_own_default():
         assert get_adapter(engine).startup_timeout_s == timeout_s
         assert f"{engine} {timeout_s:g}" in spec.help
     assert STARTUP_TIMEOUT_S["external"] == 600
+
+
+def test_colocated_and_the_gpu_lock_dir(tmp_path):
+    settings = make({"engine": "sim"})
+    assert settings.colocated == "gate" and settings.gpu_lock_dir is None
+    settings = make({"engine": "sim", "colocated": "WARN"}, {"LLMPERF_GPU_LOCK_DIR": "locks"})
+    assert settings.colocated == "warn" and settings.gpu_lock_dir.name == "locks" and settings.gpu_lock_dir.is_absolute()

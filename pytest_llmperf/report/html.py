@@ -710,7 +710,7 @@ def _overview(cases: Sequence[Mapping[str, Any]], units: Mapping[str, str]) -> l
         verdicts = {v.get("metric"): v for v in case.get("verdicts") or []}
         out.append(
             f'<tr><td><a href="#{_anchor(case.get("id"))}">{_e(case.get("id"))}</a></td>'
-            f"<td>{_status(case.get('status', ''))}</td>"
+            f"<td>{_status(case.get('status', ''))}{' colocated' if case.get('colocated') else ''}</td>"
             f'<td class="num">{_e(_fmt(metrics.get("total_token_throughput"), 1))}</td>'
             f'<td class="num">{_e(_change(verdicts.get("total_token_throughput")))}</td>'
             f'<td class="num">{_e(_fmt(metrics.get("mean_tpot_ms"), 2))}</td>'
@@ -736,6 +736,13 @@ def _case_text(case: Mapping[str, Any]) -> list[str]:
                      + "; ".join(str(c) for c in apparatus.get("causes") or []))
     if case.get("suspect"):
         items.append(f"suspect: {case['suspect']}")
+    if case.get("colocated_with"):
+        items.append("ran while other engines ran on the same node (colocated): "
+                     + ", ".join(str(c) for c in case["colocated_with"]))
+    node = case.get("node") or {}
+    if node.get("worker", "main") != "main" or case.get("gpu_uuids"):
+        items.append(f"ran on {node.get('host', '?')} ({node.get('worker', 'main')}, {node.get('source', '?')}), "
+                     f"GPUs {', '.join(case.get('gpu_uuids') or []) or 'not leased'}")
     if items:
         out.append("<ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>")
     return out

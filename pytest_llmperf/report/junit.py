@@ -33,7 +33,7 @@ def case_status(verdict_status: str, outcome: str) -> str:
 
 
 def junit_properties(verdicts: Sequence[Mapping[str, Any]], status: str, engine_version: str | None,
-                     baseline_file: str | None) -> list[tuple[str, str]]:
+                     baseline_file: str | None, colocated_with: Sequence[str] = ()) -> list[tuple[str, str]]:
     """(name, value) pairs for one case; ``verdicts`` as ``Verdict.to_json`` gives them."""
     out: list[tuple[str, str]] = []
     for v in verdicts:
@@ -45,4 +45,6 @@ def junit_properties(verdicts: Sequence[Mapping[str, Any]], status: str, engine_
                 (f"{metric}.status", _text(v.get("status")))]
     out += [(f"{PREFIX}status", status), (f"{PREFIX}engine_version", _text(engine_version)),
             (f"{PREFIX}baseline_file", _text(baseline_file))]
+    if colocated_with:  # it ran beside other engines on the node: its figures may carry their noise
+        out.append((f"{PREFIX}colocated_with", ", ".join(colocated_with)))
     return out

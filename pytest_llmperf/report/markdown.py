@@ -145,7 +145,7 @@ def _config_table(cases: Sequence[Mapping[str, Any]], units: Mapping[str, str]) 
             "|---|---|---|---|---|---|---|"]
     for case in sorted(cases, key=lambda c: _rank(c.get("status", ""))):
         status = case.get("status", "")
-        label = f"{STATUS_MARK.get(status, '')} {cell(status)}".strip()
+        label = f"{STATUS_MARK.get(status, '')} {cell(status)}".strip() + (" (colocated)" if case.get("colocated") else "")
         verdicts = sorted(case.get("verdicts") or [], key=lambda v: (_rank(v.get("status", "")), _metric_rank(v.get("metric", ""))))
         if not verdicts:
             rows.append(f"| {cell(case.get('workload', case.get('id')))} | {label} | – | – | – | – | – |")
@@ -213,7 +213,9 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
         by_config.setdefault(f"{case.get('engine')}/{case.get('config')}", []).append(case)
     for config, rows in sorted(by_config.items(), key=lambda kv: min(_rank(c.get("status", "")) for c in kv[1])):
         version = next((c.get("engine_version") for c in rows if c.get("engine_version")), None)
-        out += [f"### {cell(config)}" + (f" (engine {cell(version)})" if version else ""), ""]
+        node = next((c.get("node") for c in rows if (c.get("node") or {}).get("worker", "main") != "main"), None)
+        where = f" on {cell(node.get('host'))} ({cell(node.get('worker'))})" if node else ""
+        out += [f"### {cell(config)}" + (f" (engine {cell(version)})" if version else "") + where, ""]
         out += _config_table(rows, units)
         out.append("")
     problems = _problem_lines(cases)
