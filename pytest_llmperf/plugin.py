@@ -244,10 +244,13 @@ class _Reporter:
         self._selected = False
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        from .progress import progress_for
+        from .progress import LogProgress, progress_for, under_ci
 
-        if self.session.role != "worker":  # a worker has no terminal of its own
+        if self.session.role != "worker":
             self.session.progress = progress_for(session.config, os.environ)
+        elif under_ci(os.environ) and session.config.option.verbose >= -1:
+            # A worker has no terminal line of its own to draw on; under CI its line a minute goes to the log.
+            self.session.progress = LogProgress(self.session.say)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any):

@@ -260,7 +260,7 @@ REFUSED = [
     ("vllm", ["-tp", "8", "--speculative-config", "method:mtp", "num_speculative_tokens:1"], 2,
      "argument --speculative-config/-sc: Value method:mtp cannot be converted"),
     ("vllm", ["-tp", "8", "-dcp", "3"], 1, "must be divisible by decode context parallel size 3"),
-    ("vllm", ["-tp", "4"], 1, "the stand-in has no simulated profile for vllm with -tp 4"),
+    ("vllm", ["-tp", "2"], 1, "the stand-in has no simulated profile for vllm with -tp 2"),
     ("sglang", ["--tp-size", "8", "--swap-space", "4"], 2, "unrecognized arguments: --swap-space 4"),
     ("sglang", ["--tp-size", "8", "--chat-template", "missing/template.jinja"], 1,
      "Chat template missing/template.jinja is not a built-in template name or a valid chat template file path"),

@@ -216,10 +216,6 @@ def main(argv: list[str]) -> int:
         raise StandinExit(1, f"ValueError: User-specified max_model_len ({args.max_model_len}) is greater than the "
                              f"derived max_model_len (max_position_embeddings={MODEL_MAX_CONTEXT} in model's "
                              f"config.json).")
-    visible = [u for u in visible_devices().split(",") if u.strip()]
-    if visible and len(visible) < tp * dp * pp:  # as vLLM: a world larger than the GPUs it may use cannot start
-        raise StandinExit(1, f"ValueError: World size ({tp * dp * pp}) is larger than the number of available "
-                             f"GPUs ({len(visible)}) in this node.")
     deepgemm = not env_off("VLLM_USE_DEEP_GEMM")
     key = (tp, dp, pp, bool(args.enable_expert_parallel), spec_key(args.speculative_config), deepgemm)
     name = PROFILES.get(key)
