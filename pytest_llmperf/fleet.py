@@ -33,11 +33,12 @@ def config_id_of(case_id: str) -> str:
     return case_id.rsplit("/", 1)[0]
 
 
-def crash_message(worker: str, case_id: str) -> str:
-    """What the case a worker died in says."""
+def crash_message(worker: str, case_id: str, log_path: str | None = None) -> str:
+    """What the case a worker died in says (with its engine's log, when the worker said where it was)."""
+    log = f"; the engine's log: {log_path}" if log_path else ""
     return (f"worker {worker} died while running {case_id} (killed, or out of memory?): the configuration's engine "
             f"stopped with it and its GPU lease was released; the rest of {config_id_of(case_id)}'s cases are not "
-            f"run")
+            f"run{log}")
 
 
 def not_run_message(worker: str, crashed_case: str, case_id: str) -> str:

@@ -261,8 +261,9 @@ class _Reporter:
             if report.when == "call" or (report.when == "setup" and not report.passed):
                 # JUnit XML takes properties from the teardown report, which copies the item's
                 item.user_properties.extend(self._properties(case.id, report))
-            if report.when == "teardown" and self.session.role == "worker":
-                # the controller writes every result: the case, and the worker's run so far, travel with the report
+            if report.when in ("setup", "teardown") and self.session.role == "worker":
+                # The controller writes every result: the case, and the worker's run so far, travel with the
+                # report; with the setup report too, so a worker that dies mid-case has told where its engine ran.
                 report.llmperf_wire = self.session.case_wire(case.id)
                 report.llmperf_worker = self.session.worker_state()
         return report
@@ -331,8 +332,10 @@ class _Reporter:
         node = getattr(report, "node", None)
         worker = str(node.gateway.id) if node is not None else "?"
         report.llmperf_case = case_id  # type: ignore[attr-defined]
-        report.longrepr = crash_message(worker, case_id)
+        known = self.session.results.get(case_id)
+        report.longrepr = crash_message(worker, case_id, known.log_path if known is not None else None)
         report.when = "call"  # the case failed while it ran (xdist's "???" would count it as an error)
+        self.session.worker_died(worker, case_id)
         dropped = getattr(sched, "dropped", {}).pop(crashitem, [])
         report.llmperf_not_run = [(n, not_run_message(worker, case_id, case_id_of(n) or n))  # type: ignore[attr-defined]
                                   for n in dropped]

@@ -108,6 +108,7 @@ class Session:
         self.worker_states: dict[str, dict[str, Any]] = {}  # the controller's: what each worker said of its run
         self._pending_wire: dict[str, list[dict[str, Any]]] = {}  # a worker's baseline updates, per case
         self._leases: dict[str, Any] = {}  # configuration id -> its running engine's GPU lease (colocation)
+        self.crashes: list[tuple[str, str]] = []  # the controller's: (worker, case) of each worker that died
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
     def select(self, case_ids: set[str]) -> None:
@@ -197,11 +198,29 @@ class Session:
 
         lock_dir = lock_dir_for(str(self.settings.gpu_lock_dir) if self.settings.gpu_lock_dir else None, os.environ)
         with lease_gpus(lock_dir, candidates, count, label, node.all_uuids or candidates, on_wait=waiting) as lease:
+            if node.live:
+                self._wait_leased_gpus_free(config, lease.uuids)
             if lease.waited_s >= 1.0:
                 self.notes.append(f"{config.id} waited {lease.waited_s:.0f} s for {count} GPUs held by other "
                                   f"engines on the node")
             self._leases[config.id] = (lease, lock_dir, tuple(node.all_uuids or candidates))
             yield lease
+
+    def _wait_leased_gpus_free(self, config: EngineConfig, uuids: tuple[str, ...]) -> None:
+        """Live GPUs just leased: wait until no process holds them. A lease outlives its holder only as long as
+        its holder: the engine of a worker that died may still be letting go of these GPUs."""
+        from .node.freed import GpusNotFreed, wait_gpus_freed
+        from .node.nvml import NoGpuDriver
+
+        try:
+            waited_s = wait_gpus_freed(list(uuids), self.settings.gpu_free_timeout_s)
+        except GpusNotFreed as exc:
+            raise LeaseError(f"{config.id}: the GPUs it leased are still in use (by the engine of a worker that died?): "
+                             f"{exc}") from None
+        except (NoGpuDriver, RuntimeError, OSError):  # NVML read the node at the check; a hiccup here is no failure
+            return
+        if waited_s >= 1.0:
+            self.notes.append(f"{config.id} waited {waited_s:.0f} s for processes to let go of the GPUs it leased")
 
     def _node_of(self, engine: str) -> dict[str, Any]:
         """Where this engine's cases run: host, xdist worker, and the node check's source."""
@@ -560,11 +579,35 @@ class Session:
     def absorb_case(self, wire: dict[str, Any]) -> None:
         """The controller takes a worker's case as its own: the result, and the baseline update to write."""
         result = CaseResult.from_wire(wire["result"])
+        case = self.cases.get(result.id)
+        # Baselines live in the controller's tree, wherever the worker's checkout is.
+        path = baseline_path(self.settings.baseline_dir, *case.baseline_key[:4]) if case is not None else None
+        if path is not None and result.baseline_file:
+            result.baseline_file = str(path)
         self.results[result.id] = result
         for update in wire.get("updates", []):
-            self._pending.add(Path(update["path"]), update["header"], update["workload"], update["params"],
-                              update["record"])
-            self.updates.append(BaselineUpdate(result.id, Path(update["path"]), tuple(update["lines"])))
+            target = path or Path(update["path"])
+            self._pending.add(target, update["header"], update["workload"], update["params"], update["record"])
+            self.updates.append(BaselineUpdate(result.id, target, tuple(update["lines"])))
+
+    def worker_died(self, worker: str, case_id: str) -> None:
+        """The controller heard that ``worker`` died while running ``case_id``."""
+        self.crashes.append((worker, case_id))
+
+    def _name_unrun(self) -> None:
+        """After a worker died, cases nobody ran say why (pytest-xdist stops handing out work once it restarts
+        no more workers: --max-worker-restart)."""
+        if not self.crashes:
+            return
+        unrun = [r for r in self.results.values() if r.outcome == "not run" and not r.message]
+        if not unrun:
+            return
+        worker, case_id = self.crashes[-1]
+        for result in unrun:
+            result.message = (f"not run: the run stopped handing out cases after worker {worker} died while running "
+                              f"{case_id} (pytest-xdist's --max-worker-restart was reached)")
+        self.notes.append(f"{len(unrun)} case(s) were not run: after worker {worker} died, pytest-xdist restarted no "
+                          f"more workers (--max-worker-restart); " + ", ".join(r.id for r in unrun))
 
     def absorb_worker(self, state: dict[str, Any]) -> None:
         self.worker_states[str(state.get("worker"))] = dict(state)
@@ -611,6 +654,7 @@ class Session:
         """
         if self.role == "worker":
             return
+        self._name_unrun()
         failed = self._pending.write()
         self.write_problems = [self.redactor.scrub(p) for p in failed.values()]
         for update in [u for u in self.updates if u.path in failed]:  # not updated after all

@@ -185,17 +185,22 @@ def test_a_killed_worker_fails_its_configuration_and_its_gpus_go_to_the_next(pyt
         run.wait_for(lambda: engine_of_a() is not None, "the engine of sim/a")
         engine = engine_of_a()
         port = engine.cmdline()[engine.cmdline().index("--port") + 1]
-        run.wait_for(lambda: running_requests(port) > 0, "sim/a's long case under load")
+        # more requests at once than the warm-up's 4: the long case itself is running (its setup reported)
+        run.wait_for(lambda: running_requests(port) > 8, "sim/a's long case under load")
     worker = psutil.Process(engine.ppid())
     assert worker.pid != run.proc.pid  # a worker, not the controller
     os.kill(worker.pid, signal.SIGKILL)
     assert run.finish() == 1, run.text
     text = run.text
-    assert re.search(r"worker gw\d died while running sim/a/long \(killed, or out of memory\?\)", text), text
+    assert re.search(r"worker gw\d died while running sim/a/long \(killed, or out of memory\?\).*; the engine's log: "
+                     r".*sim-a\.log", text), text
     assert re.search(r"not run: worker gw\d died while running sim/a/long, so sim/a is not booted again", text), text
     report = json.loads((pytester.path / "r.json").read_text())
     outcomes = {c["id"]: c["outcome"] for c in report["cases"]}
     assert outcomes == {"sim/a/long": "failed", "sim/a/tiny": "failed", "sim/b/tiny": "passed"}
+    crashed = next(c for c in report["cases"] if c["id"] == "sim/a/long")
+    assert len(crashed["gpu_uuids"]) == 4 and crashed["node"]["worker"].startswith("gw")  # said at its setup
+    assert "sim/a" in [b["config"] for b in report["environment"]["engines_booted"]]
     records = {r.label.split(" ")[0]: r for r in read_records(lock_dir()) if r.label.startswith("sim/")}
     assert set(records["sim/a"].uuids) <= set(records["sim/b"].uuids)  # a's GPUs, released by the OS, went to b
     assert records["sim/b"].started > records["sim/a"].started
@@ -239,4 +244,6 @@ def test_popen_workers_stand_in_for_two_nodes_each_checked_and_leased_on_its_own
                 case["message"])
     assert rc == (0 if second == "fits" else 1), run.text
     assert len(report["environment"]["workers"]) == 2
+    sources = {n["source"] for n in report["environment"]["node"].values()}  # each node the workers met
+    assert sources == {f"simulated node {SIM_NODE_SNAPSHOT.name}", f"simulated node {node2.name}"}
     assert sim_processes(model) == []

@@ -222,3 +222,15 @@ def test_a_regression_beside_another_engine_fails_or_is_only_said(monkeypatch, s
     notes = session.summary_notes()
     assert any(n.startswith("sim/c: w ran while sim/other (gw1) ran on the same node (marked colocated)") for n in notes)
     assert any(n.startswith("sim/c/w: not failed, as --colocated=warn asks") for n in notes) == (colocated == "warn")
+
+
+def test_after_a_worker_died_cases_nobody_ran_say_why(suite_file, tmp_path):
+    controller = start_session(Settings(engines=("sim",), suite_file=suite_file, baseline_dir=tmp_path / "bl"))
+    controller.role = "controller"
+    controller.worker_died("gw0", "sim/other/x")
+    controller.finish()
+    result = controller.results["sim/c/w"]
+    assert result.outcome == "not run" and result.message == (
+        "not run: the run stopped handing out cases after worker gw0 died while running sim/other/x (pytest-xdist's "
+        "--max-worker-restart was reached)")
+    assert any(n.startswith("1 case(s) were not run: after worker gw0 died") for n in controller.summary_notes())

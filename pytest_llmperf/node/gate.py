@@ -137,27 +137,15 @@ class NodeGate:
 def fit_largest(spec: GpuSpec, snapshot: Any, where: str, largest: int | None) -> NodeVerdict:
     """The node check for a suite whose largest configuration needs ``largest`` GPUs (None: all of the spec's).
 
-    The engine's configurations lease their GPUs among those the check picks. A spec's full count is picked
-    when the node has it; a node with fewer fit GPUs still serves a suite whose configurations all need fewer
-    (each lease then takes fewer turns side by side); a configuration larger than the spec never fits.
+    The node must fit the spec as before; a configuration larger than the spec never fits. Configurations
+    lease their GPUs among those the check picks.
     """
-    from dataclasses import replace
-
     count = spec.count if not spec.is_any else len(snapshot.gpus)
     if largest is not None and largest > count:
         what = str(spec) if not spec.is_any else f"the node's {count} GPUs"
         return NodeVerdict(str(spec), where, (f"its largest configuration needs {largest} GPUs, more than "
                                               f"{what}",))
-    verdict = check_node(spec, snapshot, where)
-    if verdict.ok or spec.is_any or largest is None or largest >= spec.count:
-        return verdict
-    assert spec.product is not None
-    fewer = check_node(GpuSpec(spec.product, largest), snapshot, where)
-    if not fewer.ok:
-        return verdict
-    note = (f"{len(fewer.gpu_indices)} of the {spec.count} GPUs of {spec} fit (" + "; ".join(verdict.problems)
-            + f"); its largest configuration needs {largest}, so its configurations run on these")
-    return replace(fewer, spec=str(spec), notes=(*fewer.notes, note))
+    return check_node(spec, snapshot, where)
 
 
 class GpuWatch:

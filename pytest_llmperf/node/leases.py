@@ -258,7 +258,11 @@ def lease_gpus(
                              f"lease timeout")
         if on_wait is not None and (last_note is None or now - last_note >= note_every_s):
             last_note = now
-            on_wait(waiting_text(label, count, len(candidates), read_records(lock_dir), busy, time.time()))
+            records = read_records(lock_dir)
+            # An attempt stops at the first GPU that puts the lease out of reach: name every live holder too.
+            held_by_others = [u for r in records if r.alive and r.ended is None for u in r.uuids if u in candidates]
+            on_wait(waiting_text(label, count, len(candidates), records, list(dict.fromkeys([*busy, *held_by_others])),
+                                 time.time()))
         pause = poll_s if timeout_s is None else max(0.0, min(poll_s, start + timeout_s - now))
         sleep(pause)
     waited_s = clock() - start

@@ -62,7 +62,7 @@ def environment(session: Any) -> dict[str, Any]:
         "gates_pct": dict(s.gates),
         "request_timeout_s": s.request_timeout_s,
         "http": s.http.describe(),
-        "node": session.gate.to_json() if not workers else workers[0].get("node", {}),
+        "node": session.gate.to_json() if not workers else _workers_nodes(workers),
         "engines_booted": [b.to_json() for b in session.boots] + [b for w in workers for b in w.get("boots", [])],
         "warmups": [dataclasses.asdict(w) for w in session.warmups] + [x for w in workers for x in w.get("warmups", [])],
         "workers": [{"worker": w.get("worker"), "host": w.get("host"), "node": w.get("node", {})} for w in workers],
@@ -73,3 +73,13 @@ def environment(session: Any) -> dict[str, Any]:
         "gpu_snapshot": str(s.gpu_snapshot) if s.gpu_snapshot else None,
         "endpoint": s.endpoint,
     }
+
+
+def _workers_nodes(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The node check of every worker: one entry per engine when they all met the same node, else one per engine
+    and worker (``sim (gw1 on node-2)``), so a report of several nodes names each."""
+    nodes = [w.get("node") or {} for w in workers]
+    if all(n == nodes[0] for n in nodes):
+        return dict(nodes[0])
+    return {f"{engine} ({w.get('worker')} on {w.get('host')})": node
+            for w in workers for engine, node in (w.get("node") or {}).items()}

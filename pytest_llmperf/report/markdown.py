@@ -214,7 +214,8 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
     for config, rows in sorted(by_config.items(), key=lambda kv: min(_rank(c.get("status", "")) for c in kv[1])):
         version = next((c.get("engine_version") for c in rows if c.get("engine_version")), None)
         node = next((c.get("node") for c in rows if (c.get("node") or {}).get("worker", "main") != "main"), None)
-        where = f" on {cell(node.get('host'))} ({cell(node.get('worker'))})" if node else ""
+        where = (f" on {cell(node.get('host'))} ({cell(node.get('worker'))}, {cell(node.get('source'))})"
+                 if node else "")
         out += [f"### {cell(config)}" + (f" (engine {cell(version)})" if version else "") + where, ""]
         out += _config_table(rows, units)
         out.append("")
