@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -92,7 +92,7 @@ class Session:
         self.results = {c.id: CaseResult(c.id, c.config.engine, c.config.name, c.workload.name) for c in resolved.cases}
         self.gate = NodeGate(settings.gpus or parse_gpu_spec(resolved.gpus), _needs(resolved.cases),
                              spec_given=settings.gpus is not None, recorded=settings.gpu_snapshot,
-                             free_timeout_s=settings.gpu_free_timeout_s)
+                             free_timeout_s=settings.gpu_free_timeout_s, leased_now=self._leased_now)
         self.boots: list[BootRecord] = []
         self.notes: list[str] = list(resolved.notes)
         self.unexpectedly_working: dict[str, str] = {}
@@ -139,6 +139,9 @@ class Session:
         try:
             with self._lease(config, adapter, node) as lease:
                 launch = self._launch(config, adapter, lease.uuids if lease is not None else None)
+                if lease is not None:
+                    launch = replace(launch, extra_ports=tuple(zip(adapter.port_flags(config),
+                                                                   map(str, lease.ports[1:]))))
                 if adapter.boots:
                     manager = boot(config, adapter, launch, log_path, self.settings.http, timeout_s, self.redactor,
                                    node.live, self.gate.gpu_release(config.engine, launch.gpu_uuids, config.id),
@@ -184,7 +187,7 @@ class Session:
         if not (adapter.boots and candidates):
             yield None
             return
-        from .node.leases import lease_gpus, lock_dir_for
+        from .node.leases import lease_gpus
 
         count = config.gpus or len(candidates)
         label = config.id if self.role == "single" else f"{config.id} ({self.worker_id})"
@@ -194,26 +197,38 @@ class Session:
             if say is not None:
                 say(text)
 
-        import os
-
-        lock_dir = lock_dir_for(str(self.settings.gpu_lock_dir) if self.settings.gpu_lock_dir else None, os.environ)
-        with lease_gpus(lock_dir, candidates, count, label, node.all_uuids or candidates, on_wait=waiting) as lease:
+        lock_dir = self._lock_dir()
+        with lease_gpus(lock_dir, candidates, count, label, node.all_uuids or candidates, on_wait=waiting,
+                        ports=1 + len(adapter.port_flags(config))) as lease:
             if node.live:
-                self._wait_leased_gpus_free(config, lease.uuids)
+                self._wait_leased_gpus_free(config, lease.uuids, node.pids_at_check)
             if lease.waited_s >= 1.0:
                 self.notes.append(f"{config.id} waited {lease.waited_s:.0f} s for {count} GPUs held by other "
                                   f"engines on the node")
             self._leases[config.id] = (lease, lock_dir, tuple(node.all_uuids or candidates))
             yield lease
 
-    def _wait_leased_gpus_free(self, config: EngineConfig, uuids: tuple[str, ...]) -> None:
+    def _lock_dir(self) -> Path:
+        import os
+
+        from .node.leases import lock_dir_for
+
+        return lock_dir_for(str(self.settings.gpu_lock_dir) if self.settings.gpu_lock_dir else None, os.environ)
+
+    def _leased_now(self) -> set[str]:
+        """The GPUs other engines (other workers of this run, other runs) hold a lease on now."""
+        from .node.leases import read_records
+
+        return {u for r in read_records(self._lock_dir()) if r.alive and r.ended is None for u in r.uuids}
+
+    def _wait_leased_gpus_free(self, config: EngineConfig, uuids: tuple[str, ...], accepted_pids: Any = ()) -> None:
         """Live GPUs just leased: wait until no process holds them. A lease outlives its holder only as long as
         its holder: the engine of a worker that died may still be letting go of these GPUs."""
         from .node.freed import GpusNotFreed, wait_gpus_freed
         from .node.nvml import NoGpuDriver
 
         try:
-            waited_s = wait_gpus_freed(list(uuids), self.settings.gpu_free_timeout_s)
+            waited_s = wait_gpus_freed(list(uuids), self.settings.gpu_free_timeout_s, ignore_pids=accepted_pids)
         except GpusNotFreed as exc:
             raise LeaseError(f"{config.id}: the GPUs it leased are still in use (by the engine of a worker that died?): "
                              f"{exc}") from None

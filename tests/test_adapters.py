@@ -303,3 +303,19 @@ def load_profile_path(name):
     from pytest_llmperf.sim.profiles import PROFILES_DIR
 
     return PROFILES_DIR / f"{name}.toml"
+
+
+def test_a_vllm_data_parallel_server_gets_its_rpc_port_reserved_unless_it_sets_one():
+    from dataclasses import replace
+
+    adapter = get_adapter("vllm")
+    dp8 = EngineConfig("vllm", "dp8", "m", args=("-dp", "8", "--enable-expert-parallel"))
+    assert adapter.port_flags(dp8) == ("--data-parallel-rpc-port",)
+    assert adapter.port_flags(replace(dp8, args=(*dp8.args, "-dpp", "30001"))) == ()
+    assert adapter.port_flags(replace(dp8, args=("--data-parallel-rpc-port=30001", "-dp", "8"))) == ()
+    assert adapter.port_flags(EngineConfig("vllm", "tp8", "m", args=("-tp", "8"))) == ()
+    launch = Launch(port="8123", extra_ports=(("--data-parallel-rpc-port", "40001"),))
+    assert adapter.argv(dp8, launch)[-2:] == ["--data-parallel-rpc-port", "40001"]
+    shown = adapter.display_argv(dp8, launch)  # as stored with baselines: no port of this run
+    assert "40001" not in shown and shown[-2:] == ["--data-parallel-rpc-port", "{port}"]
+    assert get_adapter("sglang").port_flags(dp8) == () and get_adapter("sim").port_flags(dp8) == ()

@@ -63,3 +63,33 @@ def test_a_simulated_node_named_in_the_environment_and_one_that_cannot_be_read(t
     assert missing.snapshot is None and "(LLMPERF_SIM_NODE)" in missing.error and "does not exist" in missing.error
     gate = NodeGate(H200X8, {"sim": EngineNeeds(False, SimulatedNode(tmp_path / "none.json"))})
     assert "cannot read the simulated node" in gate.unfit("sim")
+
+
+def test_processes_on_gpus_leased_to_other_engines_are_not_foreign_to_the_check():
+    import json
+    from dataclasses import dataclass
+
+    from pytest_llmperf.node.snapshot import NodeSnapshot
+    from pytest_llmperf.node.sources import NodeReading
+
+    data = json.loads(SIM_NODE_SNAPSHOT.read_text())
+    for gpu in data["gpus"][:4]:  # another worker's engine runs on GPUs 0-3
+        gpu["processes"] = [{"pid": 777, "used_memory_mib": 120000}]
+        gpu["memory_used_mib"] = 120000
+    data["gpus"][6]["processes"] = [{"pid": 55, "used_memory_mib": 100}]  # something small, there before
+    node = NodeSnapshot.from_json(data, "test")
+    leased = [g["uuid"] for g in data["gpus"][:4]]
+
+    @dataclass(frozen=True)
+    class Live:
+        live = True
+
+        def read(self):
+            return NodeReading("live NVML", True, node)
+
+    needs = {"vllm": EngineNeeds(True, Live(), 4)}
+    assert NodeGate(H200X8, needs).unfit("vllm").startswith("node does not fit h200x8")  # no leases known: foreign
+    gate = NodeGate(H200X8, needs, leased_now=lambda: set(leased))
+    assert gate.unfit("vllm") is None
+    assert gate.node("vllm").verdict.source == "live NVML, 4 GPUs leased to other engines"
+    assert gate.node("vllm").pids_at_check == frozenset({55})  # accepted, never waited for; 777 is not among them

@@ -433,3 +433,9 @@ def test_module_keeps_filelock_and_psutil_out_until_used():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert leases.LOCK_DIR_ENV == "LLMPERF_GPU_LOCK_DIR"
+
+
+def test_a_lease_reserves_as_many_distinct_ports_as_asked(tmp_path):
+    with lease(tmp_path, 4, "sim/a", ports=3) as a, lease(tmp_path, 4, "sim/b", ports=2) as b:
+        assert len(a.ports) == 3 and len(b.ports) == 2 and a.port == a.ports[0]
+        assert len(set(a.ports) | set(b.ports)) == 5

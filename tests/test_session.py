@@ -181,7 +181,10 @@ def test_a_worker_writes_nothing_and_its_case_and_update_reach_the_controller_as
 
     settings = Settings(engines=("sim",), suite_file=suite_file, baseline_dir=tmp_path / "bl", update_baselines=True,
                         report_json=tmp_path / "r.json")
-    worker = start_session(settings)
+    from dataclasses import replace
+
+    # The worker's checkout may lie elsewhere (--tx ...//chdir=): baselines go to the controller's tree.
+    worker = start_session(replace(settings, baseline_dir=tmp_path / "worker-checkout" / "bl"))
     worker.role, worker.worker_id = "worker", "gw3"
     Script(monkeypatch, run())
     assert worker.run_case(fake_engine(worker), worker.cases["sim/c/w"]).kind == "pass"
@@ -189,7 +192,7 @@ def test_a_worker_writes_nothing_and_its_case_and_update_reach_the_controller_as
     wire = execnet.loads(execnet.dumps(worker.case_wire("sim/c/w")))
     state = execnet.loads(execnet.dumps(worker.worker_state()))
     worker.finish()
-    assert not (tmp_path / "bl").exists() and not (tmp_path / "r.json").exists()  # the worker wrote nothing
+    assert not (tmp_path / "worker-checkout").exists() and not (tmp_path / "r.json").exists()  # it wrote nothing
 
     controller = start_session(settings)
     controller.role = "controller"
@@ -201,6 +204,7 @@ def test_a_worker_writes_nothing_and_its_case_and_update_reach_the_controller_as
     assert result.metrics == worker.results["sim/c/w"].metrics and result.verdicts == worker.results["sim/c/w"].verdicts
     assert [u.case_id for u in controller.updates] == ["sim/c/w"]
     assert len(list((tmp_path / "bl").rglob("c.json"))) == 1 and (tmp_path / "r.json").exists()
+    assert not (tmp_path / "worker-checkout").exists() and result.baseline_file.startswith(str(tmp_path / "bl"))
     report = controller.report()
     assert report["cases"][0]["status"] == "updated" and report["environment"]["workers"][0]["worker"] == "gw3"
 

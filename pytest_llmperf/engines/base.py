@@ -35,6 +35,7 @@ class Launch:
     chat_template: Path | None = None
     slowdown: float = 1.0  # the simulated engine only
     gpu_uuids: tuple[str, ...] = ()  # the checked GPUs the engine gets
+    extra_ports: tuple[tuple[str, str], ...] = ()  # (flag, port): ports reserved for flags of port_flags()
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,11 @@ class EngineAdapter:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(launch.gpu_uuids)
         return env
 
+    def port_flags(self, config: EngineConfig) -> tuple[str, ...]:
+        """Flags of ``config``'s command line that take a TCP port the engine would otherwise bind at a fixed
+        default (two such engines side by side would collide); each gets a port reserved with its GPU lease."""
+        return ()
+
     def node_source(self) -> Any:
         """The node this engine runs on when it is not this machine's (the sim's simulated node), else None."""
         return None
@@ -129,7 +135,8 @@ class EngineAdapter:
 
     def display_argv(self, config: EngineConfig, launch: Launch) -> list[str]:
         """The command line as stored with baselines: no port, no interpreter path."""
-        argv = self.argv(config, replace(launch, host=LOCALHOST, port=PORT_PLACEHOLDER))
+        argv = self.argv(config, replace(launch, host=LOCALHOST, port=PORT_PLACEHOLDER,
+                                         extra_ports=tuple((f, PORT_PLACEHOLDER) for f, _ in launch.extra_ports)))
         return ["python" if a == sys.executable else a for a in argv]
 
     def version(self, client: "ControlClient") -> str:

@@ -29,6 +29,9 @@ PREFILL_CONTEXT_PARALLEL = ("--prefill-context-parallel-size", "-pcp")
 DATA_PARALLEL = ("--data-parallel-size", "-dp")
 DATA_PARALLEL_LOCAL = ("--data-parallel-size-local", "-dpl")
 DATA_PARALLEL_RANK = ("--data-parallel-rank", "-dpn")
+# With DP, the API server and its engines talk over this port, at a fixed default (29550): two DP servers side
+# by side would collide, so unless the configuration sets it, it gets a port reserved with the GPU lease.
+DATA_PARALLEL_RPC_PORT = ("--data-parallel-rpc-port", "-dpp")
 
 
 def _dashes(flag: str) -> str:
@@ -56,7 +59,15 @@ class VllmAdapter(EngineAdapter):
                 "--host", launch.host, "--port", launch.port]
         if launch.served_model_name:
             argv += ["--served-model-name", launch.served_model_name]
+        for flag, port in launch.extra_ports:
+            argv += [flag, port]
         return argv
+
+    def port_flags(self, config: EngineConfig) -> tuple[str, ...]:
+        if size_flag(config, DATA_PARALLEL, normalize=_dashes) > 1 and flag_value(
+                config.args, DATA_PARALLEL_RPC_PORT, _dashes) is None:
+            return DATA_PARALLEL_RPC_PORT[:1]
+        return ()
 
     def gpus_needed(self, config: EngineConfig) -> int:
         """tp x pp x pcp x the DP ranks on this node (see the flags above)."""

@@ -37,6 +37,7 @@ class EngineNode:
     gpu_name: str | None = None  # the product of the GPUs it gets, e.g. "NVIDIA H200" (baseline provenance)
     driver_version: str | None = None
     all_uuids: tuple[str, ...] = ()  # every GPU of the node (it names the node in GPU lease records)
+    pids_at_check: frozenset[int] = frozenset()  # processes on its GPUs when checked (accepted; never waited for)
 
     @property
     def gpu_uuids(self) -> tuple[str, ...]:
@@ -49,12 +50,13 @@ class NodeGate:
     not_freed = GpusNotFreed
 
     def __init__(self, spec: GpuSpec, engines: Mapping[str, EngineNeeds], spec_given: bool = False,
-                 recorded: Path | None = None, free_timeout_s: float = 300.0):
+                 recorded: Path | None = None, free_timeout_s: float = 300.0, leased_now: Any = None):
         self.spec = spec
         self.engines = dict(engines)  # the selected engines (the session narrows them to what pytest selected)
         self.spec_given = spec_given  # --gpus was given (an external endpoint is checked only then)
         self.recorded = recorded  # --gpu-snapshot
         self.free_timeout_s = free_timeout_s
+        self.leased_now = leased_now  # () -> GPU UUIDs other engines hold a lease on now (None: no leases)
         self.dirty: str | None = None
         self._nodes: dict[str, EngineNode] | None = None
 
@@ -74,7 +76,7 @@ class NodeGate:
     def nodes(self) -> dict[str, EngineNode]:
         """Every selected engine's node, read and checked on first use (each source read once)."""
         if self._nodes is None:
-            from .snapshot import hardware_only
+            from .snapshot import hardware_only, without_use_on
 
             nodes: dict[str, EngineNode] = {}
             readings: dict[Any, Any] = {}
@@ -93,11 +95,17 @@ class NodeGate:
                 snapshot, where = reading.snapshot, reading.source
                 if reading.live and not needs.uses_gpus:  # an endpoint's own processes are not foreign
                     snapshot, where = hardware_only(snapshot), where + ", hardware only (external endpoint)"
+                elif reading.live and self.leased_now is not None:
+                    leased = set(self.leased_now())  # engines of this run (other workers) or of another run
+                    if leased & {g.uuid for g in snapshot.gpus}:
+                        snapshot = without_use_on(snapshot, leased)
+                        where += f", {len(leased)} GPUs leased to other engines"
+                pids_at_check = frozenset(p.pid for g in snapshot.gpus for p in g.processes)
                 verdict = fit_largest(self.spec, snapshot, where, needs.largest_gpus)
                 names = [g.name for g in snapshot.gpus if g.index in verdict.gpu_indices] or [g.name for g in snapshot.gpus]
                 nodes[engine] = EngineNode(verdict, reading.live and needs.uses_gpus,
                                            names[0] if names else None, snapshot.driver_version,
-                                           tuple(g.uuid for g in snapshot.gpus if g.uuid))
+                                           tuple(g.uuid for g in snapshot.gpus if g.uuid), pids_at_check)
             self._nodes = nodes
         return self._nodes
 

@@ -49,9 +49,14 @@ class Lease:
     """GPUs held for one engine configuration, and the port reserved for it."""
 
     uuids: tuple[str, ...]  # the GPUs leased, in the candidates' order
-    port: int  # a TCP port on 127.0.0.1 no other lease of this node hands out while this one lasts
+    ports: tuple[int, ...]  # TCP ports on 127.0.0.1 no other lease of this node hands out while this one lasts
     waited_s: float  # how long the GPUs were waited for
     record_id: str  # names this lease's holder record (lease-<record_id>.json in the lock directory)
+
+    @property
+    def port(self) -> int:
+        """The engine's own (HTTP) port: the first reserved."""
+        return self.ports[0]
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,7 @@ def lease_gpus(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     timeout_s: float | None = None,
+    ports: int = 1,
 ) -> Iterator[Lease]:
     """Lease ``count`` of ``candidates`` (GPU UUIDs, preference order), all or nothing; yields a Lease.
 
@@ -268,8 +274,11 @@ def lease_gpus(
     waited_s = clock() - start
     locks = [lock for _, lock in held]
     try:
-        port, port_lock = _reserve_port(lock_dir)
-        locks.append(port_lock)
+        reserved: list[int] = []
+        for _ in range(max(1, ports)):  # the engine's port, and one per other port it would take at a fixed default
+            port, port_lock = _reserve_port(lock_dir)
+            locks.append(port_lock)
+            reserved.append(port)
         taken = {uuid for uuid, _ in held}
         uuids = tuple(u for u in candidates if u in taken)
         record_id = secrets.token_hex(8)
@@ -281,7 +290,7 @@ def lease_gpus(
         except OSError as exc:
             raise LeaseError(f"cannot write the GPU lease record {path}: {exc.strerror or exc}; {_NEXT_STEP}") from exc
         try:
-            yield Lease(uuids=uuids, port=port, waited_s=waited_s, record_id=record_id)
+            yield Lease(uuids=uuids, ports=tuple(reserved), waited_s=waited_s, record_id=record_id)
         finally:
             record["ended"] = time.time()
             try:

@@ -210,6 +210,13 @@ def restrict_to_visible(snapshot: NodeSnapshot, visible: str) -> NodeSnapshot:
     return dataclasses.replace(snapshot, gpus=tuple(chosen))
 
 
+def without_use_on(snapshot: NodeSnapshot, uuids: "set[str] | frozenset[str]") -> NodeSnapshot:
+    """The node with the processes and memory use of these GPUs left out (they are leased to this run's other
+    engines: their processes are not foreign, and their health was checked by whoever leased them)."""
+    return dataclasses.replace(snapshot, gpus=tuple(
+        dataclasses.replace(g, processes=(), memory_used_mib=0) if g.uuid in uuids else g for g in snapshot.gpus))
+
+
 def hardware_only(snapshot: NodeSnapshot) -> NodeSnapshot:
     """The node with no process on it and no memory in use: its hardware alone.
 
