@@ -225,6 +225,21 @@ args = ["--tp_size", "8"]
 SUITE_TP4 = SUITE.replace('"-tp", "8"', '"-tp", "4"').replace('"--tp_size", "8"', '"--tp_size", "4"')
 
 
+def test_two_engines_side_by_side_get_disjoint_gpus_and_pass_each_other_s_node_check(pytester, node):
+    # Each worker checks the live node while the other's engine may already hold its GPUs: leased, not foreign.
+    pytester.makefile(".toml", suite=SUITE_TP4 + '\n[[configs]]\nengine = "vllm"\nname = "tp4b"\nargs = ["-tp", "4"]\n')
+    result = run(pytester, "--suite=suite.toml", "--engine=vllm", "-n", "2", "--dist", "loadgroup",
+                 f"--gate={NO_TIMING}", f"--baseline-dir={pytester.path / 'bl'}", "--update-baselines",
+                 "--report-json=r.json")
+    result.assert_outcomes(passed=2)
+    procs = [json.loads(p.read_text()) for p in (node / "procs").glob("*.json")]
+    assert len(procs) == 2 and all(len(p["uuids"]) == 4 for p in procs)
+    assert not set(procs[0]["uuids"]) & set(procs[1]["uuids"])  # CUDA_VISIBLE_DEVICES: exactly the leased GPUs
+    cases = report(pytester)["cases"]
+    assert sorted(tuple(c["gpu_uuids"]) for c in cases) == sorted(tuple(p["uuids"]) for p in procs)
+    assert {c["node"]["worker"] for c in cases} == {"gw0", "gw1"}
+
+
 def test_a_configuration_larger_than_the_spec_never_boots(pytester, node):
     pytester.makefile(".toml", suite=SUITE)
     result = run(pytester, "--suite=suite.toml", "--engine=vllm", "--gpus=h200x4", f"--gate={NO_TIMING}")
