@@ -191,14 +191,8 @@ class Session:
 
         count = config.gpus or len(candidates)
         label = config.id if self.role == "single" else f"{config.id} ({self.worker_id})"
-        say = self.say
-
-        def waiting(text: str) -> None:
-            if say is not None:
-                say(text)
-
         lock_dir = self._lock_dir()
-        with lease_gpus(lock_dir, candidates, count, label, node.all_uuids or candidates, on_wait=waiting,
+        with lease_gpus(lock_dir, candidates, count, label, node.all_uuids or candidates, on_wait=self.say,
                         ports=1 + len(adapter.port_flags(config))) as lease:
             if node.live:
                 self._wait_leased_gpus_free(config, lease.uuids, node.pids_at_check)
@@ -542,14 +536,14 @@ class Session:
         path = Path(result.baseline_file or baseline_path(self.settings.baseline_dir, *case.baseline_key[:4]))
         header = {"engine": engine_name, "config": config_name, "gpus": gpus, "model": model}
         self._pending.add(path, header, workload, case.workload.params(), result.current_record)
-        self._pending_wire.setdefault(case.id, []).append(
-            {"path": str(path), "header": header, "workload": workload, "params": case.workload.params(),
-             "record": result.current_record, "lines": []})
         lines = [v.line() for v in judgement.verdicts]
         if judgement.changes:
             lines.append("changed since the last recording: " + "; ".join(judgement.changes))
         self.updates.append(BaselineUpdate(case.id, path, tuple(lines)))
-        self._pending_wire[case.id][-1]["lines"] = list(lines)
+        if self.role == "worker":  # the controller writes it (case_wire)
+            self._pending_wire.setdefault(case.id, []).append(
+                {"path": str(path), "header": header, "workload": workload, "params": case.workload.params(),
+                 "record": result.current_record, "lines": lines})
         throttled = sorted({r for m in runs for r in m.throttle_reasons})
         if throttled:
             self.notes.append(f"{case.id}: the baseline was recorded while GPU clocks were limited "

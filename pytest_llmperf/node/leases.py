@@ -195,16 +195,8 @@ def _pid_alive(pid: int, started: float) -> bool:
     """Whether ``pid`` runs on this host and is the process that wrote a record at ``started`` (not a reuse)."""
     if pid <= 0:
         return False
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    import psutil
+
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -213,7 +205,7 @@ def _pid_alive(pid: int, started: float) -> bool:
         return proc.create_time() <= started + 1.0
     except psutil.NoSuchProcess:
         return False
-    except psutil.AccessDenied:
+    except psutil.AccessDenied:  # another account's process: alive
         return True
 
 
