@@ -333,12 +333,28 @@ class _Reporter:
         worker = str(node.gateway.id) if node is not None else "?"
         report.llmperf_case = case_id  # type: ignore[attr-defined]
         known = self.session.results.get(case_id)
-        report.longrepr = crash_message(worker, case_id, known.log_path if known is not None else None)
+        log_path = known.log_path if known is not None else None
+        report.longrepr = crash_message(worker, case_id, log_path or self._log_of(worker, case_id))
         report.when = "call"  # the case failed while it ran (xdist's "???" would count it as an error)
-        self.session.worker_died(worker, case_id)
         dropped = getattr(sched, "dropped", {}).pop(crashitem, [])
+        self.session.worker_died(worker, case_id, [c for c in map(case_id_of, dropped) if c])
         report.llmperf_not_run = [(n, not_run_message(worker, case_id, case_id_of(n) or n))  # type: ignore[attr-defined]
                                   for n in dropped]
+
+    def _log_of(self, worker: str, case_id: str) -> str | None:
+        """Where a local worker that died before it said anything (while its engine booted) kept the engine's log:
+        its --log-dir, or its basetemp's (pytest-xdist gives each worker basetemp/popen-<id>); None if not there."""
+        from .fleet import config_id_of
+
+        name = config_id_of(case_id).replace("/", "-", 1) + ".log"
+        if self.session.settings.log_dir is not None:
+            path = Path(self.session.settings.log_dir) / name
+        else:
+            factory = getattr(self.config, "_tmp_path_factory", None)  # where pytest-xdist itself takes it from
+            if factory is None:
+                return None
+            path = factory.getbasetemp() / f"popen-{worker}" / "llmperf-logs" / name
+        return str(path) if path.is_file() else None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:

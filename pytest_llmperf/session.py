@@ -210,10 +210,11 @@ class Session:
         return lock_dir_for(str(self.settings.gpu_lock_dir) if self.settings.gpu_lock_dir else None, os.environ)
 
     def _leased_now(self) -> set[str]:
-        """The GPUs other engines (other workers of this run, other runs) hold a lease on now."""
+        """The GPUs leased to other engines now (other workers of this run, other runs), and those of a lease whose
+        holder died without ending it: its engine may still be letting go of them (a lease waits for that)."""
         from .node.leases import read_records
 
-        return {u for r in read_records(self._lock_dir()) if r.alive and r.ended is None for u in r.uuids}
+        return {u for r in read_records(self._lock_dir()) if r.ended is None for u in r.uuids}
 
     def _wait_leased_gpus_free(self, config: EngineConfig, uuids: tuple[str, ...], accepted_pids: Any = ()) -> None:
         """Live GPUs just leased: wait until no process holds them. A lease outlives its holder only as long as
@@ -224,8 +225,10 @@ class Session:
         try:
             waited_s = wait_gpus_freed(list(uuids), self.settings.gpu_free_timeout_s, ignore_pids=accepted_pids)
         except GpusNotFreed as exc:
-            raise LeaseError(f"{config.id}: the GPUs it leased are still in use (by the engine of a worker that died?): "
-                             f"{exc}") from None
+            message = (f"{config.id}: the GPUs it leased are still in use (by the engine of a worker that died?), so "
+                       f"nothing else boots here: {exc}")
+            self.gate.mark_dirty(message)  # as after an engine of ours: every later boot of this worker is refused
+            raise LeaseError(message) from None
         except (NoGpuDriver, RuntimeError, OSError):  # NVML read the node at the check; a hiccup here is no failure
             return
         if waited_s >= 1.0:
@@ -583,6 +586,7 @@ class Session:
         return {"worker": self.worker_id, "host": socket.gethostname(), "notes": notes,
                 "boots": [b.to_json() for b in self.boots], "warmups": [dataclasses.asdict(w) for w in self.warmups],
                 "unexpectedly_working": dict(self.unexpectedly_working), "node": self.gate.to_json(),
+                "baseline_dir": str(self.settings.baseline_dir),
                 "node_lines": [v.describe() for v in self.gate.verdicts(check=False).values()]}
 
     def absorb_case(self, wire: dict[str, Any]) -> None:
@@ -591,17 +595,22 @@ class Session:
         case = self.cases.get(result.id)
         # Baselines live in the controller's tree, wherever the worker's checkout is.
         path = baseline_path(self.settings.baseline_dir, *case.baseline_key[:4]) if case is not None else None
-        if path is not None and result.baseline_file:
-            result.baseline_file = str(path)
-        self.results[result.id] = result
+        self.results[result.id] = result  # its baseline_file: the file it was judged against, on its worker
         for update in wire.get("updates", []):
             target = path or Path(update["path"])
             self._pending.add(target, update["header"], update["workload"], update["params"], update["record"])
             self.updates.append(BaselineUpdate(result.id, target, tuple(update["lines"])))
 
-    def worker_died(self, worker: str, case_id: str) -> None:
-        """The controller heard that ``worker`` died while running ``case_id``."""
+    def worker_died(self, worker: str, case_id: str, unrun: list[str] = ()) -> None:
+        """The controller heard that ``worker`` died while running ``case_id``; ``unrun``: its configuration's
+        cases it never ran, which carry where the configuration ran as the crashed case does."""
         self.crashes.append((worker, case_id))
+        crashed = self.results.get(case_id)
+        for other in unrun:
+            result = self.results.get(other)
+            if crashed is not None and result is not None:
+                result.node, result.gpu_uuids, result.log_path = dict(crashed.node), list(crashed.gpu_uuids), \
+                    crashed.log_path
 
     def _name_unrun(self) -> None:
         """After a worker died, cases nobody ran say why (pytest-xdist stops handing out work once it restarts
@@ -613,13 +622,18 @@ class Session:
             return
         worker, case_id = self.crashes[-1]
         for result in unrun:
-            result.message = (f"not run: the run stopped handing out cases after worker {worker} died while running "
-                              f"{case_id} (pytest-xdist's --max-worker-restart was reached)")
-        self.notes.append(f"{len(unrun)} case(s) were not run: after worker {worker} died, pytest-xdist restarted no "
-                          f"more workers (--max-worker-restart); " + ", ".join(r.id for r in unrun))
+            result.message = (f"not run: no worker ran it after worker {worker} died while running {case_id} "
+                              f"(pytest-xdist hands out no more cases once --max-worker-restart is reached, or the "
+                              f"run was interrupted)")
+        self.notes.append(f"{len(unrun)} case(s) were not run after worker {worker} died: " + ", ".join(r.id for r in unrun))
 
     def absorb_worker(self, state: dict[str, Any]) -> None:
-        self.worker_states[str(state.get("worker"))] = dict(state)
+        worker = str(state.get("worker"))
+        if state.get("baseline_dir") not in (None, str(self.settings.baseline_dir)) and worker not in self.worker_states:
+            self.notes.append(f"{worker} judged against the baselines in {state['baseline_dir']}, but this run "
+                              f"writes baselines to {self.settings.baseline_dir}: run every worker from the same "
+                              f"checkout path (or give --baseline-dir as an absolute path present on every node)")
+        self.worker_states[worker] = dict(state)
         self.unexpectedly_working.update(state.get("unexpectedly_working") or {})
 
     def node_lines(self) -> list[str]:

@@ -240,6 +240,38 @@ def test_two_engines_side_by_side_get_disjoint_gpus_and_pass_each_other_s_node_c
     assert {c["node"]["worker"] for c in cases} == {"gw0", "gw1"}
 
 
+def test_a_worker_killed_while_its_engine_boots_names_the_log_and_the_next_waits_for_the_gpus(pytester, node,
+                                                                                               monkeypatch):
+    # tp4 boots slowly and its worker is killed meanwhile; the fake NVML shows its GPUs held 3 s after its engine
+    # died. The replacement worker must not take those GPUs' processes for foreign, and tp8 waits until they go.
+    monkeypatch.setenv("LLMPERF_STANDIN_RELEASE_S", "3")
+    slow = SUITE_TP4.replace('name = "tp8"\nargs = ["-tp", "4"]',
+                             'name = "tp4"\nargs = ["-tp", "4"]\nenv = { LLMPERF_STANDIN_BOOT_S = "60" }')
+    pytester.makefile(".toml", suite=slow + '\n[[configs]]\nengine = "vllm"\nname = "big"\nargs = ["-tp", "8"]\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--suite=suite.toml", "--engine=vllm", "-n", "1",
+         "--dist", "loadgroup", f"--gate={NO_TIMING}", f"--baseline-dir={pytester.path / 'bl'}", "--update-baselines",
+         "--report-json=r.json", "--startup-timeout=120"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((node / "procs").glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        (registered,) = [json.loads(p.read_text()) for p in (node / "procs").glob("*.json")]
+        engine = psutil.Process(int(next((node / "procs").glob("*.json")).stem))
+        os.kill(engine.ppid(), 9)  # its worker, while the engine is still loading
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert len(registered["uuids"]) == 4
+    assert "died while running vllm/tp4/tiny" in out and "the engine's log: " in out and "vllm-tp4.log" in out, out
+    outcomes = {c["id"]: c["outcome"] for c in report(pytester)["cases"]}
+    assert outcomes == {"vllm/tp4/tiny": "failed", "vllm/big/tiny": "passed"}, out
+    assert "vllm/big waited" in out and "for processes to let go of the GPUs it leased" in out, out
+
+
 def test_a_configuration_larger_than_the_spec_never_boots(pytester, node):
     pytester.makefile(".toml", suite=SUITE)
     result = run(pytester, "--suite=suite.toml", "--engine=vllm", "--gpus=h200x4", f"--gate={NO_TIMING}")

@@ -204,7 +204,10 @@ def test_a_worker_writes_nothing_and_its_case_and_update_reach_the_controller_as
     assert result.metrics == worker.results["sim/c/w"].metrics and result.verdicts == worker.results["sim/c/w"].verdicts
     assert [u.case_id for u in controller.updates] == ["sim/c/w"]
     assert len(list((tmp_path / "bl").rglob("c.json"))) == 1 and (tmp_path / "r.json").exists()
-    assert not (tmp_path / "worker-checkout").exists() and result.baseline_file.startswith(str(tmp_path / "bl"))
+    assert not (tmp_path / "worker-checkout").exists()
+    assert result.baseline_file.startswith(str(tmp_path / "worker-checkout"))  # the file it was judged against
+    assert any(n.startswith(f"gw3 judged against the baselines in {tmp_path / 'worker-checkout' / 'bl'}, but this run "
+                            f"writes baselines to {tmp_path / 'bl'}") for n in controller.summary_notes())
     report = controller.report()
     assert report["cases"][0]["status"] == "updated" and report["environment"]["workers"][0]["worker"] == "gw3"
 
@@ -235,6 +238,6 @@ def test_after_a_worker_died_cases_nobody_ran_say_why(suite_file, tmp_path):
     controller.finish()
     result = controller.results["sim/c/w"]
     assert result.outcome == "not run" and result.message == (
-        "not run: the run stopped handing out cases after worker gw0 died while running sim/other/x (pytest-xdist's "
-        "--max-worker-restart was reached)")
-    assert any(n.startswith("1 case(s) were not run: after worker gw0 died") for n in controller.summary_notes())
+        "not run: no worker ran it after worker gw0 died while running sim/other/x (pytest-xdist hands out no more "
+        "cases once --max-worker-restart is reached, or the run was interrupted)")
+    assert "1 case(s) were not run after worker gw0 died: sim/c/w" in controller.summary_notes()

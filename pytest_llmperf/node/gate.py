@@ -86,6 +86,9 @@ class NodeGate:
                     nodes[engine] = EngineNode(NodeVerdict("-", "not checked: an external endpoint is checked "
                                                                 "only with --gpus"))
                     continue
+                # Leases are read before and after the node: an engine freed and released in between is still
+                # in the reading, and must not count as foreign.
+                leased_before = set(self.leased_now()) if self.leased_now is not None else set()
                 if source not in readings:
                     readings[source] = source.read()
                 reading = readings[source]
@@ -96,10 +99,10 @@ class NodeGate:
                 if reading.live and not needs.uses_gpus:  # an endpoint's own processes are not foreign
                     snapshot, where = hardware_only(snapshot), where + ", hardware only (external endpoint)"
                 elif reading.live and self.leased_now is not None:
-                    leased = set(self.leased_now())  # engines of this run (other workers) or of another run
+                    # engines of this run (other workers, or one that died and is letting go) or of another run
+                    leased = leased_before | set(self.leased_now())
                     if leased & {g.uuid for g in snapshot.gpus}:
                         snapshot = without_use_on(snapshot, leased)
-                        where += f", {len(leased)} GPUs leased to other engines"
                 pids_at_check = frozenset(p.pid for g in snapshot.gpus for p in g.processes)
                 verdict = fit_largest(self.spec, snapshot, where, needs.largest_gpus)
                 names = [g.name for g in snapshot.gpus if g.index in verdict.gpu_indices] or [g.name for g in snapshot.gpus]

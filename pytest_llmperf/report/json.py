@@ -78,8 +78,8 @@ def environment(session: Any) -> dict[str, Any]:
 def _workers_nodes(workers: list[dict[str, Any]]) -> dict[str, Any]:
     """The node check of every worker: one entry per engine when they all met the same node, else one per engine
     and worker (``sim (gw1 on node-2)``), so a report of several nodes names each."""
-    nodes = [w.get("node") or {} for w in workers]
-    if all(n == nodes[0] for n in nodes):
-        return dict(nodes[0])
-    return {f"{engine} ({w.get('worker')} on {w.get('host')})": node
-            for w in workers for engine, node in (w.get("node") or {}).items()}
+    checked = [w for w in workers if w.get("node")]  # a worker that ran nothing checked nothing
+    nodes = [w["node"] for w in checked]
+    if not nodes or all(n == nodes[0] for n in nodes):
+        return dict(nodes[0]) if nodes else {}
+    return {f"{engine} ({w.get('worker')} on {w.get('host')})": node for w in checked for engine, node in w["node"].items()}
