@@ -54,6 +54,8 @@ def _settings(config: pytest.Config) -> Settings:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "llmperf: a performance case of pytest-llmperf")
+    if not config.pluginmanager.hasplugin("xdist"):  # the cases carry xdist_group marks (their configuration)
+        config.addinivalue_line("markers", "xdist_group(name): cases pytest-xdist keeps on one worker")
     settings = _settings(config)
     if not settings.active:
         return

@@ -247,3 +247,11 @@ def test_popen_workers_stand_in_for_two_nodes_each_checked_and_leased_on_its_own
     sources = {n["source"] for n in report["environment"]["node"].values()}  # each node the workers met
     assert sources == {f"simulated node {SIM_NODE_SNAPSHOT.name}", f"simulated node {node2.name}"}
     assert sim_processes(model) == []
+
+
+def test_without_pytest_xdist_the_configuration_marks_are_still_known(pytester, model):
+    pytester.makefile(".toml", suite=suite(model, config("a", "vllm-tp8")))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "--suite=suite.toml",
+                                           "--engine=sim", "--collect-only", "-q", "--strict-markers", "-W", "error")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["llmperf::test_llmperf[sim/a/tiny]", "1 test collected*"])
