@@ -124,9 +124,6 @@ class Session:
         node = self.gate.node(config.engine)
         for result in self._results_of(config):
             result.node = self._node_of(config.engine)
-        if not unfit and config.gpus is not None and config.gpus > len(node.gpu_uuids) and node.gpu_uuids:
-            unfit = (f"{config.id} needs {config.gpus} GPUs; the node check picked {len(node.gpu_uuids)} "
-                     f"({node.verdict.source})")
         if unfit:
             yield EngineUp(None, unfit)
             return
