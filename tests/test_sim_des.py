@@ -128,30 +128,48 @@ def test_rejects_requests_the_profile_cannot_serve():
         simulate(TINY, [(0.0, 1990, 20)])
 
 
-# The seed study's figures (DeepSeek-V3.2, 8x H200, all requests at once):
-# (input, output, prompts) -> profile -> (total token throughput tok/s, mean TPOT ms or None when not pinned)
-SEED = {
-    (128, 4, 1000): {"vllm-tp8": (10539.36, 747.47), "sglang-tp8-dp8-dpattn": (19778.53, 753.97)},
-    # sglang's medium-prompt TPOT is a known miss of the model (sim ~1.4x the seed); throughput is pinned.
-    (2000, 100, 500): {"vllm-tp8": (10488.24, 375.72), "sglang-tp8-dp8-dpattn": (27385.86, None)},
-    (4000, 200, 500): {"vllm-tp8": (9313.06, 245.07), "sglang-tp8-dp8-dpattn": (20094.60, 171.34)},
-}
-BAND = 0.25  # sim within 25% of the seed
+# How close the shipped profiles come to the seed's figures is tests/test_sim_twin.py's business.
 
 
-@pytest.mark.parametrize("shape", sorted(SEED), ids=lambda s: f"{s[0]}-{s[1]}x{s[2]}")
-def test_calibrated_profiles_stay_near_the_seed(shape):
-    n_in, n_out, prompts = shape
-    got = {}
-    for name, (seed_tps, seed_tpot_ms) in SEED[shape].items():
-        results, model = simulate(load_profile(name), [(0.0, n_in, n_out)] * prompts)
-        m = summarize(results, model).metrics
-        got[name] = m["total_token_throughput"]
-        assert m["total_token_throughput"] == pytest.approx(seed_tps, rel=BAND), f"{name} throughput"
-        if seed_tpot_ms is not None:
-            assert m["mean_tpot_ms"] == pytest.approx(seed_tpot_ms, rel=BAND), f"{name} mean TPOT"
-    # The seed's ordering: SGLang's recommended configuration beats the vLLM baseline.
-    assert got["sglang-tp8-dp8-dpattn"] > 1.5 * got["vllm-tp8"]
+# ----------------------------------------------------------------- the API front
+def test_the_front_hands_requests_to_the_scheduler_one_after_another():
+    front = TINY.replace(name="front", frontend_ms_per_request=5.0)
+    results, _ = simulate(front, [(0.0, 40, 2)] * 3 + [(1.0, 40, 2)])
+    alone, _ = simulate(TINY, [(0.0, 40, 2)])
+    # each request waits for the ones before it at the front (5 ms each), then for the engine
+    assert results[0].ttft_s >= alone[0].ttft_s + 0.005 - 1e-12
+    assert results[1].ttft_s > results[0].ttft_s and results[2].ttft_s >= results[1].ttft_s  # joins between steps
+    assert results[3].ttft_s == pytest.approx(alone[0].ttft_s + 0.005)  # the front was idle again by then
+
+
+def test_the_front_tokenizes_each_prompt_at_its_own_cost():
+    front = TINY.replace(name="front", frontend_us_per_prompt_token=100.0)  # 0.1 ms per prompt token
+    results, _ = simulate(front, [(0.0, 1000, 2), (0.0, 10, 2)])
+    alone, _ = simulate(TINY, [(0.0, 10, 2)])
+    assert results[1].ttft_s >= 0.1 + 0.001 + alone[0].ttft_s - 1e-12  # behind the 1000-token prompt, then its own
+
+
+def test_the_front_sends_chunks_in_order_no_faster_than_its_output_worker():
+    front = TINY.replace(name="front", frontend_us_per_chunk=4000.0)  # 250 chunks per second at most
+    reqs = [(0.0, 10, 30)] * 8
+    slow, _ = simulate(front, reqs)
+    fast, _ = simulate(TINY, reqs)
+    chunks = sorted(t for r in slow for t in r.chunk_times_s)
+    assert all(b - a >= 0.004 - 1e-12 for a, b in zip(chunks, chunks[1:]))
+    for s_, f_ in zip(slow, fast):
+        assert s_.chunk_tokens == f_.chunk_tokens  # the engine's steps do not change
+        assert all(ts >= tf for ts, tf in zip(s_.chunk_times_s, f_.chunk_times_s))
+    m = summarize(slow).metrics
+    assert m["max_output_tokens_per_s"] <= 250
+
+
+def test_slowdown_stretches_the_front_too():
+    front = TINY.replace(name="front", frontend_ms_per_request=3.0, frontend_us_per_chunk=2000.0)
+    reqs = [(0.0, 120, 8) for _ in range(6)]
+    fast, _ = simulate(front, reqs)
+    slow, _ = simulate(front, reqs, slowdown=2.0)
+    for f, s_ in zip(fast, slow):
+        assert s_.chunk_times_s == pytest.approx([2 * t for t in f.chunk_times_s])
 
 
 # ----------------------------------------------------------------- prefix cache

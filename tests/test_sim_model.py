@@ -229,7 +229,7 @@ def test_plan_and_commit_must_alternate():
 
 @pytest.mark.parametrize("change, message", [
     ({"scheduler": "fifo"}, "scheduler must be one of mixed, prefill_first"),
-    ({"kv_capacity_tokens": 100}, "kv_capacity_tokens \\(100\\) must be >= max_context_tokens"),
+    ({"kv_capacity_tokens": 100}, "KV capacity per rank \\(100 tokens\\) must be >= max_context_tokens"),
     ({"dp_size": 0}, "dp_size must be an integer >= 1"),
     ({"decode_ms_per_seq": -1.0}, "decode_ms_per_seq must be a number >= 0"),
     ({"tokens_per_decode_step": 1.8}, "cannot exceed 1 \\+ spec_draft_tokens"),
@@ -278,8 +278,25 @@ def test_profile_file_by_path_and_its_errors(tmp_path):
 
     missing = tmp_path / "missing.toml"
     missing.write_text("step_base_ms = 1\n")
-    with pytest.raises(ValueError, match="missing required key\\(s\\) decode_ms_per_seq"):
+    with pytest.raises(ValueError, match="missing required key\\(s\\) max_running_requests, chunked_prefill_tokens, "
+                                         "decode_ms_per_seq, prefill_ms_per_token, kv_capacity_tokens"):
         load_profile(missing)
+    hw = tmp_path / "hw.toml"
+    hw.write_text('hardware = "h200"\nmax_running_requests = 4\nchunked_prefill_tokens = 512\ngemm_efficiency = 0.3\n')
+    with pytest.raises(ValueError, match="missing required key\\(s\\) attention_efficiency, memory_efficiency"):
+        load_profile(hw)
+
+    derived = tmp_path / "derived.toml"
+    derived.write_text('base = "vllm-tp8"\ngemm_efficiency = 0.01\n')
+    d = load_profile(derived)
+    assert d.name == "derived" and d.gemm_efficiency == 0.01 and d.engine == "vllm" and d.hardware == "h200"
+    assert d.stands_in_for == "" and d.memory_efficiency == load_profile("vllm-tp8").memory_efficiency
+    loop = tmp_path / "loop.toml"
+    loop.write_text('base = "loop.toml"\n')
+    with pytest.raises(ValueError, match="leads back to itself"):
+        load_profile(loop)
+    with pytest.raises(ValueError, match="hardware must be one of h200, got 'b200'"):
+        load_profile(derived.write_text('base = "vllm-tp8"\nhardware = "b200"\n') and derived)
 
     bad = tmp_path / "bad.toml"
     bad.write_text(good.read_text().replace("max_running_requests = 4", "max_running_requests = 0"))
@@ -375,7 +392,11 @@ def test_every_shipped_profile_stands_in_for_eight_gpus_and_says_so():
     from pytest_llmperf.sim.profiles import PROFILES_DIR
 
     for name in list_profiles():
-        assert "\ngpus = 8\n" in (PROFILES_DIR / f"{name}.toml").read_text(), name  # said, not defaulted
+        text = (PROFILES_DIR / f"{name}.toml").read_text()
+        while "\ngpus = 8\n" not in text and "\nbase = " in text:  # said, here or in its base, not defaulted
+            base = text.split("\nbase = ", 1)[1].split("\n", 1)[0].strip('"')
+            text = (PROFILES_DIR / f"{base}.toml").read_text()
+        assert "\ngpus = 8\n" in text, name
         assert load_profile(name).gpus == 8
 
 

@@ -711,3 +711,36 @@ def test_a_repeat_without_a_reset_is_faster_than_one_after_a_reset(prefilling_si
     assert repeat < 0.8 * after_reset
     assert after_reset == pytest.approx(first, rel=1e-9)
     assert scrape(fresh_sim.url)["vllm:prefix_cache_hits_total"] == 5 * 399
+
+
+def test_the_api_front_delays_requests_and_paces_chunks(tmp_path):
+    # 80 ms per request at the front, 30 ms per chunk out: lower bounds a busy machine cannot break
+    path = tmp_path / "front.toml"
+    path.write_text(FAST_PROFILE + "frontend_ms_per_request = 80.0\nfrontend_us_per_chunk = 30000.0\n")
+    srv = ThreadedServer(path)
+    try:
+        body = {"model": MODEL, "prompt": "one two three", "max_tokens": 4, "stream": True, "ignore_eos": True}
+        done: dict[int, tuple[float, list]] = {}
+
+        def one(i: int) -> None:
+            t0 = time.monotonic()
+            with requests.post(f"{srv.url}/v1/completions", json=body, stream=True, timeout=30) as resp:
+                events = sse_events(resp)
+            done[i] = (time.monotonic() - t0, events)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        t_start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        total_s = time.monotonic() - t_start
+        texts = ["".join(e["choices"][0]["text"] for e in events if isinstance(e, dict) and e.get("choices"))
+                 for _, events in done.values()]
+        assert len(done) == 3 and len(set(texts)) == 1  # same prompt, same answer, every token in order
+        # three requests through one input worker, then twelve chunks through one output worker
+        assert max(s for s, _ in done.values()) >= 0.08
+        assert total_s >= 0.08 + 12 * 0.03 - 0.005
+        assert srv.call(lambda: srv.server.engine.stats()["running"]) == 0
+    finally:
+        srv.close()

@@ -4,6 +4,13 @@
         [--slowdown FACTOR] [--served-model-name NAME] [--log-level info]
         [--api-key KEY] [--ssl-certfile FILE --ssl-keyfile FILE]
     python -m pytest_llmperf.sim profiles
+    python -m pytest_llmperf.sim predict --profile P [--workload W ... | --suite FILE] [--num-prompts N] [--json]
+    python -m pytest_llmperf.sim calibrate [--profile P ...] [--workload W ...]
+
+``predict`` prints the twin's figures in virtual time (the load generator's
+metric names); ``calibrate`` prints sim vs seed on every figure the seed
+study published, the tolerances the twin is held to, the seed's ranking and
+claims, and exits 1 when one is not met. Both are deterministic.
 
 The API key may come from the environment instead (``LLMPERF_SIM_API_KEY``),
 so that it need not sit on a command line; it is never printed.
@@ -43,6 +50,16 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -72,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ssl-keyfile", metavar="FILE", default=None,
                        help="the certificate's PEM private key (unless the certificate file holds it)")
     sub.add_parser("profiles", help="list the built-in profiles")
+    pr = sub.add_parser("predict", help="the twin's figures for workloads, in virtual time")
+    pr.add_argument("--profile", action="append", help="a built-in profile name or a path to a profile .toml "
+                                                        "(repeatable; with --suite: default, the suite's sim configurations)")
+    which = pr.add_mutually_exclusive_group()
+    which.add_argument("--workload", action="append", metavar="W",
+                       help="a workload preset (repeatable; default: every preset)")
+    which.add_argument("--suite", metavar="FILE", help="the workloads of a suite file")
+    pr.add_argument("--num-prompts", type=_positive_int, default=None, help="override every workload's prompt count")
+    pr.add_argument("--json", action="store_true", help="print every figure as JSON")
+    ca = sub.add_parser("calibrate", help="sim vs seed on every figure the seed published")
+    ca.add_argument("--profile", action="append", help="limit to profiles (repeatable; default: every profile "
+                                                        "the seed has figures for)")
+    ca.add_argument("--workload", action="append", metavar="W", help="limit to workloads (repeatable)")
     return ap
 
 
@@ -128,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
             p = load_profile(name)
             print(f"{name}: {p.stands_in_for or p.description}")
         return 0
+    if args.command in ("predict", "calibrate"):
+        from .twin_cli import calibrate_main, predict_main
+
+        try:
+            return predict_main(args) if args.command == "predict" else calibrate_main(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(_serve(args))
 

@@ -94,22 +94,25 @@ def simulate(profile: Profile, requests: Iterable[SimRequest | tuple], slowdown:
         model.check_request(r.prompt_tokens, r.output_tokens)
     order = sorted(range(len(reqs)), key=lambda i: (reqs[i].arrival_s, i))
     results = [SimResult(r.arrival_s, r.prompt_tokens, r.output_tokens, [], []) for r in reqs]
+    ready_s = {i: model.frontend.request_ready_s(reqs[i].arrival_s, reqs[i].prompt_tokens) for i in order}  # API front
     nxt = 0
 
     def next_arrival_s() -> float | None:
-        return reqs[order[nxt]].arrival_s if nxt < len(order) else None
+        return ready_s[order[nxt]] if nxt < len(order) else None
 
     def admit(now_s: float) -> None:
         nonlocal nxt
-        while nxt < len(order) and reqs[order[nxt]].arrival_s <= now_s:
+        while nxt < len(order) and ready_s[order[nxt]] <= now_s:
             i = order[nxt]
             model.add_request(str(i), reqs[i].prompt_tokens, reqs[i].output_tokens, reqs[i].prefix_key)
             nxt += 1
 
+    sent_s = model.frontend.chunk_sent_s
+
     def record(end_s: float, plan: StepPlan, events: list[TokenEvent]) -> None:
         for ev in events:
             res = results[int(ev.request_id)]
-            res.chunk_times_s.append(end_s)
+            res.chunk_times_s.append(sent_s(end_s))
             res.chunk_tokens.append(ev.new_tokens)
 
     clock = VirtualClock(next_arrival_s)

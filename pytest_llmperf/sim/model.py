@@ -35,9 +35,12 @@ decodes).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+from .hardware import RankLoad
 
 SCHEDULERS = ("mixed", "prefill_first")
 
@@ -52,12 +55,12 @@ class Profile:
     """
 
     name: str
-    step_base_ms: float
-    decode_ms_per_seq: float
-    prefill_ms_per_token: float
     max_running_requests: int
-    kv_capacity_tokens: int
     chunked_prefill_tokens: int
+    kv_capacity_tokens: int = 0  # per rank; 0 with ``hardware``: from memory (see ``kv_tokens_per_rank``)
+    step_base_ms: float = 0.0
+    decode_ms_per_seq: float = 0.0
+    prefill_ms_per_token: float = 0.0
     description: str = ""
     engine: str = "sim"
     stands_in_for: str = ""
@@ -72,7 +75,35 @@ class Profile:
     moe_ms_per_token: float = 0.0
     tokens_per_decode_step: float = 1.0
     spec_draft_tokens: int = 0
-    gpus: int = 8  # GPUs of the configuration it stands in for (what the run gives the engine); no effect on timing
+    gpus: int = 8  # GPUs of the configuration it stands in for (what the run gives the engine)
+    # -- admission: SGLang reserves part of each running request's remaining output ("new token ratio"),
+    # starting at new_token_ratio and decaying per decode step to new_token_ratio_min; a retraction resets it.
+    # TensorRT-LLM's default (guaranteed no eviction) reserves all of it: 1.0 without decay.
+    new_token_ratio: float = 0.0
+    new_token_ratio_min: float = 0.0
+    new_token_ratio_decay: float = 0.0
+    # -- step costs from the hardware (``sim/hardware.py``): set ``hardware`` and the fields below; the linear
+    # coefficients above are then unused. Without ``hardware`` the step cost is their linear sum.
+    hardware: str = ""
+    attention_tp: int = 0  # GPUs per attention rank; 0: gpus // dp_size
+    expert_parallel: bool = False
+    kv_bytes_per_token_layer: float = 788.0
+    memory_fraction: float = 0.9
+    activation_reserve_gb: float = 6.0
+    gemm_efficiency: float = 0.0
+    moe_gemm_efficiency: float = 0.0  # the routed experts' grouped GEMMs; 0: as gemm_efficiency
+    attention_efficiency: float = 0.0
+    memory_efficiency: float = 0.0
+    nvlink_efficiency: float = 0.0
+    layer_latency_us: float = 0.0
+    cpu_ms_per_step: float = 0.0
+    cpu_us_per_seq: float = 0.0
+    draft_layers: int = 0  # layers the speculative drafter runs per step (MTP, EAGLE)
+    # -- the API front (``Frontend``): its one input worker's cost per request (parse, chat template,
+    # tokenize, hand to the scheduler) and its one output worker's cost per chunk (detokenize, stream)
+    frontend_ms_per_request: float = 0.0
+    frontend_us_per_prompt_token: float = 0.0  # tokenizing the prompt, on the same input worker
+    frontend_us_per_chunk: float = 0.0
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -94,17 +125,47 @@ class Profile:
 
         if not isinstance(self.name, str) or not self.name:
             out.append(f"name must be a non-empty string, got {self.name!r}")
-        for name in ("max_running_requests", "kv_capacity_tokens", "chunked_prefill_tokens", "max_context_tokens", "dp_size", "gpus"):
+        for name in ("max_running_requests", "chunked_prefill_tokens", "max_context_tokens", "dp_size", "gpus"):
             need_int(name, 1)
+        need_int("kv_capacity_tokens", 0 if self.hardware else 1)
         need_int("spec_draft_tokens", 0)
+        need_int("draft_layers", 0)
+        need_int("attention_tp", 0)
         for name in ("step_base_ms", "decode_ms_per_seq", "prefill_ms_per_token", "decode_attn_ms_per_ktoken",
-                     "prefill_attn_ms_per_token_per_ktoken", "prefill_ms_per_seq", "moe_ms_per_token"):
+                     "prefill_attn_ms_per_token_per_ktoken", "prefill_ms_per_seq", "moe_ms_per_token",
+                     "new_token_ratio", "new_token_ratio_min", "new_token_ratio_decay", "layer_latency_us",
+                     "cpu_ms_per_step", "cpu_us_per_seq", "activation_reserve_gb", "frontend_ms_per_request",
+                     "frontend_us_per_prompt_token", "frontend_us_per_chunk"):
+            need_float(name, 0.0)
+        for name in ("moe_gemm_efficiency",):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                out.append(f"{name} must be a number in [0, 1] (0: as gemm_efficiency), got {v!r}")
+        for name in ():
             need_float(name, 0.0)
         need_float("tokens_per_decode_step", 1.0)
+        if not isinstance(self.expert_parallel, bool):
+            out.append(f"expert_parallel must be true or false, got {self.expert_parallel!r}")
         if self.scheduler not in SCHEDULERS:
             out.append(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
-        if not out and self.kv_capacity_tokens < self.max_context_tokens:
-            out.append(f"kv_capacity_tokens ({self.kv_capacity_tokens}) must be >= max_context_tokens "
+        if self.hardware:
+            from .hardware import GPUS
+
+            if self.hardware not in GPUS:
+                out.append(f"hardware must be one of {', '.join(sorted(GPUS))}, got {self.hardware!r}")
+            for name in ("gemm_efficiency", "attention_efficiency", "memory_efficiency", "nvlink_efficiency",
+                         "memory_fraction"):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                    out.append(f"{name} must be a number in (0, 1], got {v!r}")
+            need_float("kv_bytes_per_token_layer", 0.0, strict=True)
+            if not out:
+                ranks = self.gpus // (self.attention_tp or max(1, self.gpus // self.dp_size))
+                if self.gpus % (self.attention_tp or 1) or ranks != self.dp_size:
+                    out.append(f"attention_tp ({self.attention_tp}) x dp_size ({self.dp_size}) must equal gpus "
+                               f"({self.gpus}): each attention rank is one TP group of the node")
+        if not out and self.kv_tokens_per_rank < self.max_context_tokens:
+            out.append(f"KV capacity per rank ({self.kv_tokens_per_rank} tokens) must be >= max_context_tokens "
                        f"({self.max_context_tokens}) so that any accepted request fits alone")
         if not out and isinstance(self.tokens_per_decode_step, (int, float)) and self.tokens_per_decode_step > 1 + self.spec_draft_tokens:
             out.append(f"tokens_per_decode_step ({self.tokens_per_decode_step}) cannot exceed 1 + spec_draft_tokens "
@@ -113,6 +174,72 @@ class Profile:
 
     def replace(self, **changes: Any) -> "Profile":
         return dataclasses.replace(self, **changes)
+
+    @property
+    def layout(self):
+        """How the configuration spreads the model over the node (hardware profiles)."""
+        from .hardware import Layout
+
+        return Layout(gpus=self.gpus, attention_tp=self.attention_tp or max(1, self.gpus // self.dp_size),
+                      expert_parallel=self.expert_parallel, kv_bytes_per_token_layer=self.kv_bytes_per_token_layer,
+                      memory_fraction=self.memory_fraction, activation_reserve_bytes=self.activation_reserve_gb * 1e9)
+
+    @property
+    def kv_tokens_per_rank(self) -> int:
+        """KV tokens one attention rank holds: ``kv_capacity_tokens``, or with ``hardware`` and 0 there, what the
+        GPUs' memory leaves after weights and activations."""
+        if self.kv_capacity_tokens or not self.hardware:
+            return self.kv_capacity_tokens
+        from .hardware import DEEPSEEK_V32, GPUS, kv_capacity_tokens
+
+        return kv_capacity_tokens(DEEPSEEK_V32, GPUS[self.hardware], self.layout)
+
+    def step_coster(self):
+        """The hardware step coster of this profile (None for a linear profile)."""
+        if not self.hardware:
+            return None
+        from .hardware import DEEPSEEK_V32, GPUS, Efficiency, StepCoster
+
+        eff = Efficiency(self.gemm_efficiency, self.attention_efficiency, self.memory_efficiency,
+                         self.nvlink_efficiency, self.layer_latency_us, self.cpu_ms_per_step, self.cpu_us_per_seq,
+                         self.moe_gemm_efficiency)
+        return StepCoster(DEEPSEEK_V32, GPUS[self.hardware], self.layout, eff, self.draft_layers)
+
+
+class Frontend:
+    """The engine's API front, between the client and the scheduler: pure, times in seconds on any clock.
+
+    One input worker takes requests in arrival order (parse, chat template,
+    tokenize) and hands each to the scheduler when done; one output worker
+    takes every chunk a step produced in order (detokenize, stream it out).
+    Each serves one thing at a time, so under load requests reach the
+    scheduler late and chunks reach the client late, and the client sees no
+    more chunks per second than the output worker sends: the engine's
+    steps do not wait for either. With zero costs both pass things through.
+    """
+
+    def __init__(self, s_per_request: float = 0.0, s_per_chunk: float = 0.0, s_per_prompt_token: float = 0.0):
+        self.s_per_request = s_per_request
+        self.s_per_prompt_token = s_per_prompt_token
+        self.s_per_chunk = s_per_chunk
+        self._in_free_s = -math.inf
+        self._out_free_s = -math.inf
+
+    def request_ready_s(self, arrival_s: float, prompt_tokens: int = 0) -> float:
+        """When a request of ``prompt_tokens`` arriving at ``arrival_s`` (calls in arrival order) reaches the
+        scheduler."""
+        cost_s = self.s_per_request + self.s_per_prompt_token * prompt_tokens
+        if cost_s <= 0:
+            return arrival_s
+        self._in_free_s = max(self._in_free_s, arrival_s) + cost_s
+        return self._in_free_s
+
+    def chunk_sent_s(self, produced_s: float) -> float:
+        """When a chunk a step produced at ``produced_s`` (calls in production order) reaches the client."""
+        if self.s_per_chunk <= 0:
+            return produced_s
+        self._out_free_s = max(self._out_free_s, produced_s) + self.s_per_chunk
+        return self._out_free_s
 
 
 @dataclass(frozen=True)
@@ -173,6 +300,8 @@ class _Rank:
     kv_used: int = 0
     decode_ctx_tokens: int = 0  # sum of kv_held over decoding requests
     queued_tokens: int = 0
+    remaining_out: int = 0  # output tokens the running requests have still to produce
+    new_token_ratio: float = 0.0  # share of remaining_out reserved at admission (SGLang, TensorRT-LLM)
 
     @property
     def load(self) -> tuple[int, int, int]:
@@ -187,14 +316,20 @@ class EngineModel:
             raise ValueError(f"slowdown must be a number > 0, got {slowdown!r}")
         self.profile = profile
         self.slowdown = float(slowdown)
-        self._ranks = [_Rank(i) for i in range(profile.dp_size)]
+        self._kv_cap = profile.kv_tokens_per_rank
+        self.frontend = Frontend(profile.frontend_ms_per_request / 1000.0 * self.slowdown,
+                                 profile.frontend_us_per_chunk / 1e6 * self.slowdown,
+                                 profile.frontend_us_per_prompt_token / 1e6 * self.slowdown)
+        self._coster = profile.step_coster()
+        self._top_k = self._coster.model.sparse_top_k if self._coster is not None else 0
+        self._ranks = [_Rank(i, new_token_ratio=profile.new_token_ratio) for i in range(profile.dp_size)]
         self._requests: dict[str, _Request] = {}
         self._inflight: StepPlan | None = None
         self.num_preemptions = 0
         self.num_steps = 0
         self._prefix_cache: OrderedDict[str, int] = OrderedDict()  # key -> cached prompt tokens, LRU first
         self.prefix_cache_tokens = 0
-        self.prefix_cache_capacity_tokens = profile.kv_capacity_tokens * profile.dp_size
+        self.prefix_cache_capacity_tokens = self._kv_cap * profile.dp_size
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
         self.prompt_tokens_total = 0  # prompt tokens of requests whose first token came out
@@ -265,7 +400,7 @@ class EngineModel:
     @property
     def kv_capacity_tokens(self) -> int:
         """KV tokens of the whole node (all ranks)."""
-        return self.profile.kv_capacity_tokens * self.profile.dp_size
+        return self._kv_cap * self.profile.dp_size
 
     # -- prefix cache -------------------------------------------------------
 
@@ -311,7 +446,8 @@ class EngineModel:
     # -- internals --------------------------------------------------------
 
     def _release(self, rank: _Rank, req: _Request) -> None:
-        rank.running.pop(req.request_id, None)
+        if rank.running.pop(req.request_id, None) is not None:
+            rank.remaining_out -= req.max_output_tokens - req.generated
         if rank.decoding.pop(req.request_id, None) is not None:
             rank.decode_ctx_tokens -= req.kv_held
         rank.kv_used -= req.kv_held
@@ -321,6 +457,8 @@ class EngineModel:
         _, req = rank.running.popitem()
         rank.running[req.request_id] = req  # _release pops it again
         self._release(rank, req)
+        if self.profile.new_token_ratio > 0:
+            rank.new_token_ratio = self.profile.new_token_ratio  # a retraction: reserve more again
         req.state = "waiting"
         req.prefill_target = req.prompt_tokens + req.generated
         req.prefilled = 0
@@ -329,8 +467,10 @@ class EngineModel:
         self.num_preemptions += 1
         return req.request_id
 
-    def _plan_rank(self, rank: _Rank) -> tuple[RankPlan, float, int, int]:
+    def _plan_rank(self, rank: _Rank):
+        """One rank's share of the next step: (plan, linear cost in ms, decodes, prefill tokens, load)."""
         p = self.profile
+        cap = self._kv_cap
         budget = p.chunked_prefill_tokens
         per_seq = 1 + p.spec_draft_tokens
         growth = int(-(-p.tokens_per_decode_step // 1))  # ceil: KV slots a decode may need this step
@@ -339,7 +479,12 @@ class EngineModel:
         def can_admit() -> bool:
             if not rank.waiting or len(rank.running) >= p.max_running_requests:
                 return False
-            return rank.kv_used + rank.waiting[0].prefill_target <= p.kv_capacity_tokens
+            req = rank.waiting[0]
+            need = rank.kv_used + req.prefill_target
+            ratio = rank.new_token_ratio
+            if ratio > 0:  # reserve part of the output still to come, of the running requests and this one
+                need += ratio * (rank.remaining_out + req.max_output_tokens - req.generated)
+            return need <= cap
 
         in_progress = [r for r in rank.running.values() if r.state == "prefill"] if len(rank.decoding) != len(rank.running) else []
         do_decode = True
@@ -348,7 +493,7 @@ class EngineModel:
 
         decodes: tuple = ()
         if do_decode and rank.decoding:
-            while rank.kv_used + growth * len(rank.decoding) > p.kv_capacity_tokens and len(rank.running) > 1:
+            while rank.kv_used + growth * len(rank.decoding) > cap and len(rank.running) > 1:
                 preempted.append(self._preempt_last(rank))
             in_progress = [r for r in in_progress if r.state == "prefill"]
             max_decodes = budget // per_seq
@@ -359,6 +504,8 @@ class EngineModel:
             else:
                 ctx = rank.decode_ctx_tokens
             budget -= len(decodes) * per_seq
+            if p.new_token_ratio_decay > 0:
+                rank.new_token_ratio = max(p.new_token_ratio_min, rank.new_token_ratio - p.new_token_ratio_decay)
         else:
             ctx = 0
 
@@ -378,6 +525,7 @@ class EngineModel:
             req.kv_held = req.prefill_target
             rank.kv_used += req.kv_held
             rank.running[req.request_id] = req
+            rank.remaining_out += req.max_output_tokens - req.generated
             if not req.admitted:
                 req.prefilled = self._lookup_prefix(req)
             n = min(req.prefill_target - req.prefilled, budget)
@@ -386,13 +534,35 @@ class EngineModel:
             budget -= n
 
         n_prefill = sum(n for _, n in prefills)
-        cost = 0.0
-        if decodes or prefills:
-            cost = (p.decode_ms_per_seq * len(decodes) + p.decode_attn_ms_per_ktoken * ctx / 1000.0
-                    + p.prefill_ms_per_token * n_prefill + p.prefill_attn_ms_per_token_per_ktoken * attn_pairs / 1000.0
-                    + p.prefill_ms_per_seq * len(prefills))
         plan = RankPlan(decodes, tuple(prefills), tuple(preempted))
-        return plan, cost, len(decodes), n_prefill
+        if self._coster is None:
+            cost = 0.0
+            if decodes or prefills:
+                cost = (p.decode_ms_per_seq * len(decodes) + p.decode_attn_ms_per_ktoken * ctx / 1000.0
+                        + p.prefill_ms_per_token * n_prefill
+                        + p.prefill_attn_ms_per_token_per_ktoken * attn_pairs / 1000.0
+                        + p.prefill_ms_per_seq * len(prefills))
+            return plan, cost, len(decodes), n_prefill, None
+        load = RankLoad()
+        if decodes or prefills:
+            k = self._top_k
+            selected = sum(r.kv_held if r.kv_held < k else k for r in decodes)
+            load.tokens = len(decodes) * per_seq + n_prefill
+            load.decode_seqs = len(decodes)
+            load.decode_kv_tokens = selected
+            load.decode_context_tokens = ctx
+            load.selected_pairs = selected * per_seq
+            load.indexer_pairs = ctx * per_seq
+            sampled = len(decodes)
+            model = self._coster.model
+            for req, n in prefills:
+                start = req.prefilled
+                load.indexer_pairs += n * (start + (n + 1) / 2.0)
+                load.selected_pairs += model.selected_pairs(start, n)
+                if start + n >= req.prefill_target:
+                    sampled += 1
+            load.sampled = sampled
+        return plan, 0.0, len(decodes), n_prefill, load
 
     # -- stepping -----------------------------------------------------------
 
@@ -401,16 +571,20 @@ class EngineModel:
         if self._inflight is not None:
             raise RuntimeError("plan_step called twice: commit_step the previous plan first")
         p = self.profile
-        plans, slowest_ms, n_dec, n_pref = [], 0.0, 0, 0
+        plans, loads, slowest_ms, n_dec, n_pref = [], [], 0.0, 0, 0
         for rank in self._ranks:
-            plan, cost, d, n = self._plan_rank(rank)
+            plan, cost, d, n, load = self._plan_rank(rank)
             plans.append(plan)
+            loads.append(load)
             slowest_ms = max(slowest_ms, cost)
             n_dec += d
             n_pref += n
         total_ms = 0.0
         if n_dec or n_pref:
-            total_ms = slowest_ms + p.step_base_ms + p.moe_ms_per_token * (n_dec * (1 + p.spec_draft_tokens) + n_pref)
+            if self._coster is not None:
+                total_ms = self._coster.step_s(loads) * 1000.0
+            else:
+                total_ms = slowest_ms + p.step_base_ms + p.moe_ms_per_token * (n_dec * (1 + p.spec_draft_tokens) + n_pref)
         step = StepPlan(tuple(plans), total_ms, n_dec, n_pref)
         self._inflight = step
         return step
@@ -440,6 +614,7 @@ class EngineModel:
                     req.spec_credit -= n
                 n = max(1, min(n, req.max_output_tokens - req.generated))
                 req.generated += n
+                rank.remaining_out -= n
                 self.generation_tokens_total += n
                 req.kv_held += n
                 rank.kv_used += n
@@ -459,6 +634,7 @@ class EngineModel:
                     self.prompt_tokens_total += req.prompt_tokens
                     self._insert_prefix(req)
                 req.generated += 1
+                rank.remaining_out -= 1
                 self.generation_tokens_total += 1
                 req.kv_held += 1
                 rank.kv_used += 1

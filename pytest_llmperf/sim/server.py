@@ -212,10 +212,16 @@ class SimServer:
         if self.stall_s_per_step:
             time.sleep(self.stall_s_per_step)  # deliberately blocks the loop: see __init__
         streams = self._streams
+        frontend = self.engine.frontend
+        call_at = asyncio.get_running_loop().call_at if frontend.s_per_chunk > 0 else None
         for ev in events:
             stream = streams.get(ev.request_id)
-            if stream is not None:
+            if stream is None:
+                continue
+            if call_at is None:
                 stream.push((ev.new_tokens, ev.finished))
+            else:  # the API front's output worker sends it later (in order: the times only grow)
+                call_at(frontend.chunk_sent_s(end_s), stream.push, (ev.new_tokens, ev.finished))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("step %d: %d decodes, %d prefill tokens, %.1f ms, %s", self.engine.num_steps,
                       plan.num_decode_seqs, plan.num_prefill_tokens, plan.cost_ms, self.engine.stats())
@@ -240,10 +246,21 @@ class SimServer:
         rid = f"{prefix}-sim{self._next_id:08x}"
         stream = _Stream()
         self._streams[rid] = stream
+        loop = asyncio.get_running_loop()
+        ready_s = self.engine.frontend.request_ready_s(loop.time(), max(1, parsed.prompt_tokens))  # the API front
+        if ready_s > loop.time():
+            loop.call_at(ready_s, self._enqueue, rid, parsed)
+        else:
+            self._enqueue(rid, parsed)
+        return rid, stream
+
+    def _enqueue(self, rid: str, parsed: ParsedRequest) -> None:
+        """Hand a request to the scheduler, unless its client went away meanwhile."""
+        if rid not in self._streams:
+            return
         self.engine.add_request(rid, max(1, parsed.prompt_tokens), parsed.output_tokens, prefix_key(parsed))
         assert self._clock is not None
         self._clock.wake()
-        return rid, stream
 
     async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
         try:
