@@ -38,7 +38,7 @@ NUM_KEPT = 280  # conversations meant to pass the filters
 TARGET_PROMPT_MEAN = 219.0
 TARGET_OUTPUT_MEAN = 197.0
 SIGMA_PROMPT = 1.0  # log-normal shape: long tail, most prompts short
-SIGMA_OUTPUT = 1.2  # ShareGPT replies: many one-liners, a long tail of essays
+SIGMA_OUTPUT = 1.5  # ShareGPT replies: many one-liners, a long tail of essays
 
 
 def _lengths(normals: list[float], sigma: float, target_mean: float, low: int, high: int) -> list[int]:

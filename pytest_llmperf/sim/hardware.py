@@ -185,13 +185,15 @@ class Efficiency:
     """What an engine's kernels make of the hardware: the fitted part of the cost."""
 
     gemm: float  # of FP8 peak, for the projections, FFNs and experts
-    attention: float  # of FP8 peak, for the indexer and the sparse MLA core
+    attention: float  # of FP8 peak, for the sparse MLA core (and the indexer unless ``indexer`` is set)
     memory: float  # of HBM bandwidth
     nvlink: float  # of NVLink bandwidth
     layer_latency_us: float  # launch and synchronisation per layer and step (CUDA graphs keep it small)
     cpu_ms_per_step: float  # the scheduler's and the sampler's fixed work per step
     cpu_us_per_seq: float  # per running request and step: scheduling, sampling, bookkeeping
     moe_gemm: float = 0.0  # of FP8 peak, for the routed experts' grouped GEMMs (0: as ``gemm``)
+    indexer: float = 0.0  # of FP8 peak, for the lightning indexer's FP8 logits (0: as ``attention``)
+    cpu_ms_per_prefill_seq: float = 0.0  # per request prefilled in the step: inputs, KV blocks, first sample
 
 
 @dataclass
@@ -200,6 +202,7 @@ class RankLoad:
 
     tokens: float = 0.0  # decode tokens (speculative ones included) + prefill tokens
     decode_seqs: int = 0
+    prefill_seqs: int = 0
     selected_pairs: float = 0.0  # sparse-attention (query, key) pairs, decodes and prefills
     indexer_pairs: float = 0.0  # indexer (query, key) pairs
     decode_kv_tokens: float = 0.0  # selected KV tokens decodes read (their top-k, not their context)
@@ -235,6 +238,7 @@ class StepCoster:
         m, g = model, layout
         self._gemm_peak = gpu.fp8_flops * eff.gemm
         self._attn_peak = gpu.fp8_flops * eff.attention
+        self._index_peak = gpu.fp8_flops * (eff.indexer or eff.attention)
         self._moe_peak = gpu.fp8_flops * (eff.moe_gemm or eff.gemm)
         self._bw = gpu.hbm_bytes_per_s * eff.memory
         self._link = gpu.nvlink_bytes_per_s * eff.nvlink
@@ -265,23 +269,24 @@ class StepCoster:
         m, g, eff = self.model, self.layout, self.eff
         attn_s = 0.0
         total_tokens = 0.0
-        busiest_seqs = 0  # each rank's scheduler is its own process: the busiest one's CPU work counts
+        busiest_cpu_s = 0.0  # each rank's scheduler is its own process: the busiest one's CPU work counts
         sampled = 0
         busiest_rank_tokens = 0.0
         for load in ranks:
             if load.tokens <= 0:
                 continue
             total_tokens += load.tokens
-            busiest_seqs = max(busiest_seqs, load.decode_seqs)
+            busiest_cpu_s = max(busiest_cpu_s, load.decode_seqs * eff.cpu_us_per_seq * 1e-6
+                                + load.prefill_seqs * eff.cpu_ms_per_prefill_seq * 1e-3)
             sampled += load.sampled
             busiest_rank_tokens = max(busiest_rank_tokens, load.tokens)
             t = g.attention_tp
             flops_gemm = self._attn_flops_per_token * load.tokens
-            flops_core = (m.sparse_flops_per_pair * load.selected_pairs
-                          + m.indexer_flops_per_pair * load.indexer_pairs) * m.layers / t
+            core_s = (m.sparse_flops_per_pair * load.selected_pairs / self._attn_peak
+                      + m.indexer_flops_per_pair * load.indexer_pairs / self._index_peak) * m.layers / t
             bytes_ = (self._attn_weight_bytes + self._kv_select_bytes * load.decode_kv_tokens
                       + self._kv_index_bytes * load.decode_context_tokens)
-            s = max(flops_gemm / self._gemm_peak + flops_core / self._attn_peak, bytes_ / self._bw)
+            s = max(flops_gemm / self._gemm_peak + core_s, bytes_ / self._bw)
             attn_s = max(attn_s, s)
         if total_tokens <= 0:
             return 0.0
@@ -313,7 +318,7 @@ class StepCoster:
             comm_bytes += (n - 1) / n * total_tokens * m.experts_per_token * m.hidden * 3.0 / n  # FP8 out, BF16 back
         comm_s = m.layers * (comm_bytes / self._link + self._collectives_per_layer * self.gpu.collective_latency_s)
         compute_s = (attn_s + ffn_s + routed_s) * self._layer_scale + comm_s
-        return compute_s + self._fixed_s + busiest_seqs * eff.cpu_us_per_seq * 1e-6
+        return compute_s + self._fixed_s + busiest_cpu_s
 
 
 GPUS = {"h200": H200}

@@ -93,11 +93,13 @@ class Profile:
     gemm_efficiency: float = 0.0
     moe_gemm_efficiency: float = 0.0  # the routed experts' grouped GEMMs; 0: as gemm_efficiency
     attention_efficiency: float = 0.0
+    indexer_efficiency: float = 0.0  # the lightning indexer's FP8 logits; 0: as attention_efficiency
     memory_efficiency: float = 0.0
     nvlink_efficiency: float = 0.0
     layer_latency_us: float = 0.0
     cpu_ms_per_step: float = 0.0
     cpu_us_per_seq: float = 0.0
+    cpu_ms_per_prefill_seq: float = 0.0  # per request in a step's prefill (inputs, KV blocks, first sample)
     draft_layers: int = 0  # layers the speculative drafter runs per step (MTP, EAGLE)
     # -- the API front (``Frontend``): its one input worker's cost per request (parse, chat template,
     # tokenize, hand to the scheduler) and its one output worker's cost per chunk (detokenize, stream)
@@ -135,9 +137,9 @@ class Profile:
                      "prefill_attn_ms_per_token_per_ktoken", "prefill_ms_per_seq", "moe_ms_per_token",
                      "new_token_ratio", "new_token_ratio_min", "new_token_ratio_decay", "layer_latency_us",
                      "cpu_ms_per_step", "cpu_us_per_seq", "activation_reserve_gb", "frontend_ms_per_request",
-                     "frontend_us_per_prompt_token", "frontend_us_per_chunk"):
+                     "frontend_us_per_prompt_token", "frontend_us_per_chunk", "cpu_ms_per_prefill_seq"):
             need_float(name, 0.0)
-        for name in ("moe_gemm_efficiency",):
+        for name in ("moe_gemm_efficiency", "indexer_efficiency"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 out.append(f"{name} must be a number in [0, 1] (0: as gemm_efficiency), got {v!r}")
@@ -202,7 +204,7 @@ class Profile:
 
         eff = Efficiency(self.gemm_efficiency, self.attention_efficiency, self.memory_efficiency,
                          self.nvlink_efficiency, self.layer_latency_us, self.cpu_ms_per_step, self.cpu_us_per_seq,
-                         self.moe_gemm_efficiency)
+                         self.moe_gemm_efficiency, self.indexer_efficiency, self.cpu_ms_per_prefill_seq)
         return StepCoster(DEEPSEEK_V32, GPUS[self.hardware], self.layout, eff, self.draft_layers)
 
 
@@ -476,10 +478,18 @@ class EngineModel:
         growth = int(-(-p.tokens_per_decode_step // 1))  # ceil: KV slots a decode may need this step
         preempted: list[str] = []
 
+        # vLLM allocates KV block by block for the tokens a step computes, so a long prompt is admitted as soon as
+        # its next chunk fits; SGLang and TensorRT-LLM admit a request only when its whole prompt (and the
+        # reserved share of its output) fits.
+        incremental = p.scheduler == "mixed" and p.new_token_ratio <= 0
+        room = cap - min(rank.remaining_out, cap // 8) if incremental else cap
+
         def can_admit() -> bool:
             if not rank.waiting or len(rank.running) >= p.max_running_requests:
                 return False
             req = rank.waiting[0]
+            if incremental:
+                return rank.kv_used + min(req.prefill_target, max(budget, 1)) <= room
             need = rank.kv_used + req.prefill_target
             ratio = rank.new_token_ratio
             if ratio > 0:  # reserve part of the output still to come, of the running requests and this one
@@ -511,10 +521,20 @@ class EngineModel:
 
         prefills: list[tuple[_Request, int]] = []
         attn_pairs = 0.0
+        if incremental and in_progress and budget > 0:
+            while rank.kv_used >= cap and len(rank.running) > 1:  # no block left for the next chunk: recompute later
+                preempted.append(self._preempt_last(rank))
+            in_progress = [r for r in in_progress if r.state == "prefill"]
         for req in in_progress:
             if budget <= 0:
                 break
             n = min(req.prefill_target - req.prefilled, budget)
+            if incremental:
+                n = min(n, room - rank.kv_used)
+                if n <= 0:
+                    continue
+                req.kv_held += n
+                rank.kv_used += n
             prefills.append((req, n))
             attn_pairs += n * (req.prefilled + n / 2)
             budget -= n
@@ -522,13 +542,19 @@ class EngineModel:
             req = rank.waiting.popleft()
             rank.queued_tokens -= req.prefill_target
             req.state = "prefill"
-            req.kv_held = req.prefill_target
-            rank.kv_used += req.kv_held
             rank.running[req.request_id] = req
             rank.remaining_out += req.max_output_tokens - req.generated
             if not req.admitted:
                 req.prefilled = self._lookup_prefix(req)
             n = min(req.prefill_target - req.prefilled, budget)
+            if incremental:
+                n = min(n, room - rank.kv_used - req.prefilled)
+                req.kv_held = req.prefilled + max(n, 0)
+            else:
+                req.kv_held = req.prefill_target
+            rank.kv_used += req.kv_held
+            if n <= 0:
+                continue
             prefills.append((req, n))
             attn_pairs += n * (req.prefilled + n / 2)
             budget -= n
@@ -549,6 +575,7 @@ class EngineModel:
             selected = sum(r.kv_held if r.kv_held < k else k for r in decodes)
             load.tokens = len(decodes) * per_seq + n_prefill
             load.decode_seqs = len(decodes)
+            load.prefill_seqs = len(prefills)
             load.decode_kv_tokens = selected
             load.decode_context_tokens = ctx
             load.selected_pairs = selected * per_seq

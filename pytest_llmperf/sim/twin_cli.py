@@ -33,7 +33,7 @@ def _cases(args: argparse.Namespace) -> list[tuple[str, object, object]]:
         pairs = []
         if args.profile:
             profiles = [(load_profile(p).name, load_profile(p)) for p in args.profile]
-            pairs = [(name, prof, w) for name, prof in profiles for w in suite.workloads.values()]
+            pairs = [(name, prof, w) for name, prof in profiles for w in suite.workloads]
         else:
             for cfg in suite.configs:
                 if cfg.engine != "sim":
@@ -44,8 +44,9 @@ def _cases(args: argparse.Namespace) -> list[tuple[str, object, object]]:
                     prof = load_profile(_profile(cfg))
                 except ValueError as exc:
                     raise ValueError(str(exc)) from None
-                names = cfg.workloads or tuple(suite.workloads)
-                pairs += [(f"sim/{cfg.name}", prof, suite.workloads[w]) for w in names]
+                by_name = {w.name: w for w in suite.workloads}
+                names = cfg.workloads or tuple(by_name)
+                pairs += [(f"sim/{cfg.name}", prof, by_name[w]) for w in names]
             if not pairs:
                 raise ValueError(f"suite {args.suite} has no sim configuration; name one with --profile")
     else:
@@ -74,7 +75,7 @@ def predict_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dump, indent=1, sort_keys=True))
     else:
-        print(tabulate(rows, headers=["profile", "workload", "n"] + [h for _, h, _ in COLUMNS], disablenumparse=True))
+        print(tabulate(rows, headers=["profile", "workload", "n"] + [h for _, h, _ in COLUMNS], disable_numparse=True))
         print("\nvirtual time: every figure as the load generator computes it, without client or network overhead")
     return 0
 
@@ -97,7 +98,7 @@ def calibrate_main(args: argparse.Namespace) -> int:
         mark = "" if t is None else ("ok" if abs(f.ratio - 1) <= t + 1e-12 else f"OUT (±{t:.0%})")
         rows.append([f.profile, f.workload, f.metric, f"{f.sim:.2f}", f"{f.seed:.2f}", f"{f.ratio:.2f}", mark])
     print(tabulate(rows, headers=["profile", "workload", "figure", "sim", "seed", "sim/seed", "gate"],
-                   disablenumparse=True))
+                   disable_numparse=True))
     ok = True
     print("\ngates (within tolerance / figures, required share):")
     for gate, inside, n in cal.gate_results(figures):
