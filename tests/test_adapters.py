@@ -293,7 +293,8 @@ def test_the_sim_counts_its_profiles_gpus_never_its_args(tmp_path):
     adapter = get_adapter("sim")
     assert adapter.gpus_needed(EngineConfig("sim", "c", MODEL, options=(("profile", "vllm-tp8"),))) == 8
     profile = tmp_path / "four.toml"
-    profile.write_text((load_profile_path("vllm-tp8")).read_text().replace("gpus = 8", "gpus = 4"))
+    text = load_profile_path("vllm-tp8").read_text().replace("gpus = 8", "gpus = 4\nkv_capacity_tokens = 200000")
+    profile.write_text(text.replace("attention_tp = 8", "attention_tp = 4"))
     config = EngineConfig("sim", "c", MODEL, args=("-tp", "8"), options=(("profile", "four.toml"),),
                           source_dir=str(tmp_path))
     assert adapter.gpus_needed(config) == 4

@@ -32,9 +32,13 @@ XDIST = ["-n", "2", "--dist", "loadgroup"]
 
 
 def profile(path: Path, base: str, gpus: int) -> None:
-    """A sim profile for ``gpus`` GPUs, timed as ``base``."""
-    text = re.sub(r"(?m)^gpus\s*=.*\n", "", (PROFILES / f"{base}.toml").read_text())
-    path.write_text(f"gpus = {gpus}\n" + text)
+    """A sim profile for ``gpus`` GPUs, timed as ``base`` on fewer GPUs (its KV capacity kept: DeepSeek-V3.2's
+    weights alone would not fit four H200s)."""
+    from pytest_llmperf.sim.profiles import load_profile
+
+    kv = load_profile(base).kv_tokens_per_rank
+    text = re.sub(r"(?m)^(gpus|attention_tp)\s*=.*\n", "", (PROFILES / f"{base}.toml").read_text())
+    path.write_text(f"gpus = {gpus}\nkv_capacity_tokens = {kv}\n" + text)
 
 
 def suite(model: str, configs: str, prompts: int = 24, long_prompts: int = 0) -> str:

@@ -170,6 +170,22 @@ def test_prefill_first_runs_prefill_steps_without_decodes():
     assert plan.num_decode_seqs == 2 and plan.num_prefill_tokens == 0
 
 
+def test_vllm_allocates_kv_chunk_by_chunk_and_counts_a_cached_prefix_as_held():
+    m = EngineModel(profile(kv_capacity_tokens=1000, max_context_tokens=1000, chunked_prefill_tokens=200))
+    m.add_request("warm", 800, 1, prefix_key="p")
+    run_to_end(m)
+    m.add_request("x", 900, 100, prefix_key="p")
+    m.add_request("y", 900, 100, prefix_key="p")
+    plan = m.plan_step()
+    # x holds its cached 799 tokens and its first chunk; y would not fit beside it and waits, unadmitted
+    assert m.stats()["kv_used_tokens"] <= 1000 and m.stats()["running"] == 1
+    first = {ev.request_id: ev.new_tokens for ev in m.commit_step(plan)}
+    events = run_to_end(m)
+    for rid in ("x", "y"):
+        assert first.get(rid, 0) + sum(n for _, n, _, _ in events[rid]) == 100
+    assert m.stats() == {"running": 0, "waiting": 0, "kv_used_tokens": 0, "preemptions": m.num_preemptions}
+
+
 def test_mixed_scheduler_batches_decodes_with_prefill_chunks():
     m = EngineModel(profile(chunked_prefill_tokens=100))
     m.add_request("a", 50, 10)
@@ -233,6 +249,8 @@ def test_plan_and_commit_must_alternate():
     ({"dp_size": 0}, "dp_size must be an integer >= 1"),
     ({"decode_ms_per_seq": -1.0}, "decode_ms_per_seq must be a number >= 0"),
     ({"tokens_per_decode_step": 1.8}, "cannot exceed 1 \\+ spec_draft_tokens"),
+    ({"new_token_ratio": 2.0}, "new_token_ratio is a share of the remaining output, at most 1"),
+    ({"new_token_ratio": 0.2, "new_token_ratio_min": 0.5}, "new_token_ratio_min \\(0.5\\) cannot exceed"),
 ])
 def test_profile_validation(change, message):
     with pytest.raises(ValueError, match=message):

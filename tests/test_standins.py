@@ -506,7 +506,7 @@ def test_sglang_flushes_its_cache_when_idle_and_reports_its_own_metric_names(sta
         assert m["sglang:token_usage"] == 0.0
 
         # A long stream keeps a request running: the flush is refused until the engine is idle.
-        body = {"model": MODEL, "prompt": "keep me busy", "max_tokens": 100000, "ignore_eos": True, "stream": True}
+        body = {"model": MODEL, "prompt": "keep me busy", "max_tokens": 30000, "ignore_eos": True, "stream": True}
         stream = engine.http.post(engine.url + "/v1/completions", json=body, stream=True, timeout=30)
         try:
             assert stream.status_code == 200

@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return 2
+        except OSError as exc:  # a dataset or suite file that cannot be read
+            print(f"error: cannot read {exc.filename or 'a file'}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(_serve(args))
 

@@ -139,12 +139,17 @@ class Profile:
                      "cpu_ms_per_step", "cpu_us_per_seq", "activation_reserve_gb", "frontend_ms_per_request",
                      "frontend_us_per_prompt_token", "frontend_us_per_chunk", "cpu_ms_per_prefill_seq"):
             need_float(name, 0.0)
-        for name in ("moe_gemm_efficiency", "indexer_efficiency"):
+        for name, fallback in (("moe_gemm_efficiency", "gemm_efficiency"), ("indexer_efficiency", "attention_efficiency")):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                out.append(f"{name} must be a number in [0, 1] (0: as gemm_efficiency), got {v!r}")
-        for name in ():
-            need_float(name, 0.0)
+                out.append(f"{name} must be a number in [0, 1] (0: as {fallback}), got {v!r}")
+        for name in ("new_token_ratio", "new_token_ratio_min"):
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1:
+                out.append(f"{name} is a share of the remaining output, at most 1, got {v!r}")
+        lo, hi = self.new_token_ratio_min, self.new_token_ratio
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) and lo > hi:
+            out.append(f"new_token_ratio_min ({lo}) cannot exceed new_token_ratio ({hi}): the ratio decays to it")
         need_float("tokens_per_decode_step", 1.0)
         if not isinstance(self.expert_parallel, bool):
             out.append(f"expert_parallel must be true or false, got {self.expert_parallel!r}")
@@ -430,6 +435,12 @@ class EngineModel:
         self.prefix_cache_hits += hit
         return hit
 
+    def _peek_prefix(self, req: _Request) -> int:
+        """What ``_lookup_prefix`` would serve, without counting it."""
+        if req.admitted or req.prefix_key is None:
+            return 0
+        return min(self._prefix_cache.get(req.prefix_key, 0), req.prefill_target - 1)
+
     def _insert_prefix(self, req: _Request) -> None:
         key = req.prefix_key
         if key is None:
@@ -488,8 +499,9 @@ class EngineModel:
             if not rank.waiting or len(rank.running) >= p.max_running_requests:
                 return False
             req = rank.waiting[0]
-            if incremental:
-                return rank.kv_used + min(req.prefill_target, max(budget, 1)) <= room
+            if incremental:  # its cached prefix is held from the start, then its first chunk
+                cached = self._peek_prefix(req)
+                return rank.kv_used + cached + min(req.prefill_target - cached, max(budget, 1)) <= room
             need = rank.kv_used + req.prefill_target
             ratio = rank.new_token_ratio
             if ratio > 0:  # reserve part of the output still to come, of the running requests and this one

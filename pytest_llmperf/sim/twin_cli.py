@@ -90,7 +90,14 @@ def calibrate_main(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in seed]
     if unknown:
         raise ValueError(f"the seed has no figures for {', '.join(unknown)}: expected among {', '.join(sorted(seed))}")
+    known = {w for figs in seed.values() for w in figs}
+    bad = [w for w in args.workload or () if w not in known]
+    if bad:
+        raise ValueError(f"the seed has no figures for workload {', '.join(bad)}: expected among "
+                         f"{', '.join(sorted(known))}")
     figures = cal.compare({n: load_profile(n) for n in names}, args.workload)
+    if not figures:
+        raise ValueError(f"the seed has no figures for {', '.join(names)} on {', '.join(args.workload or ())}")
     tol = {g.metric: g.tolerance for g in cal.GATES}
     rows = []
     for f in figures:
