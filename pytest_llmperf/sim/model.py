@@ -423,16 +423,12 @@ class EngineModel:
 
     def _lookup_prefix(self, req: _Request) -> int:
         """On first admission: count the query, and return the prompt tokens the cache serves (at most all but one)."""
+        hit = self._peek_prefix(req)
         req.admitted = True
         self.prefix_cache_queries += req.prefill_target
-        if req.prefix_key is None:
-            return 0
-        cached = self._prefix_cache.get(req.prefix_key)
-        if cached is None:
-            return 0
-        self._prefix_cache.move_to_end(req.prefix_key)
-        hit = min(cached, req.prefill_target - 1)
-        self.prefix_cache_hits += hit
+        if req.prefix_key in self._prefix_cache:
+            self._prefix_cache.move_to_end(req.prefix_key)
+            self.prefix_cache_hits += hit
         return hit
 
     def _peek_prefix(self, req: _Request) -> int:
