@@ -91,12 +91,12 @@ PINNED_MIXED_CHUNKS_S = [
 PINNED_DP = [(0.001 * i, 400 + 50 * i, 300 + 20 * i) for i in range(6)]
 # per request: first two chunk times, last chunk time, chunks
 PINNED_DP_CHUNKS_S = [
-    (0.11832000000000001, 0.41938499999999995, 6.70811625, 300),
-    (0.1794, 0.47406974999999996, 7.24598625, 320),
-    (0.24048, 0.41938499999999995, 7.765053749999999, 340),
-    (0.30156, 0.47406974999999996, 8.19001125, 360),
-    (0.3621, 0.41938499999999995, 10.771267499999999, 380),
-    (0.45324, 0.47406974999999996, 12.359888999999999, 400),
+    (0.11832000000000001, 0.37323225, 6.366317250000001, 300),
+    (0.1794, 0.35253, 6.846233250000001, 320),
+    (0.24048, 0.37323225, 7.4034270000000015, 340),
+    (0.3012, 0.35253, 7.7688112500000015, 360),
+    (0.35253, 0.37323225, 10.418670000000004, 380),
+    (6.998573250000001, 7.017837000000001, 13.949846250000004, 400),  # admitted once its whole output fits
 ]
 
 
@@ -114,7 +114,7 @@ def test_pinned_simulation_two_ranks_prefill_first_preemptions_and_slowdown():
     got = [(r.chunk_times_s[0], r.chunk_times_s[1], r.chunk_times_s[-1], len(r.chunk_times_s)) for r in results]
     assert got == PINNED_DP_CHUNKS_S
     assert [sum(r.chunk_tokens) for r in results] == [300 + 20 * i for i in range(6)]
-    assert (model.num_steps, model.num_preemptions) == (614, 4)
+    assert (model.num_steps, model.num_preemptions) == (726, 1)
 
 
 def test_a_simulation_that_cannot_finish_stops_at_the_step_limit():

@@ -430,3 +430,76 @@ def test_profile_gpus_defaults_to_eight_and_is_checked(tmp_path):
         path.write_text(base + f"gpus = {bad}\n")
         with pytest.raises(ValueError, match=r"sim profile .*mine.toml: .*gpus must be an integer >= 1"):
             load_profile(path)
+
+
+def sglang(**over) -> Profile:
+    base = dict(scheduler="prefill_first", kv_capacity_tokens=1000, max_context_tokens=1000,
+                chunked_prefill_tokens=10_000, new_token_ratio=0.01, new_token_ratio_min=0.01)
+    base.update(over)
+    return profile(**base)
+
+
+def test_sglang_admits_a_request_only_with_room_for_its_whole_output():
+    fits, short = EngineModel(sglang()), EngineModel(sglang())
+    fits.add_request("a", 100, 899)
+    short.add_request("a", 100, 900)  # 1000 tokens: SGLang wants strictly less than what is free
+    for m in (fits, short):
+        m.commit_step(m.plan_step())
+    assert fits.stats()["running"] == 1 and short.stats()["running"] == 0
+    # the requests already running keep only new_token_ratio of their remaining output
+    m = EngineModel(sglang(new_token_ratio=0.5, new_token_ratio_min=0.5))
+    m.add_request("a", 100, 500)
+    m.add_request("b", 100, 350)
+    plan = m.plan_step()
+    assert [req.request_id for req, _ in plan.ranks[0].prefills] == ["a"]  # a's whole 500 is held this round
+    m.commit_step(plan)
+    plan = m.plan_step()  # a (101 held, 0.5 x 499 reserved) leaves room for b's 100 + 350
+    assert [req.request_id for req, _ in plan.ranks[0].prefills] == ["b"]
+
+
+def test_sglang_retracts_the_fewest_outputs_longest_prompt_first_to_the_back_of_the_queue():
+    m = EngineModel(sglang(new_token_ratio_min=0.001, new_token_ratio_decay=0.0001))
+    m.add_request("x", 100, 500)
+    m.add_request("y", 200, 500)  # waits one round for x's whole output, then both have one token
+    m.add_request("z", 300, 400)  # never fits beside them: waits
+    steps, retracted, ratio_after = [], [], None
+    for i in range(5000):
+        if not m.has_work():
+            break
+        plan = m.plan_step()
+        steps.append(plan)
+        if plan.ranks[0].preempted:
+            retracted.append((i, plan.ranks[0].preempted))
+            ratio_after = m._ranks[0].new_token_ratio
+        for ev in m.commit_step(plan):
+            if ev.request_id == "y" and ev.first:
+                assert not retracted
+    assert not m.has_work() and m.stats()["kv_used_tokens"] == 0
+    assert len(retracted) == 1 and retracted[0][1] == ("y",)  # x and y had as many tokens: the longer prompt goes
+    at = retracted[0][0]
+    x_made = 1 + sum(1 for p in steps[:at] if p.num_decode_seqs == 2)  # x's first token, then its decodes
+    assert steps[at].num_decode_seqs == 1  # x decodes on alone
+    # the kept request's progress sets the ratio: (made + 20 decodes) / (promised + 1), not decayed that step
+    assert ratio_after == pytest.approx((x_made + 20) / 501)
+    # y went behind z: z is prefilled (300 tokens) before y's prompt and output so far (200 + x_made)
+    prefills = [p.num_prefill_tokens for p in steps[at:] if p.num_prefill_tokens]
+    assert prefills == [300, 200 + x_made]
+    assert m.num_preemptions == 1
+
+
+def test_sglang_retraction_frees_room_for_twenty_decodes_of_every_kept_request():
+    m = EngineModel(sglang(kv_capacity_tokens=3000, max_context_tokens=3000, max_running_requests=16))
+    for i in range(12):
+        m.add_request(f"r{i}", 40, 2000)
+    for _ in range(5000):
+        plan = m.plan_step()
+        gone = plan.ranks[0].preempted
+        if gone:
+            kept = m.stats()["running"]
+            assert 3000 - m.stats()["kv_used_tokens"] >= 20 * kept
+            made = {rid: req.generated for rid, req in m._requests.items()}
+            assert max(made[r] for r in gone) <= min(made[r] for r in made if r not in gone and m._requests[r].state == "decode")
+            break
+        m.commit_step(plan)
+    else:
+        raise AssertionError("no retraction")

@@ -29,7 +29,13 @@ exactly what it was without the cache.
 Schedulers: ``mixed`` (vLLM style: decodes first, then prefill chunks fill
 the token budget, all in one step) and ``prefill_first`` (SGLang style: a
 rank with admissible prefill work runs a prefill-only step, otherwise it
-decodes).
+decodes). SGLang admits a request when its prompt and its whole output (at
+most 4096 tokens of it) fit beside the running requests' reservations (the
+new-token ratio of what each has still to produce); when a decode no longer
+fits it retracts the requests with the fewest output tokens (longest prompt
+first) until the rest have room for 20 more decodes each, sets the ratio from
+the rest's progress, and queues the retracted ones at the back, to be
+prefilled again with the output they had.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from typing import Any
 from .hardware import RankLoad
 
 SCHEDULERS = ("mixed", "prefill_first")
+SGLANG_CLIP_MAX_NEW_TOKENS = 4096  # SGLang reserves at most this much of one request's output at admission
+SGLANG_RETRACT_DECODE_STEPS = 20  # a retraction frees room for this many decodes of every request kept
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,8 @@ class Profile:
     spec_draft_tokens: int = 0
     gpus: int = 8  # GPUs of the configuration it stands in for (what the run gives the engine)
     # -- admission: SGLang reserves part of each running request's remaining output ("new token ratio"),
-    # starting at new_token_ratio and decaying per decode step to new_token_ratio_min; a retraction resets it.
+    # starting at new_token_ratio and decaying per decode step to new_token_ratio_min; a retraction sets it from
+    # what the requests kept have produced (``EngineModel._retract``).
     # TensorRT-LLM's default (guaranteed no eviction) reserves all of it: 1.0 without decay.
     new_token_ratio: float = 0.0
     new_token_ratio_min: float = 0.0
@@ -467,7 +476,7 @@ class EngineModel:
         rank.running[req.request_id] = req  # _release pops it again
         self._release(rank, req)
         if self.profile.new_token_ratio > 0:
-            rank.new_token_ratio = self.profile.new_token_ratio  # a retraction: reserve more again
+            rank.new_token_ratio = self.profile.new_token_ratio  # a preemption: reserve as much as at the start
         req.state = "waiting"
         req.prefill_target = req.prompt_tokens + req.generated
         req.prefilled = 0
@@ -475,6 +484,29 @@ class EngineModel:
         rank.queued_tokens += req.prefill_target
         self.num_preemptions += 1
         return req.request_id
+
+    def _retract(self, rank: _Rank, growth: int) -> list[str]:
+        """SGLang's retraction: when the next decode does not fit, retract the requests with the fewest output
+        tokens (the longest prompt first among equals) until the rest have room for RETRACT_DECODE_STEPS more
+        decodes, then set the new-token ratio from what the rest have produced; the retracted requests go to the
+        back of the waiting queue and are prefilled again (prompt and output so far)."""
+        cap = self._kv_cap
+        order = sorted(rank.decoding.values(), key=lambda r: (r.generated, -r.prompt_tokens), reverse=True)
+        out: list[str] = []
+        while len(order) > 1 and (not out or cap - rank.kv_used < SGLANG_RETRACT_DECODE_STEPS * growth * len(order)):
+            req = order.pop()
+            self._release(rank, req)
+            req.state = "waiting"
+            req.prefill_target = req.prompt_tokens + req.generated
+            req.prefilled = 0
+            rank.waiting.append(req)
+            rank.queued_tokens += req.prefill_target
+            self.num_preemptions += 1
+            out.append(req.request_id)
+        produced = sum(r.generated for r in order)
+        promised = sum(r.max_output_tokens for r in order)
+        rank.new_token_ratio = min(1.0, (produced + SGLANG_RETRACT_DECODE_STEPS * len(order)) / (promised + 1))
+        return out
 
     def _plan_rank(self, rank: _Rank):
         """One rank's share of the next step: (plan, linear cost in ms, decodes, prefill tokens, load)."""
@@ -491,13 +523,25 @@ class EngineModel:
         incremental = p.scheduler == "mixed" and p.new_token_ratio <= 0
         room = cap - min(rank.remaining_out, cap // 8) if incremental else cap
 
+        sglang = p.scheduler == "prefill_first"
+        reserved = None  # SGLang: the running requests' reservation, then each admitted request's whole output
+
         def can_admit() -> bool:
+            nonlocal reserved
             if not rank.waiting or len(rank.running) >= p.max_running_requests:
                 return False
             req = rank.waiting[0]
             if incremental:  # its cached prefix is held from the start, then its first chunk
                 cached = self._peek_prefix(req)
                 return rank.kv_used + cached + min(req.prefill_target - cached, max(budget, 1)) <= room
+            if sglang:
+                # PrefillAdder: the whole prompt plus the whole (clipped) output of this request must fit in what
+                # is left once each running request keeps new_token_ratio of its (clipped) remaining output
+                if reserved is None:
+                    reserved = rank.new_token_ratio * sum(
+                        min(r.max_output_tokens - r.generated, SGLANG_CLIP_MAX_NEW_TOKENS) for r in rank.running.values())
+                out = min(req.max_output_tokens - req.generated, SGLANG_CLIP_MAX_NEW_TOKENS)
+                return rank.kv_used + reserved + req.prefill_target + out < cap
             need = rank.kv_used + req.prefill_target
             ratio = rank.new_token_ratio
             if ratio > 0:  # reserve part of the output still to come, of the running requests and this one
@@ -511,8 +555,14 @@ class EngineModel:
 
         decodes: tuple = ()
         if do_decode and rank.decoding:
-            while rank.kv_used + growth * len(rank.decoding) > cap and len(rank.running) > 1:
-                preempted.append(self._preempt_last(rank))
+            retracted = False
+            if sglang:
+                if rank.kv_used + growth * len(rank.decoding) > cap and len(rank.decoding) > 1:
+                    preempted.extend(self._retract(rank, growth))
+                    retracted = True
+            else:
+                while rank.kv_used + growth * len(rank.decoding) > cap and len(rank.running) > 1:
+                    preempted.append(self._preempt_last(rank))
             in_progress = [r for r in in_progress if r.state == "prefill"]
             max_decodes = budget // per_seq
             decodes = tuple(rank.decoding.values())
@@ -522,7 +572,7 @@ class EngineModel:
             else:
                 ctx = rank.decode_ctx_tokens
             budget -= len(decodes) * per_seq
-            if p.new_token_ratio_decay > 0:
+            if p.new_token_ratio_decay > 0 and not retracted:
                 rank.new_token_ratio = max(p.new_token_ratio_min, rank.new_token_ratio - p.new_token_ratio_decay)
         else:
             ctx = 0
@@ -552,6 +602,8 @@ class EngineModel:
             req.state = "prefill"
             rank.running[req.request_id] = req
             rank.remaining_out += req.max_output_tokens - req.generated
+            if reserved is not None:  # admitted this round: its whole output stays reserved until the next
+                reserved += min(req.max_output_tokens - req.generated, SGLANG_CLIP_MAX_NEW_TOKENS)
             if not req.admitted:
                 req.prefilled = self._lookup_prefix(req)
             n = min(req.prefill_target - req.prefilled, budget)
