@@ -439,67 +439,119 @@ def sglang(**over) -> Profile:
     return profile(**base)
 
 
+def prefilled(plan) -> list[str]:
+    return [req.request_id for rank in plan.ranks for req, _ in rank.prefills]
+
+
 def test_sglang_admits_a_request_only_with_room_for_its_whole_output():
-    fits, short = EngineModel(sglang()), EngineModel(sglang())
-    fits.add_request("a", 100, 899)
-    short.add_request("a", 100, 900)  # 1000 tokens: SGLang wants strictly less than what is free
-    for m in (fits, short):
-        m.commit_step(m.plan_step())
-    assert fits.stats()["running"] == 1 and short.stats()["running"] == 0
-    # the requests already running keep only new_token_ratio of their remaining output
     m = EngineModel(sglang(new_token_ratio=0.5, new_token_ratio_min=0.5))
     m.add_request("a", 100, 500)
     m.add_request("b", 100, 350)
     plan = m.plan_step()
-    assert [req.request_id for req, _ in plan.ranks[0].prefills] == ["a"]  # a's whole 500 is held this round
+    assert prefilled(plan) == ["a"]  # a's whole 500 is held this round: 100 + 500 + 100 + 350 > 1000
     m.commit_step(plan)
-    plan = m.plan_step()  # a (101 held, 0.5 x 499 reserved) leaves room for b's 100 + 350
-    assert [req.request_id for req, _ in plan.ranks[0].prefills] == ["b"]
+    plan = m.plan_step()  # then a keeps half of its remaining 499: 101 + 249.5 + 100 + 350 < 1000
+    assert prefilled(plan) == ["b"]
+    # strictly less than what is left: beside a 1-token prompt and its 1-token output, 100 + 898 does not fit
+    m = EngineModel(sglang(new_token_ratio=0.0, new_token_ratio_min=0.0))
+    m.add_request("a", 1, 1)
+    m.add_request("b", 100, 898)
+    assert prefilled(m.plan_step()) == ["a"]
+    # alone, a request always fits, even one as long as the pool (SGLang clips its output to the pool)
+    m = EngineModel(sglang())
+    m.add_request("a", 100, 900)
+    assert prefilled(m.plan_step()) == ["a"]
+    # at most 4096 tokens of one request's output are reserved
+    m = EngineModel(sglang(kv_capacity_tokens=10_000, max_context_tokens=10_000))
+    m.add_request("a", 100, 8000)
+    m.add_request("b", 100, 5000)
+    assert prefilled(m.plan_step()) == ["a", "b"]  # 100 + 4096 + 100 + 4096 < 10000
 
 
-def test_sglang_retracts_the_fewest_outputs_longest_prompt_first_to_the_back_of_the_queue():
+def retractions(m: EngineModel, max_steps: int = 5000):
+    """Run to the end; per retraction: (step, retracted ids, generated per request, kv free, ratio after)."""
+    out, steps = [], []
+    for i in range(max_steps):
+        if not m.has_work():
+            return out, steps
+        plan = m.plan_step()
+        steps.append(plan)
+        gone = plan.ranks[0].preempted
+        if gone:
+            made = {rid: req.generated for rid, req in m._requests.items()}
+            free = m.kv_capacity_tokens - m.stats()["kv_used_tokens"]
+            out.append((i, gone, made, free, m._ranks[0].new_token_ratio))
+        m.commit_step(plan)
+    raise AssertionError("model did not finish")
+
+
+def test_sglang_retracts_the_longest_prompt_among_equals_not_the_newest():
+    m = EngineModel(sglang(kv_capacity_tokens=1100, max_context_tokens=1000))
+    m.add_request("x", 300, 300)  # x and y admitted together, z a step later: all three have one token
+    m.add_request("y", 100, 300)
+    m.add_request("z", 50, 300)
+    events, _ = retractions(m)
+    assert [e[1] for e in events][:1] == [("x",)]
+
+
+def test_sglang_retracts_the_fewest_outputs_first():
+    m = EngineModel(sglang(kv_capacity_tokens=1100, max_context_tokens=1000, new_token_ratio=0.7,
+                           new_token_ratio_min=0.001, new_token_ratio_decay=0.01))
+    m.add_request("old", 300, 600)  # long prompt, admitted first: the most tokens when the pool runs out
+    m.add_request("new", 20, 400)  # admitted once the ratio has decayed, so fewer tokens
+    events, _ = retractions(m)
+    step, gone, made, _, _ = events[0]
+    assert made["new"] < made["old"] and gone == ("new",)
+
+
+def test_sglang_retraction_goes_to_the_back_of_the_queue_and_resets_the_ratio_from_progress():
     m = EngineModel(sglang(new_token_ratio_min=0.001, new_token_ratio_decay=0.0001))
     m.add_request("x", 100, 500)
     m.add_request("y", 200, 500)  # waits one round for x's whole output, then both have one token
     m.add_request("z", 300, 400)  # never fits beside them: waits
-    steps, retracted, ratio_after = [], [], None
-    for i in range(5000):
-        if not m.has_work():
-            break
-        plan = m.plan_step()
-        steps.append(plan)
-        if plan.ranks[0].preempted:
-            retracted.append((i, plan.ranks[0].preempted))
-            ratio_after = m._ranks[0].new_token_ratio
-        for ev in m.commit_step(plan):
-            if ev.request_id == "y" and ev.first:
-                assert not retracted
+    events, steps = retractions(m)
     assert not m.has_work() and m.stats()["kv_used_tokens"] == 0
-    assert len(retracted) == 1 and retracted[0][1] == ("y",)  # x and y had as many tokens: the longer prompt goes
-    at = retracted[0][0]
-    x_made = 1 + sum(1 for p in steps[:at] if p.num_decode_seqs == 2)  # x's first token, then its decodes
-    assert steps[at].num_decode_seqs == 1  # x decodes on alone
+    assert len(events) == 1 and events[0][1] == ("y",) and m.num_preemptions == 1
+    at, _, made, _, ratio_after = events[0]
+    assert steps[at].num_decode_seqs == 1 and steps[at].num_prefill_tokens == 0  # x decodes on alone, no prefill
     # the kept request's progress sets the ratio: (made + 20 decodes) / (promised + 1), not decayed that step
-    assert ratio_after == pytest.approx((x_made + 20) / 501)
-    # y went behind z: z is prefilled (300 tokens) before y's prompt and output so far (200 + x_made)
+    assert ratio_after == pytest.approx((made["x"] + 20) / 501)
+    # y went behind z: z is prefilled (300 tokens) before y's prompt and output so far
     prefills = [p.num_prefill_tokens for p in steps[at:] if p.num_prefill_tokens]
-    assert prefills == [300, 200 + x_made]
-    assert m.num_preemptions == 1
+    assert prefills == [300, 200 + made["y"]]
 
 
-def test_sglang_retraction_frees_room_for_twenty_decodes_of_every_kept_request():
-    m = EngineModel(sglang(kv_capacity_tokens=3000, max_context_tokens=3000, max_running_requests=16))
-    for i in range(12):
-        m.add_request(f"r{i}", 40, 2000)
-    for _ in range(5000):
-        plan = m.plan_step()
-        gone = plan.ranks[0].preempted
-        if gone:
-            kept = m.stats()["running"]
-            assert 3000 - m.stats()["kv_used_tokens"] >= 20 * kept
-            made = {rid: req.generated for rid, req in m._requests.items()}
-            assert max(made[r] for r in gone) <= min(made[r] for r in made if r not in gone and m._requests[r].state == "decode")
-            break
-        m.commit_step(plan)
-    else:
-        raise AssertionError("no retraction")
+def test_sglang_retraction_frees_room_for_twenty_decodes_of_every_kept_request_and_no_more():
+    m = EngineModel(sglang(kv_capacity_tokens=3000, max_context_tokens=3000, max_running_requests=64))
+    for i in range(40):
+        m.add_request(f"r{i}", 10, 500)
+    events, steps = retractions(m)
+    step, gone, made, free, _ = events[0]
+    assert steps[step].num_prefill_tokens == 0  # the room freed is not refilled in the decode step itself
+    kept = 40 - len(gone)
+    assert len(gone) > 1
+    assert free >= 20 * kept  # room for 20 more decodes of each request kept
+    last = gone[-1]
+    assert free - (10 + made[last]) < 20 * (kept + 1)  # one retraction fewer would not have been enough
+
+
+def test_a_profile_without_reservations_keeps_none_after_a_retraction():
+    m = EngineModel(sglang(new_token_ratio=0.0, new_token_ratio_min=0.0, kv_capacity_tokens=1100,
+                           max_context_tokens=1000))
+    for rid, prompt in (("x", 300), ("y", 100), ("z", 50)):
+        m.add_request(rid, prompt, 300)
+    events, _ = retractions(m)
+    assert events and all(e[4] == 0.0 for e in events)
+
+
+def test_sglang_a_step_that_retracts_decodes_only():
+    m = EngineModel(sglang(kv_capacity_tokens=1100, max_context_tokens=1000))
+    for rid, prompt in (("x", 300), ("y", 100), ("z", 50)):
+        m.add_request(rid, prompt, 300)
+    while m.kv_capacity_tokens - m.stats()["kv_used_tokens"] >= 3:  # until the next decode of three cannot fit
+        m.commit_step(m.plan_step())
+    m.add_request("w", 5, 5)  # does not fit now; would, once the retraction frees room
+    plan = m.plan_step()
+    assert plan.ranks[0].preempted and plan.num_decode_seqs == 2 and plan.num_prefill_tokens == 0
+    m.commit_step(plan)
+    assert "w" in [req.request_id for req, _ in m.plan_step().ranks[0].prefills]  # the next step prefills

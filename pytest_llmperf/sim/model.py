@@ -487,9 +487,10 @@ class EngineModel:
 
     def _retract(self, rank: _Rank, growth: int) -> list[str]:
         """SGLang's retraction: when the next decode does not fit, retract the requests with the fewest output
-        tokens (the longest prompt first among equals) until the rest have room for RETRACT_DECODE_STEPS more
-        decodes, then set the new-token ratio from what the rest have produced; the retracted requests go to the
-        back of the waiting queue and are prefilled again (prompt and output so far)."""
+        tokens (the longest prompt first among equals) until the rest have room for
+        SGLANG_RETRACT_DECODE_STEPS more decodes each, then set the new-token ratio from what the rest have
+        produced; the retracted requests go to the back of the waiting queue and are prefilled again (prompt
+        and output so far)."""
         cap = self._kv_cap
         order = sorted(rank.decoding.values(), key=lambda r: (r.generated, -r.prompt_tokens), reverse=True)
         out: list[str] = []
@@ -505,7 +506,8 @@ class EngineModel:
             out.append(req.request_id)
         produced = sum(r.generated for r in order)
         promised = sum(r.max_output_tokens for r in order)
-        rank.new_token_ratio = min(1.0, (produced + SGLANG_RETRACT_DECODE_STEPS * len(order)) / (promised + 1))
+        if self.profile.new_token_ratio > 0:  # a profile without reservations keeps none
+            rank.new_token_ratio = min(1.0, (produced + SGLANG_RETRACT_DECODE_STEPS * len(order)) / (promised + 1))
         return out
 
     def _plan_rank(self, rank: _Rank):
@@ -541,6 +543,8 @@ class EngineModel:
                     reserved = rank.new_token_ratio * sum(
                         min(r.max_output_tokens - r.generated, SGLANG_CLIP_MAX_NEW_TOKENS) for r in rank.running.values())
                 out = min(req.max_output_tokens - req.generated, SGLANG_CLIP_MAX_NEW_TOKENS)
+                if not rank.running:  # alone it always fits (SGLang clips its output to what the pool holds)
+                    return rank.kv_used + req.prefill_target + out <= cap
                 return rank.kv_used + reserved + req.prefill_target + out < cap
             need = rank.kv_used + req.prefill_target
             ratio = rank.new_token_ratio
@@ -596,7 +600,7 @@ class EngineModel:
             prefills.append((req, n))
             attn_pairs += n * (req.prefilled + n / 2)
             budget -= n
-        while budget > 0 and can_admit():
+        while budget > 0 and not (sglang and decodes) and can_admit():  # SGLang: a step prefills or decodes
             req = rank.waiting.popleft()
             rank.queued_tokens -= req.prefill_target
             req.state = "prefill"
