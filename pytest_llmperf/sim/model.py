@@ -471,19 +471,26 @@ class EngineModel:
         rank.kv_used -= req.kv_held
         req.kv_held = 0
 
-    def _preempt_last(self, rank: _Rank) -> str:
-        _, req = rank.running.popitem()
-        rank.running[req.request_id] = req  # _release pops it again
+    def _requeue(self, rank: _Rank, req: _Request, front: bool) -> str:
+        """Free a running request's KV and queue it to be prefilled again, prompt and output so far."""
         self._release(rank, req)
-        if self.profile.new_token_ratio > 0:
-            rank.new_token_ratio = self.profile.new_token_ratio  # a preemption: reserve as much as at the start
         req.state = "waiting"
         req.prefill_target = req.prompt_tokens + req.generated
         req.prefilled = 0
-        rank.waiting.appendleft(req)
+        if front:
+            rank.waiting.appendleft(req)
+        else:
+            rank.waiting.append(req)
         rank.queued_tokens += req.prefill_target
         self.num_preemptions += 1
         return req.request_id
+
+    def _preempt_last(self, rank: _Rank) -> str:
+        _, req = rank.running.popitem()
+        rank.running[req.request_id] = req  # _release pops it again
+        if self.profile.new_token_ratio > 0:
+            rank.new_token_ratio = self.profile.new_token_ratio  # a preemption: reserve as much as at the start
+        return self._requeue(rank, req, front=True)
 
     def _retract(self, rank: _Rank, growth: int) -> list[str]:
         """SGLang's retraction: when the next decode does not fit, retract the requests with the fewest output
@@ -495,15 +502,7 @@ class EngineModel:
         order = sorted(rank.decoding.values(), key=lambda r: (r.generated, -r.prompt_tokens), reverse=True)
         out: list[str] = []
         while len(order) > 1 and (not out or cap - rank.kv_used < SGLANG_RETRACT_DECODE_STEPS * growth * len(order)):
-            req = order.pop()
-            self._release(rank, req)
-            req.state = "waiting"
-            req.prefill_target = req.prompt_tokens + req.generated
-            req.prefilled = 0
-            rank.waiting.append(req)
-            rank.queued_tokens += req.prefill_target
-            self.num_preemptions += 1
-            out.append(req.request_id)
+            out.append(self._requeue(rank, order.pop(), front=False))
         produced = sum(r.generated for r in order)
         promised = sum(r.max_output_tokens for r in order)
         if self.profile.new_token_ratio > 0:  # a profile without reservations keeps none
