@@ -503,9 +503,9 @@ class EngineModel:
         out: list[str] = []
         while len(order) > 1 and (not out or cap - rank.kv_used < SGLANG_RETRACT_DECODE_STEPS * growth * len(order)):
             out.append(self._requeue(rank, order.pop(), front=False))
-        produced = sum(r.generated for r in order)
-        promised = sum(r.max_output_tokens for r in order)
         if self.profile.new_token_ratio > 0:  # a profile without reservations keeps none
+            produced = sum(r.generated for r in order)
+            promised = sum(r.max_output_tokens for r in order)
             rank.new_token_ratio = min(1.0, (produced + SGLANG_RETRACT_DECODE_STEPS * len(order)) / (promised + 1))
         return out
 
@@ -558,11 +558,9 @@ class EngineModel:
 
         decodes: tuple = ()
         if do_decode and rank.decoding:
-            retracted = False
             if sglang:
                 if rank.kv_used + growth * len(rank.decoding) > cap and len(rank.decoding) > 1:
                     preempted.extend(self._retract(rank, growth))
-                    retracted = True
             else:
                 while rank.kv_used + growth * len(rank.decoding) > cap and len(rank.running) > 1:
                     preempted.append(self._preempt_last(rank))
@@ -575,7 +573,7 @@ class EngineModel:
             else:
                 ctx = rank.decode_ctx_tokens
             budget -= len(decodes) * per_seq
-            if p.new_token_ratio_decay > 0 and not retracted:
+            if p.new_token_ratio_decay > 0 and not (sglang and preempted):  # a retraction set the ratio
                 rank.new_token_ratio = max(p.new_token_ratio_min, rank.new_token_ratio - p.new_token_ratio_decay)
         else:
             ctx = 0
