@@ -51,7 +51,7 @@ def loss(profile: Profile, name: str, workloads: list[str] | None, target: float
     for f in cal.compare({name: profile}, workloads):
         lr = abs(math.log(max(f.sim, 1e-9) / f.seed))
         if f.metric in GATED:
-            total += 0.1 * lr ** 2 + 30.0 * max(0.0, lr - math.log(1 + 0.9 * GATED[f.metric])) ** 2
+            total += 0.1 * lr ** 2 + 300.0 * max(0.0, lr - math.log(1 + 0.9 * GATED[f.metric])) ** 2
         elif f.metric in SHARED:
             total += 0.15 * lr ** 2 + 2.0 * max(0.0, lr - math.log(1 + 0.8 * SHARED[f.metric])) ** 2
         if target and f.metric == "total_token_throughput" and f.workload == "sharegpt":

@@ -76,6 +76,57 @@ def test_expert_parallel_changes_communication_and_the_busiest_gpu():
     assert ep != tp
 
 
+def test_dense_prefill_prices_causal_pairs_in_bf16_and_skips_the_indexer():
+    eff = Efficiency(gemm=0.3, attention=0.2, memory=0.8, nvlink=0.7, layer_latency_us=100, cpu_ms_per_step=1,
+                     cpu_us_per_seq=10, dense_attention=0.5)
+    coster = StepCoster(DEEPSEEK_V32, H200, Layout(attention_tp=1), eff)
+    tokens, pairs = 8192, 4 * 2048 * 2049 / 2  # four 2048-token prompts, causal
+    bare = coster.step_s([RankLoad(tokens=tokens, prefill_seqs=4, sampled=4)])
+    dense = coster.step_s([RankLoad(tokens=tokens, prefill_seqs=4, sampled=4, dense_pairs=pairs)])
+    sparse = coster.step_s([RankLoad(tokens=tokens, prefill_seqs=4, sampled=4, selected_pairs=pairs,
+                                     indexer_pairs=pairs)])
+    # compute-bound: the dense core adds exactly its FLOPs at half the BF16 peak, per layer
+    assert dense - bare == pytest.approx(2 * 128 * (192 + 128) * pairs * 61 / (989e12 * 0.5), rel=1e-9)
+    assert sparse - bare == pytest.approx((2 * 128 * (576 + 512) / (1979e12 * 0.2)
+                                           + 2 * 64 * 128 / (1979e12 * 0.2)) * pairs * 61, rel=1e-9)
+    assert dense < sparse
+
+
+def test_sglang_prefills_short_batches_dense_and_long_ones_sparse():
+    base = load_profile("sglang-tp8-dp8-dpattn")
+    assert base.dense_prefill_max_kv_tokens == 2048
+
+    def ttft_s(profile, prompt: int) -> float:
+        results, _ = simulate(profile.replace(chunked_prefill_tokens=8192), [SimRequest(0.0, prompt, 2)])
+        return results[0].ttft_s
+
+    sparse_only = base.replace(dense_prefill_max_kv_tokens=0)
+    assert ttft_s(base, 2000) < ttft_s(sparse_only, 2000)  # within the threshold: the cheaper dense MHA
+    assert ttft_s(base, 2048) < ttft_s(sparse_only, 2048)
+    assert ttft_s(base, 4000) == ttft_s(sparse_only, 4000)  # beyond it: sparse MLA and the indexer, as before
+
+
+def test_a_step_that_also_decodes_is_never_dense():
+    from pytest_llmperf.sim.model import EngineModel
+
+    def step_ms(threshold: int) -> list[float]:
+        m = EngineModel(load_profile("sglang-tp8").replace(scheduler="mixed", dense_prefill_max_kv_tokens=threshold,
+                                                           new_token_ratio=0.0, new_token_ratio_min=0.0))
+        m.add_request("a", 100, 50)
+        costs = []
+        for i in range(3):
+            if i == 1:
+                m.add_request("b", 1000, 5)  # prefilled beside a's decode
+            plan = m.plan_step()
+            costs.append(plan.cost_ms)
+            m.commit_step(plan)
+        return costs
+
+    with_dense, without = step_ms(2048), step_ms(0)
+    assert with_dense[0] < without[0]  # a's prefill alone: dense
+    assert with_dense[1] == without[1]  # b's prefill beside a's decode: sparse
+
+
 # -- every shipped profile is physically plausible ----------------------------------------------
 
 
@@ -174,21 +225,14 @@ def test_every_profile_the_seed_ran_has_its_figures_compared(figures):
 # Where the twin is still outside a gate against the seed (profile, workload, figure): the open part of the
 # calibration, listed so that a change which moves any figure across its gate, either way, shows up here.
 KNOWN_OUTSIDE = {
+    ("sglang-mtp-eagle", "sharegpt", "median_itl_ms"),
     ("sglang-tp8", "sharegpt", "max_output_tokens_per_s"),
-    ("sglang-tp8", "sharegpt", "mean_tpot_ms"),
-    ("sglang-tp8", "sharegpt", "mean_ttft_ms"),
-    ("sglang-tp8-dp8-dpattn", "medium", "duration"),
-    ("sglang-tp8-dp8-dpattn", "medium", "output_throughput"),
-    ("sglang-tp8-dp8-dpattn", "medium", "total_token_throughput"),
-    ("sglang-tp8-dp8-dpattn", "sharegpt", "mean_tpot_ms"),
-    ("sglang-tp8-dpattn", "sharegpt", "max_output_tokens_per_s"),
-    ("sglang-tp8-dpattn", "sharegpt", "mean_tpot_ms"),
-    ("sglang-tp8-dpattn", "sharegpt", "mean_ttft_ms"),
+    ("sglang-tp8", "sharegpt", "median_itl_ms"),
     ("trtllm-tp8", "sharegpt", "max_output_tokens_per_s"),
     ("vllm-mtp1", "sharegpt", "median_itl_ms"),
     ("vllm-tp8-no-deepgemm", "sharegpt", "mean_tpot_ms"),
 }
-KNOWN_SWAPS = 0
+KNOWN_SWAPS = 1  # sglang-tp8 behind trtllm-tp8-ep8 (the seed has it 4.5% ahead)
 KNOWN_CLAIMS_MISSED: set[str] = set()
 
 

@@ -79,6 +79,7 @@ class ModelSpec:
     attention_params_per_layer: float  # MLA projections (absorbed for decode) + the indexer's, per layer
     sparse_top_k: int  # DSA: tokens each query attends to
     sparse_flops_per_pair: float  # MLA core over one selected token, all heads (QK over 576 dims + PV over 512)
+    dense_flops_per_pair: float  # plain MHA over one context token, all heads (QK over 192 dims + PV over 128)
     indexer_flops_per_pair: float  # the indexer over one context token, all its heads
     weight_bytes_per_param: float  # FP8 checkpoint
 
@@ -156,6 +157,7 @@ DEEPSEEK_V32 = ModelSpec(
     attention_params_per_layer=_mla_attention_params_per_layer(),
     sparse_top_k=2048,
     sparse_flops_per_pair=2.0 * 128 * (576 + 512),
+    dense_flops_per_pair=2.0 * 128 * (192 + 128),
     indexer_flops_per_pair=2.0 * 64 * 128,
     weight_bytes_per_param=1.0,
 )
@@ -194,6 +196,7 @@ class Efficiency:
     moe_gemm: float = 0.0  # of FP8 peak, for the routed experts' grouped GEMMs (0: as ``gemm``)
     indexer: float = 0.0  # of FP8 peak, for the lightning indexer's FP8 logits (0: as ``attention``)
     cpu_ms_per_prefill_seq: float = 0.0  # per request prefilled in the step: inputs, KV blocks, first sample
+    dense_attention: float = 0.0  # of BF16 peak, for dense (non-absorbed) MHA prefill
 
 
 @dataclass
@@ -205,6 +208,7 @@ class RankLoad:
     prefill_seqs: int = 0
     selected_pairs: float = 0.0  # sparse-attention (query, key) pairs, decodes and prefills
     indexer_pairs: float = 0.0  # indexer (query, key) pairs
+    dense_pairs: float = 0.0  # causal (query, key) pairs of a dense MHA prefill (no indexer, no selection)
     decode_kv_tokens: float = 0.0  # selected KV tokens decodes read (their top-k, not their context)
     decode_context_tokens: float = 0.0  # context tokens whose indexer keys decodes read
     sampled: int = 0  # sequences that sample a token this step
@@ -240,6 +244,7 @@ class StepCoster:
         self._attn_peak = gpu.fp8_flops * eff.attention
         self._index_peak = gpu.fp8_flops * (eff.indexer or eff.attention)
         self._moe_peak = gpu.fp8_flops * (eff.moe_gemm or eff.gemm)
+        self._dense_peak = gpu.bf16_flops * eff.dense_attention
         self._bw = gpu.hbm_bytes_per_s * eff.memory
         self._link = gpu.nvlink_bytes_per_s * eff.nvlink
         layers = m.layers + draft_layers  # an MTP / EAGLE draft layer runs like one more layer
@@ -284,6 +289,8 @@ class StepCoster:
             flops_gemm = self._attn_flops_per_token * load.tokens
             core_s = (m.sparse_flops_per_pair * load.selected_pairs / self._attn_peak
                       + m.indexer_flops_per_pair * load.indexer_pairs / self._index_peak) * m.layers / t
+            if load.dense_pairs:
+                core_s += m.dense_flops_per_pair * load.dense_pairs / self._dense_peak * m.layers / t
             bytes_ = (self._attn_weight_bytes + self._kv_select_bytes * load.decode_kv_tokens
                       + self._kv_index_bytes * load.decode_context_tokens)
             s = max(flops_gemm / self._gemm_peak + core_s, bytes_ / self._bw)

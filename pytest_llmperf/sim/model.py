@@ -103,6 +103,11 @@ class Profile:
     moe_gemm_efficiency: float = 0.0  # the routed experts' grouped GEMMs; 0: as gemm_efficiency
     attention_efficiency: float = 0.0
     indexer_efficiency: float = 0.0  # the lightning indexer's FP8 logits; 0: as attention_efficiency
+    # -- SGLang's dense prefill: a prefill step whose longest sequence holds at most this many KV tokens runs
+    # plain (non-absorbed) MHA over the whole causal context in BF16 and skips the indexer's top-k, as
+    # SGLang's NSA backend does up to the model's top-k (2048) on Hopper; 0: every prefill is sparse MLA
+    dense_prefill_max_kv_tokens: int = 0
+    dense_attention_efficiency: float = 0.0  # of BF16 peak, for that dense MHA
     memory_efficiency: float = 0.0
     nvlink_efficiency: float = 0.0
     layer_latency_us: float = 0.0
@@ -142,12 +147,18 @@ class Profile:
         need_int("spec_draft_tokens", 0)
         need_int("draft_layers", 0)
         need_int("attention_tp", 0)
+        need_int("dense_prefill_max_kv_tokens", 0)
         for name in ("step_base_ms", "decode_ms_per_seq", "prefill_ms_per_token", "decode_attn_ms_per_ktoken",
                      "prefill_attn_ms_per_token_per_ktoken", "prefill_ms_per_seq", "moe_ms_per_token",
                      "new_token_ratio", "new_token_ratio_min", "new_token_ratio_decay", "layer_latency_us",
                      "cpu_ms_per_step", "cpu_us_per_seq", "activation_reserve_gb", "frontend_ms_per_request",
                      "frontend_us_per_prompt_token", "frontend_us_per_chunk", "cpu_ms_per_prefill_seq"):
             need_float(name, 0.0)
+        v = self.dense_attention_efficiency
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            out.append(f"dense_attention_efficiency must be a number in [0, 1], got {v!r}")
+        elif self.dense_prefill_max_kv_tokens and self.hardware and not v:
+            out.append("dense_prefill_max_kv_tokens needs dense_attention_efficiency > 0 (of BF16 peak)")
         for name, fallback in (("moe_gemm_efficiency", "gemm_efficiency"), ("indexer_efficiency", "attention_efficiency")):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
@@ -218,7 +229,8 @@ class Profile:
 
         eff = Efficiency(self.gemm_efficiency, self.attention_efficiency, self.memory_efficiency,
                          self.nvlink_efficiency, self.layer_latency_us, self.cpu_ms_per_step, self.cpu_us_per_seq,
-                         self.moe_gemm_efficiency, self.indexer_efficiency, self.cpu_ms_per_prefill_seq)
+                         self.moe_gemm_efficiency, self.indexer_efficiency, self.cpu_ms_per_prefill_seq,
+                         self.dense_attention_efficiency)
         return StepCoster(DEEPSEEK_V32, GPUS[self.hardware], self.layout, eff, self.draft_layers)
 
 
@@ -643,10 +655,16 @@ class EngineModel:
             load.indexer_pairs = ctx * per_seq
             sampled = len(decodes)
             model = self._coster.model
+            # SGLang's dense prefill: a prefill-only step whose every sequence ends within the threshold
+            dense = (p.dense_prefill_max_kv_tokens > 0 and not decodes
+                     and all(req.prefilled + n <= p.dense_prefill_max_kv_tokens for req, n in prefills))
             for req, n in prefills:
                 start = req.prefilled
-                load.indexer_pairs += n * (start + (n + 1) / 2.0)
-                load.selected_pairs += model.selected_pairs(start, n)
+                if dense:
+                    load.dense_pairs += n * (start + (n + 1) / 2.0)
+                else:
+                    load.indexer_pairs += n * (start + (n + 1) / 2.0)
+                    load.selected_pairs += model.selected_pairs(start, n)
                 if start + n >= req.prefill_target:
                     sampled += 1
             load.sampled = sampled
