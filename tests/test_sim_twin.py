@@ -90,6 +90,12 @@ def test_dense_prefill_prices_causal_pairs_in_bf16_and_skips_the_indexer():
     assert sparse - bare == pytest.approx((2 * 128 * (576 + 512) / (1979e12 * 0.2)
                                            + 2 * 64 * 128 / (1979e12 * 0.2)) * pairs * 61, rel=1e-9)
     assert dense < sparse
+    # a cached prefix is expanded into every head's K and V again; with TP 8 each GPU holds an eighth of the heads
+    tp8 = StepCoster(DEEPSEEK_V32, H200, Layout(attention_tp=8), eff)
+    bare8 = tp8.step_s([RankLoad(tokens=tokens, prefill_seqs=4, sampled=4)])
+    dense8 = tp8.step_s([RankLoad(tokens=tokens, prefill_seqs=4, sampled=4, dense_pairs=pairs, dense_prefix_tokens=1000)])
+    assert dense8 - bare8 == pytest.approx((2 * 128 * (192 + 128) * pairs + 2 * 512 * 128 * 256 * 1000) * 61
+                                           / (989e12 * 0.5) / 8, rel=1e-9)
 
 
 def test_sglang_prefills_short_batches_dense_and_long_ones_sparse():
@@ -106,25 +112,68 @@ def test_sglang_prefills_short_batches_dense_and_long_ones_sparse():
     assert ttft_s(base, 4000) == ttft_s(sparse_only, 4000)  # beyond it: sparse MLA and the indexer, as before
 
 
-def test_a_step_that_also_decodes_is_never_dense():
+def rank_loads(profile, requests, steps: int, more=()) -> list:
+    """The first rank's load in each of ``steps`` steps, as the step coster sees it; ``more``: (step, request)
+    pairs added before that step."""
     from pytest_llmperf.sim.model import EngineModel
 
-    def step_ms(threshold: int) -> list[float]:
-        m = EngineModel(load_profile("sglang-tp8").replace(scheduler="mixed", dense_prefill_max_kv_tokens=threshold,
-                                                           new_token_ratio=0.0, new_token_ratio_min=0.0))
-        m.add_request("a", 100, 50)
-        costs = []
-        for i in range(3):
-            if i == 1:
-                m.add_request("b", 1000, 5)  # prefilled beside a's decode
-            plan = m.plan_step()
-            costs.append(plan.cost_ms)
-            m.commit_step(plan)
-        return costs
+    m = EngineModel(profile)
+    for r in requests:
+        m.add_request(*r)
+    seen = []
+    price = m._coster.step_s
+    m._coster.step_s = lambda loads: seen.append(loads[0]) or price(loads)
+    for i in range(steps):
+        for at, r in more:
+            if at == i:
+                m.add_request(*r)
+        m.commit_step(m.plan_step())
+    return seen
 
-    with_dense, without = step_ms(2048), step_ms(0)
-    assert with_dense[0] < without[0]  # a's prefill alone: dense
-    assert with_dense[1] == without[1]  # b's prefill beside a's decode: sparse
+
+TP8 = load_profile("sglang-tp8")
+
+
+def test_a_batch_is_dense_only_when_its_longest_sequence_is_within_the_threshold():
+    [mixed] = rank_loads(TP8.replace(chunked_prefill_tokens=8192), [("a", 1000, 4), ("b", 3000, 4)], 1)
+    assert mixed.prefill_seqs == 2 and mixed.dense_pairs == 0 and mixed.dense_prefix_tokens == 0
+    assert mixed.indexer_pairs == pytest.approx(1000 * 1001 / 2 + 3000 * 3001 / 2)
+    # one prompt in 1024-token chunks: dense while its KV stays within 2048 (the earlier chunks count), then sparse
+    chunks = rank_loads(TP8.replace(chunked_prefill_tokens=1024), [("a", 3000, 4)], 3)
+    assert [c.tokens for c in chunks] == [1024, 1024, 952]
+    assert chunks[0].dense_pairs == pytest.approx(1024 * 1025 / 2) and chunks[0].dense_prefix_tokens == 0
+    assert chunks[1].dense_pairs == pytest.approx(1024 * (1024 + 1025 / 2)) and chunks[1].dense_prefix_tokens == 1024
+    for dense in chunks[:2]:
+        assert dense.indexer_pairs == 0 and dense.selected_pairs == 0
+    assert chunks[2].dense_pairs == 0 and chunks[2].dense_prefix_tokens == 0
+    assert chunks[2].indexer_pairs == pytest.approx(952 * (2048 + 953 / 2))
+    assert chunks[2].selected_pairs == pytest.approx(DEEPSEEK_V32.selected_pairs(2048, 952))
+
+
+def test_a_cached_prefix_counts_toward_the_threshold_and_is_expanded_again():
+    reqs = [("a", 1500, 1, "same"), ("b", 1500, 1, "same"), ("c", 1500, 1, "other")]
+    loads = rank_loads(TP8, reqs[:1], 2, more=[(1, reqs[1])])
+    assert loads[1].tokens == 1  # b hits a's prompt: only its last token is computed, over 1500 KV tokens
+    assert loads[1].dense_pairs == pytest.approx(1500) and loads[1].dense_prefix_tokens == 1499
+    long_prefix = rank_loads(TP8, [("a", 2100, 1, "k")], 2, more=[(1, ("b", 2100, 1, "k"))])
+    assert long_prefix[1].tokens == 1 and long_prefix[1].dense_pairs == 0  # 2100 KV tokens: sparse
+    assert long_prefix[1].selected_pairs == pytest.approx(2048)
+
+
+def test_a_step_that_also_decodes_is_never_dense():
+    mixed = TP8.replace(scheduler="mixed", new_token_ratio=0.0, new_token_ratio_min=0.0)
+    loads = rank_loads(mixed, [("a", 100, 50)], 2, more=[(1, ("b", 1000, 5))])
+    assert loads[0].dense_pairs == pytest.approx(100 * 101 / 2)  # a's prefill alone: dense
+    assert loads[1].decode_seqs == 1 and loads[1].tokens == 1 + 1000  # b's prefill beside a's decode: sparse
+    assert loads[1].dense_pairs == 0 and loads[1].indexer_pairs > 1000 * 1001 / 2
+
+
+def test_dense_prefill_needs_its_efficiency():
+    with pytest.raises(ValueError, match=r"dense_prefill_max_kv_tokens \(2048\) needs dense_attention_efficiency > 0"):
+        TP8.replace(dense_attention_efficiency=0.0)
+    coster = StepCoster(DEEPSEEK_V32, H200, Layout(), EFF)
+    with pytest.raises(ValueError, match="needs Efficiency.dense_attention > 0"):
+        coster.step_s([RankLoad(tokens=10, prefill_seqs=1, sampled=1, dense_pairs=55)])
 
 
 # -- every shipped profile is physically plausible ----------------------------------------------

@@ -7,7 +7,10 @@ one node, phase by phase, as a transformer layer runs them:
   DP attention each rank is one GPU with its own batch): the MLA projections
   (GEMMs over the rank's tokens), DeepSeek Sparse Attention's lightweight
   indexer (FP8, linear in each query's context) and the sparse MLA core over
-  at most ``top_k`` selected tokens per query; bytes are the rank's share of
+  at most ``top_k`` selected tokens per query, or, for a prefill batch an
+  engine runs dense (SGLang up to ``top_k`` tokens), plain MHA in BF16 over
+  the causal context with no indexer top-k, a cached prefix's latent expanded
+  into every head's K and V again; bytes are the rank's share of
   the attention weights plus, for decodes, the selected latent KV and the
   indexer keys of the whole context. MLA keeps one latent KV head, so every
   GPU of a TP group reads (and holds) the whole KV of its requests;
@@ -18,14 +21,17 @@ one node, phase by phase, as a transformer layer runs them:
 - **communication** over NVLink: TP all-reduces, DP-attention gathers and
   scatters, expert-parallel all-to-all, each with its bytes and its latency;
 - **fixed costs**: kernel launch and synchronisation per layer, and the
-  engine's CPU work per step and per running request (scheduling, sampling,
-  bookkeeping), for the busiest rank: with DP attention each rank's
-  scheduler is a process of its own.
+  engine's CPU work per step, per request it decodes and per request it
+  prefills (scheduling, sampling, bookkeeping), for the busiest rank: with
+  DP attention each rank's scheduler is a process of its own.
 
 Each phase takes ``max(FLOPs / (peak * efficiency), bytes / (bandwidth *
 efficiency))`` (a roofline) and the phases add up. The few efficiency factors
-are what an engine and its kernels make of the hardware; they are the only
-fitted numbers, and configurations of one engine share them.
+are what an engine and its kernels make of the hardware; with the per-step,
+per-request and per-layer costs they are the fitted numbers (a profile may
+set one from a kernel's published figures instead), and configurations of one
+engine share them. Not priced: an MTP / EAGLE draft layer runs as one more
+layer of whatever kind the step's attention is.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ class ModelSpec:
     sparse_top_k: int  # DSA: tokens each query attends to
     sparse_flops_per_pair: float  # MLA core over one selected token, all heads (QK over 576 dims + PV over 512)
     dense_flops_per_pair: float  # plain MHA over one context token, all heads (QK over 192 dims + PV over 128)
+    dense_kv_up_flops_per_token: float  # plain MHA expands a cached token's latent into every head's K and V
     indexer_flops_per_pair: float  # the indexer over one context token, all its heads
     weight_bytes_per_param: float  # FP8 checkpoint
 
@@ -158,6 +165,7 @@ DEEPSEEK_V32 = ModelSpec(
     sparse_top_k=2048,
     sparse_flops_per_pair=2.0 * 128 * (576 + 512),
     dense_flops_per_pair=2.0 * 128 * (192 + 128),
+    dense_kv_up_flops_per_token=2.0 * 512 * 128 * (128 + 128),
     indexer_flops_per_pair=2.0 * 64 * 128,
     weight_bytes_per_param=1.0,
 )
@@ -206,9 +214,10 @@ class RankLoad:
     tokens: float = 0.0  # decode tokens (speculative ones included) + prefill tokens
     decode_seqs: int = 0
     prefill_seqs: int = 0
-    selected_pairs: float = 0.0  # sparse-attention (query, key) pairs, decodes and prefills
+    selected_pairs: float = 0.0  # sparse-attention (query, key) pairs: decodes, and prefills priced sparse
     indexer_pairs: float = 0.0  # indexer (query, key) pairs
     dense_pairs: float = 0.0  # causal (query, key) pairs of a dense MHA prefill (no indexer, no selection)
+    dense_prefix_tokens: float = 0.0  # KV tokens before the prefilled ones, which dense MHA expands again
     decode_kv_tokens: float = 0.0  # selected KV tokens decodes read (their top-k, not their context)
     decode_context_tokens: float = 0.0  # context tokens whose indexer keys decodes read
     sampled: int = 0  # sequences that sample a token this step
@@ -290,7 +299,11 @@ class StepCoster:
             core_s = (m.sparse_flops_per_pair * load.selected_pairs / self._attn_peak
                       + m.indexer_flops_per_pair * load.indexer_pairs / self._index_peak) * m.layers / t
             if load.dense_pairs:
-                core_s += m.dense_flops_per_pair * load.dense_pairs / self._dense_peak * m.layers / t
+                if self._dense_peak <= 0:
+                    raise ValueError("a dense MHA prefill needs Efficiency.dense_attention > 0 (of BF16 peak)")
+                core_s += ((m.dense_flops_per_pair * load.dense_pairs
+                            + m.dense_kv_up_flops_per_token * load.dense_prefix_tokens)
+                           / self._dense_peak * m.layers / t)
             bytes_ = (self._attn_weight_bytes + self._kv_select_bytes * load.decode_kv_tokens
                       + self._kv_index_bytes * load.decode_context_tokens)
             s = max(flops_gemm / self._gemm_peak + core_s, bytes_ / self._bw)

@@ -103,9 +103,11 @@ class Profile:
     moe_gemm_efficiency: float = 0.0  # the routed experts' grouped GEMMs; 0: as gemm_efficiency
     attention_efficiency: float = 0.0
     indexer_efficiency: float = 0.0  # the lightning indexer's FP8 logits; 0: as attention_efficiency
-    # -- SGLang's dense prefill: a prefill step whose longest sequence holds at most this many KV tokens runs
-    # plain (non-absorbed) MHA over the whole causal context in BF16 and skips the indexer's top-k, as
-    # SGLang's NSA backend does up to the model's top-k (2048) on Hopper; 0: every prefill is sparse MLA
+    # -- SGLang's dense prefill: a prefill-only step whose longest sequence holds at most this many KV tokens
+    # (prefix included) runs plain (non-absorbed) MHA over the whole causal context in BF16 and skips the
+    # indexer's top-k, as SGLang's NSA backend does up to the model's top-k (2048) on Hopper; 0: every
+    # prefill is sparse MLA. Both are for hardware profiles (a linear profile ignores them, as it does the
+    # other efficiencies).
     dense_prefill_max_kv_tokens: int = 0
     dense_attention_efficiency: float = 0.0  # of BF16 peak, for that dense MHA
     memory_efficiency: float = 0.0
@@ -158,7 +160,8 @@ class Profile:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
             out.append(f"dense_attention_efficiency must be a number in [0, 1], got {v!r}")
         elif self.dense_prefill_max_kv_tokens and self.hardware and not v:
-            out.append("dense_prefill_max_kv_tokens needs dense_attention_efficiency > 0 (of BF16 peak)")
+            out.append(f"dense_prefill_max_kv_tokens ({self.dense_prefill_max_kv_tokens}) needs "
+                       f"dense_attention_efficiency > 0 (of BF16 peak)")
         for name, fallback in (("moe_gemm_efficiency", "gemm_efficiency"), ("indexer_efficiency", "attention_efficiency")):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
@@ -662,6 +665,7 @@ class EngineModel:
                 start = req.prefilled
                 if dense:
                     load.dense_pairs += n * (start + (n + 1) / 2.0)
+                    load.dense_prefix_tokens += start
                 else:
                     load.indexer_pairs += n * (start + (n + 1) / 2.0)
                     load.selected_pairs += model.selected_pairs(start, n)
