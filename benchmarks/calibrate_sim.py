@@ -12,10 +12,10 @@ parameters (a (1+4) evolution strategy on log-scale steps, two processes)
 for the smallest loss against the seed: squared log-ratios, heavily
 penalised past 90% of a gate's tolerance (80% where most figures must be
 inside), the single-request TPOT at 2k context kept inside 17-36 ms, and
-with ``--target`` the ShareGPT
-throughput's sim/seed ratio pulled to the base configuration's, so that the
-seed's gap between them (its claims, its ranking) survives. It prints the
-best values; copy them into the profile by hand.
+with ``--target`` the ShareGPT throughput's sim/seed ratio pulled to the base
+configuration's, so that the seed's gap between them (its claims, its
+ranking) survives. It prints the best values; copy them into the profile by
+hand.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ efficiency))`` (a roofline) and the phases add up. The few efficiency factors
 are what an engine and its kernels make of the hardware; with the per-step,
 per-request and per-layer costs they are the fitted numbers (a profile may
 set one from a kernel's published figures instead), and configurations of one
-engine share them. Not priced: an MTP / EAGLE draft layer runs as one more
-layer of whatever kind the step's attention is.
+engine share them. An MTP / EAGLE draft layer is priced as one more layer of
+the step's own kind, dense prefill included (SGLang drafts with MLA).
 """
 
 from __future__ import annotations

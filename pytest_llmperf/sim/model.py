@@ -663,11 +663,12 @@ class EngineModel:
                      and all(req.prefilled + n <= p.dense_prefill_max_kv_tokens for req, n in prefills))
             for req, n in prefills:
                 start = req.prefilled
+                causal_pairs = n * (start + (n + 1) / 2.0)  # each new token over its whole context
                 if dense:
-                    load.dense_pairs += n * (start + (n + 1) / 2.0)
+                    load.dense_pairs += causal_pairs
                     load.dense_prefix_tokens += start
                 else:
-                    load.indexer_pairs += n * (start + (n + 1) / 2.0)
+                    load.indexer_pairs += causal_pairs
                     load.selected_pairs += model.selected_pairs(start, n)
                 if start + n >= req.prefill_target:
                     sampled += 1
