@@ -251,7 +251,6 @@ def test_plan_and_commit_must_alternate():
     ({"tokens_per_decode_step": 1.8}, "cannot exceed 1 \\+ spec_draft_tokens"),
     ({"new_token_ratio": 2.0}, "new_token_ratio is a share of the remaining output, at most 1"),
     ({"new_token_ratio": 0.2, "new_token_ratio_min": 0.5}, "new_token_ratio_min \\(0.5\\) cannot exceed"),
-
     ({"dense_prefill_max_kv_tokens": -1}, "dense_prefill_max_kv_tokens must be an integer >= 0"),
     ({"dense_attention_efficiency": 1.5}, "dense_attention_efficiency must be a number in \\[0, 1\\]"),
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -77,8 +78,7 @@ def test_expert_parallel_changes_communication_and_the_busiest_gpu():
 
 
 def test_dense_prefill_prices_causal_pairs_in_bf16_and_skips_the_indexer():
-    eff = Efficiency(gemm=0.3, attention=0.2, memory=0.8, nvlink=0.7, layer_latency_us=100, cpu_ms_per_step=1,
-                     cpu_us_per_seq=10, dense_attention=0.5)
+    eff = dataclasses.replace(EFF, dense_attention=0.5)
     coster = StepCoster(DEEPSEEK_V32, H200, Layout(attention_tp=1), eff)
     tokens, pairs = 8192, 4 * 2048 * 2049 / 2  # four 2048-token prompts, causal
     bare = coster.step_s([RankLoad(tokens=tokens, prefill_seqs=4, sampled=4)])
@@ -151,8 +151,7 @@ def test_a_batch_is_dense_only_when_its_longest_sequence_is_within_the_threshold
 
 
 def test_a_cached_prefix_counts_toward_the_threshold_and_is_expanded_again():
-    reqs = [("a", 1500, 1, "same"), ("b", 1500, 1, "same"), ("c", 1500, 1, "other")]
-    loads = rank_loads(TP8, reqs[:1], 2, more=[(1, reqs[1])])
+    loads = rank_loads(TP8, [("a", 1500, 1, "same")], 2, more=[(1, ("b", 1500, 1, "same"))])
     assert loads[1].tokens == 1  # b hits a's prompt: only its last token is computed, over 1500 KV tokens
     assert loads[1].dense_pairs == pytest.approx(1500) and loads[1].dense_prefix_tokens == 1499
     long_prefix = rank_loads(TP8, [("a", 2100, 1, "k")], 2, more=[(1, ("b", 2100, 1, "k"))])
