@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/calibrate_sim.py --fit vllm-tp8 --params gemm_efficiency,memory_efficiency
     .venv/bin/python benchmarks/calibrate_sim.py --fit vllm-mtp1 --params tokens_per_decode_step \
         --workload sharegpt --target 0.95                          # a derived configuration, against its base
+    .venv/bin/python benchmarks/calibrate_sim.py --fit vllm-tp8 --also vllm-tp8-no-deepgemm \
+        --params max_running_requests,vllm-tp8-no-deepgemm.gemm_efficiency   # a base and what derives from it
 
 The figures themselves are printed by ``python -m pytest_llmperf.sim
 calibrate``; this script times that work on one core (the target: under 30 s
@@ -14,8 +16,11 @@ penalised past 90% of a gate's tolerance (80% where most figures must be
 inside), the single-request TPOT at 2k context kept inside 17-36 ms, and
 with ``--target`` the ShareGPT throughput's sim/seed ratio pulled to the base
 configuration's, so that the seed's gap between them (its claims, its
-ranking) survives. It prints the best values; copy them into the profile by
-hand.
+ranking) survives. ``--also`` fits a base together with configurations
+derived from it: each takes the base's trial values (except the keys its own
+file sets; ``NAME.param`` fits one of those), its figures join the loss, and
+its ShareGPT throughput ratio is pulled to the base's. It prints the best
+values; copy them into the profiles by hand.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import math
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pytest_llmperf.sim import calibration as cal  # noqa: E402
 from pytest_llmperf.sim.des import SimRequest, simulate  # noqa: E402
 from pytest_llmperf.sim.model import Profile  # noqa: E402
-from pytest_llmperf.sim.profiles import list_profiles, load_profile  # noqa: E402
+from pytest_llmperf.sim.profiles import PROFILES_DIR, list_profiles, load_profile  # noqa: E402
 
 GATED = {g.metric: g.tolerance for g in cal.GATES if g.share >= 1.0}  # every figure must be inside
 SHARED = {g.metric: g.tolerance for g in cal.GATES if g.share < 1.0}  # most figures must be inside
@@ -47,13 +53,15 @@ def single_request_tpot_ms(profile: Profile) -> float:
 
 def loss(profile: Profile, name: str, workloads: list[str] | None, target: float | None) -> float:
     """Squared log-ratios, heavily penalised past 90% of an every-figure gate's tolerance (80% of a
-    most-figures one); with ``target``, the ShareGPT throughput's sim/seed ratio pulled to it (so a derived
+    most-figures one) and more so past the tolerance itself; with ``target``, the ShareGPT throughput's sim/seed ratio pulled to it (so a derived
     configuration keeps the seed's gap to its base)."""
     total = 0.0
     for f in cal.compare({name: profile}, workloads):
         lr = abs(math.log(max(f.sim, 1e-9) / f.seed))
         if f.metric in GATED:
-            total += 0.1 * lr ** 2 + 300.0 * max(0.0, lr - math.log(1 + 0.9 * GATED[f.metric])) ** 2
+            off = abs(f.ratio - 1.0)  # what the gate measures
+            total += (0.1 * lr ** 2 + 300.0 * max(0.0, lr - math.log(1 + 0.9 * GATED[f.metric])) ** 2
+                      + (1.0 + 30000.0 * (off - GATED[f.metric]) ** 2 if off > GATED[f.metric] else 0.0))
         elif f.metric in SHARED:
             total += 0.15 * lr ** 2 + 2.0 * max(0.0, lr - math.log(1 + 0.8 * SHARED[f.metric])) ** 2
         if target and f.metric == "total_token_throughput" and f.workload == "sharegpt":
@@ -72,32 +80,54 @@ def _init(job: tuple) -> None:
     _JOB = job
 
 
+def _own_keys(name: str) -> set[str]:
+    """The keys a built-in profile's own file sets (a derived one's, over its base)."""
+    return set(tomllib.loads((PROFILES_DIR / f"{name}.toml").read_text(encoding="utf-8")))
+
+
+def _derived(name: str, values: dict) -> Profile:
+    """Derived profile ``name`` with the base's trial ``values`` (but the keys it sets itself) and its own
+    (``name.param``)."""
+    own = _own_keys(name)
+    mine = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(name + ".")}
+    inherited = {k: v for k, v in values.items() if "." not in k and k not in own}
+    return load_profile(name).replace(**inherited, **mine)
+
+
 def _trial(values: dict) -> float:
-    name, workloads, target = _JOB
+    name, workloads, target, also = _JOB
     try:
-        return loss(load_profile(name).replace(**values), name, workloads, target)
+        base = load_profile(name).replace(**{k: v for k, v in values.items() if "." not in k})
+        total = loss(base, name, workloads, target)
+        if also:
+            base_ratio = next(f.ratio for f in cal.compare({name: base}, ["sharegpt"])
+                              if f.metric == "total_token_throughput")
+            for other in also:
+                total += loss(_derived(other, values), other, workloads, base_ratio)
+        return total
     except (ValueError, RuntimeError):
         return math.inf
 
 
 def _clip(param: str, value: float, integer: bool) -> float:
+    param = param.split(".", 1)[-1]
     low, high = BOUNDS.get(param, (1e-4, 1.0 if param.endswith("efficiency") or param == "memory_fraction" else 1e6))
     value = min(max(value, low), high)
     return int(round(value)) if integer else value
 
 
 def fit(name: str, params: list[str], minutes: float, workloads: list[str] | None, target: float | None,
-        seed: int) -> None:
+        seed: int, also: list[str] | None = None) -> None:
     """A (1+4) evolution strategy on log-scale steps, two processes, for ``minutes``."""
     import json
     import random
     from multiprocessing import Pool
 
     profile = load_profile(name)
-    x = {p: getattr(profile, p) for p in params}
+    x = {p: getattr(load_profile(p.split(".", 1)[0]) if "." in p else profile, p.split(".", 1)[-1]) for p in params}
     integer = {p: isinstance(v, int) and not isinstance(v, bool) for p, v in x.items()}
     rng = random.Random(seed)
-    with Pool(2, initializer=_init, initargs=((name, workloads, target),)) as pool:
+    with Pool(2, initializer=_init, initargs=((name, workloads, target, also or []),)) as pool:
         fx = pool.map(_trial, [x])[0]
         print(f"start loss {fx:.4f}", flush=True)
         sigma, deadline = 0.3, time.monotonic() + 60.0 * minutes
@@ -130,9 +160,12 @@ def main() -> None:
     ap.add_argument("--workload", action="append", help="limit the fit to workloads (repeatable)")
     ap.add_argument("--target", type=float, help="pull the ShareGPT throughput's sim/seed ratio to this")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--also", action="append", metavar="PROFILE",
+                    help="a configuration derived from the fitted one, fitted with it (repeatable)")
     args = ap.parse_args()
     if args.fit:
-        fit(args.fit, [p for p in args.params.split(",") if p], args.minutes, args.workload, args.target, args.seed)
+        fit(args.fit, [p for p in args.params.split(",") if p], args.minutes, args.workload, args.target, args.seed,
+            args.also)
         return
     seed = cal.load_seed()
     names = [n for n in list_profiles() if n in seed]
