@@ -278,7 +278,6 @@ KNOWN_OUTSIDE = {
     ("sglang-tp8", "sharegpt", "median_itl_ms"),
     ("trtllm-tp8", "sharegpt", "max_output_tokens_per_s"),
     ("vllm-mtp1", "sharegpt", "median_itl_ms"),
-    ("vllm-tp8-no-deepgemm", "sharegpt", "mean_tpot_ms"),
 }
 KNOWN_SWAPS = 1  # sglang-tp8 behind trtllm-tp8-ep8 (the seed has it 4.5% ahead)
 KNOWN_CLAIMS_MISSED: set[str] = set()
