@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -97,23 +98,27 @@ def _read(name: str) -> dict:
     return tomllib.loads((PROFILES_DIR / f"{name}.toml").read_text(encoding="utf-8"))
 
 
-def _own_keys(name: str, base: str) -> set[str] | None:
+@functools.lru_cache(maxsize=None)  # every trial asks again; the files do not change during a fit
+def _own_keys(name: str, base: str) -> frozenset[str] | None:
     """The keys built-in profile ``name`` and the profiles between it and ``base`` set over ``base``; None when
     ``name`` does not derive from ``base``."""
     own: set[str] = set()
+    seen = {name}
     while name != base:
         data = _read(name)
-        if "base" not in data or not isinstance(data["base"], str) or data["base"] not in list_profiles():
+        parent = data.get("base")
+        if not isinstance(parent, str) or parent not in list_profiles() or parent in seen:
             return None
         own |= set(data)
-        name = data["base"]
-    return own
+        seen.add(parent)
+        name = parent
+    return frozenset(own)
 
 
 def _derived(name: str, base: str, values: dict) -> Profile:
     """Derived profile ``name`` with ``base``'s trial ``values`` (but the keys it sets itself) and its own
     (``name.param``)."""
-    own = _own_keys(name, base) or set()
+    own = _own_keys(name, base) or frozenset()
     merged = {k: v for k, v in values.items() if "." not in k and k not in own}
     merged.update({k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(name + ".")})
     return load_profile(name).replace(**merged)
@@ -215,11 +220,11 @@ def main() -> None:
                     help="a configuration derived from the fitted one, fitted with it (repeatable)")
     args = ap.parse_args()
     if args.fit:
-        problem = check_fit_args(args.fit, [p for p in args.params.split(",") if p], args.also or [])
+        params = [p for p in args.params.split(",") if p]
+        problem = check_fit_args(args.fit, params, args.also or [])
         if problem:
             ap.error(problem)
-        fit(args.fit, [p for p in args.params.split(",") if p], args.minutes, args.workload, args.target, args.seed,
-            args.also)
+        fit(args.fit, params, args.minutes, args.workload, args.target, args.seed, args.also)
         return
     seed = cal.load_seed()
     names = [n for n in list_profiles() if n in seed]
